@@ -1,0 +1,11 @@
+//! Failover: electing a master and moving the floating IP.
+//!
+//! * [`machine`] — the election as a pure state machine (no I/O; time is an argument).
+//! * [`wire`] — the heartbeat datagram.
+//! * [`driver`] — the async shell: sockets, timers, probes, netlink, hooks.
+//! * [`vip`], [`arp`], [`netwatch`], [`probe`] — the kernel-facing pieces the driver uses.
+
+pub mod arp;
+pub mod netwatch;
+pub mod vip;
+pub mod wire;

@@ -1,0 +1,116 @@
+//! Interface discovery.
+//!
+//! The failover defaults of INFINI Gateway are defined in terms of "the first device
+//! holding the first non-loopback IPv4 address". This module takes one snapshot of
+//! the host's IPv4 addresses (via `if-addrs`, i.e. `getifaddrs(3)`) in the kernel's
+//! order, so that the rule can be applied — and unit-tested on made-up snapshots.
+
+use std::net::Ipv4Addr;
+
+/// One IPv4 address on one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr {
+    pub ifname: String,
+    pub addr: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub loopback: bool,
+}
+
+/// The host's IPv4 addresses, in the order the kernel lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interfaces {
+    pub addrs: Vec<IfAddr>,
+}
+
+impl Interfaces {
+    /// Snapshot the running host.
+    pub fn current() -> std::io::Result<Interfaces> {
+        let mut addrs = Vec::new();
+        for iface in if_addrs::get_if_addrs()? {
+            if let if_addrs::IfAddr::V4(v4) = &iface.addr {
+                addrs.push(IfAddr {
+                    ifname: iface.name.clone(),
+                    addr: v4.ip,
+                    netmask: v4.netmask,
+                    loopback: iface.is_loopback(),
+                });
+            }
+        }
+        Ok(Interfaces { addrs })
+    }
+
+    /// The first non-loopback IPv4 address of the host.
+    pub fn first_non_loopback(&self) -> Option<&IfAddr> {
+        self.addrs.iter().find(|a| !a.loopback)
+    }
+
+    /// The first IPv4 address on `ifname`, if the interface has any.
+    pub fn first_on(&self, ifname: &str) -> Option<&IfAddr> {
+        self.addrs.iter().find(|a| a.ifname == ifname)
+    }
+
+    /// All addresses on `ifname`.
+    pub fn on(&self, ifname: &str) -> impl Iterator<Item = &IfAddr> {
+        self.addrs.iter().filter(move |a| a.ifname == ifname)
+    }
+
+    /// The entry holding `addr`, on any interface.
+    pub fn find(&self, addr: Ipv4Addr) -> Option<&IfAddr> {
+        self.addrs.iter().find(|a| a.addr == addr)
+    }
+
+    /// Whether an interface of that name exists (it may hold no IPv4 address, in which
+    /// case `if-addrs` does not list it; ask the kernel directly).
+    pub fn exists(&self, ifname: &str) -> bool {
+        self.addrs.iter().any(|a| a.ifname == ifname) || interface_index(ifname).is_some()
+    }
+}
+
+/// The kernel's index for an interface name, or `None` if there is no such interface.
+pub fn interface_index(ifname: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(ifname).ok()
+}
+
+/// Prefix length of a contiguous netmask, or `None` if the mask has holes.
+pub fn prefix_len(netmask: Ipv4Addr) -> Option<u8> {
+    let bits = u32::from(netmask);
+    let ones = bits.leading_ones();
+    if bits.checked_shl(ones).unwrap_or(0) == 0 {
+        Some(ones as u8)
+    } else {
+        None
+    }
+}
+
+/// The network address of `addr` under `netmask`.
+pub fn network(addr: Ipv4Addr, netmask: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(addr) & u32::from(netmask))
+}
+
+/// The directed broadcast address of `addr`'s subnet.
+pub fn broadcast(addr: Ipv4Addr, netmask: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(addr) | !u32::from(netmask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(prefix_len(Ipv4Addr::new(255, 255, 255, 0)), Some(24));
+        assert_eq!(prefix_len(Ipv4Addr::new(255, 255, 255, 255)), Some(32));
+        assert_eq!(prefix_len(Ipv4Addr::new(0, 0, 0, 0)), Some(0));
+        assert_eq!(prefix_len(Ipv4Addr::new(255, 255, 254, 0)), Some(23));
+        assert_eq!(prefix_len(Ipv4Addr::new(255, 0, 255, 0)), None);
+        assert_eq!(prefix_len(Ipv4Addr::new(0, 255, 255, 255)), None);
+    }
+
+    #[test]
+    fn subnet_math() {
+        let a = Ipv4Addr::new(192, 168, 3, 35);
+        let m = Ipv4Addr::new(255, 255, 255, 0);
+        assert_eq!(network(a, m), Ipv4Addr::new(192, 168, 3, 0));
+        assert_eq!(broadcast(a, m), Ipv4Addr::new(192, 168, 3, 255));
+    }
+}
