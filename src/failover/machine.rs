@@ -638,22 +638,28 @@ impl Machine {
         let Some(r) = self.takeover_result.take() else {
             return;
         };
-        let lost = self
-            .master
-            .map(|m| format!("master {m}"))
-            .unwrap_or_else(|| "no master".into());
+        let dead = self.p.dead_interval();
+        let lost = match self.master {
+            Some(m) => format!("master {m} silent for {dead:?}"),
+            None => format!("no master heard within {dead:?}"),
+        };
         if r.targets_ok == Some(false) {
             self.enter_fault(
                 now,
-                format!("{lost} silent and no probe target answers: this node is cut off"),
+                format!("{lost} and no probe target answers: this node is cut off"),
             );
+            return;
+        }
+        if self.better_live_candidate(now).is_some() {
+            // A better node is still heard: the election is its to win.
+            self.arm_master_down(now, dead, self.p.interval);
             return;
         }
         let reevaluate = |m: &mut Machine, now: Instant| {
             m.clear_episode();
             m.timers.set(Timer::MasterDown, now + m.p.probe_interval);
         };
-        match r.peer {
+        let why = match r.peer {
             PeerCheck::Alive {
                 state: WireState::Master,
                 node,
@@ -664,36 +670,24 @@ impl Machine {
                     peer = %node,
                     "heartbeats from master {node} lost but it answers the echo check as MASTER: staying BACKUP (no split brain)"
                 );
-                reevaluate(self, now);
-                return;
+                return reevaluate(self, now);
             }
             PeerCheck::Alive {
-                state: WireState::Backup,
+                state,
                 priority,
                 node,
-            } if (priority, node) > self.rank() => {
-                tracing::warn!(peer = %node, "heartbeats lost; higher-ranked peer {node} is alive and should take over");
-                reevaluate(self, now);
-                return;
+            } if (priority, node) > self.rank() && state != WireState::Fault => {
+                tracing::warn!(
+                    peer = %node,
+                    "heartbeats from {node} lost but it answers the echo check and outranks this node: leaving the VIP to it"
+                );
+                return reevaluate(self, now);
             }
-            _ => {}
-        }
-        if let Some(better) = self.better_live_candidate(now) {
-            // Someone better is still heard; it will take over.
-            let _ = better;
-            let dead = self.p.dead_interval();
-            self.arm_master_down(now, dead, self.p.interval);
-            return;
-        }
-        let why = match r.peer {
-            PeerCheck::Dead => format!(
-                "{lost} silent for {:?} and its echo check failed",
-                self.p.dead_interval()
-            ),
-            PeerCheck::Unknown => format!("{lost} heard within {:?}", self.p.dead_interval()),
             PeerCheck::Alive { node, state, .. } => {
-                format!("{lost} silent; peer {node} is alive as {state:?} and ranks lower")
+                format!("{lost}; peer {node} answers as {state:?} and ranks lower")
             }
+            PeerCheck::Dead => format!("{lost} and its echo check failed"),
+            PeerCheck::Unknown => lost,
         };
         self.enter_master(now, why);
     }
