@@ -270,8 +270,11 @@ fn watch_reports_vip_removal_and_link_changes() {
         // The state found at start.
         assert_eq!(next().await, NetEvent::Link { up: true });
 
+        // Latencies include running `ip`; printed for the record (--nocapture).
+        let t = Instant::now();
         ns.ip("addr del 10.66.3.100/24 dev a0");
         assert_eq!(next().await, NetEvent::VipRemoved);
+        eprintln!("VipRemoved {:?} after `ip addr del` started", t.elapsed());
 
         // Noise the watcher must ignore: another address on a0, the VIP on b0.
         ns.ip("addr add 10.66.3.200/24 dev a0");
@@ -281,10 +284,20 @@ fn watch_reports_vip_removal_and_link_changes() {
         assert!(c.bind().await.unwrap());
         assert_eq!(next().await, NetEvent::VipAdded);
 
+        let t = Instant::now();
         ns.ip("link set b0 down");
         assert_eq!(next().await, NetEvent::Link { up: false });
+        eprintln!(
+            "Link down {:?} after `ip link set b0 down` started",
+            t.elapsed()
+        );
+        let t = Instant::now();
         ns.ip("link set b0 up");
         assert_eq!(next().await, NetEvent::Link { up: true });
+        eprintln!(
+            "Link up {:?} after `ip link set b0 up` started",
+            t.elapsed()
+        );
 
         // Nothing else was pending (no duplicate link events).
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -297,6 +310,43 @@ fn watch_reports_vip_removal_and_link_changes() {
             .expect("watcher returns once the receiver is gone")
             .expect("watcher task");
         assert!(res.is_ok(), "{res:?}");
+    });
+}
+
+#[test]
+fn watch_follows_interface_deletion_and_recreation() {
+    if !is_root() {
+        return;
+    }
+    let ns = single_ns_pair("wdel", "10.66.7.1");
+    let vip = Ipv4Addr::new(10, 66, 7, 100);
+    ns.block_on(|| async {
+        let c = VipController::new("a0", vip, 24).await.expect("controller");
+        assert!(c.bind().await.unwrap());
+        let (tx, mut rx) = mpsc::channel(16);
+        let _watcher = tokio::spawn(watch("a0".to_string(), vip, tx));
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(3), rx.recv())
+                .await
+                .expect("event within 3 s")
+                .expect("watcher alive")
+        };
+        assert_eq!(next().await, NetEvent::Link { up: true });
+
+        // Deleting the peer deletes the pair; the kernel takes a0's addresses along.
+        ns.ip("link del b0");
+        let mut got = vec![next().await, next().await];
+        got.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(got, [NetEvent::Link { up: false }, NetEvent::VipRemoved]);
+
+        // A new a0 (new index) is picked up by name, by the watcher and the controller.
+        ns.ip("link add a0 type veth peer name b0");
+        ns.ip("link set b0 up");
+        ns.ip("link set a0 up");
+        assert_eq!(next().await, NetEvent::Link { up: true });
+        assert!(c.bind().await.unwrap());
+        assert_eq!(next().await, NetEvent::VipAdded);
+        assert!(ns.addrs("a0").contains("inet 10.66.7.100/24"));
     });
 }
 

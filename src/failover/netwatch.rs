@@ -86,7 +86,7 @@ pub fn link_is_up(ifname: &str) -> std::io::Result<bool> {
 /// Send [`NetEvent`]s for `ifname` / `vip` until `tx` is closed.
 ///
 /// Linux: rtnetlink notifications (see the module docs). Elsewhere: a `getifaddrs`
-/// poll every [`POLL_INTERVAL`](fallback::POLL_INTERVAL).
+/// poll every 250 ms.
 pub async fn watch(
     ifname: String,
     vip: Ipv4Addr,
@@ -152,7 +152,7 @@ impl Tracker {
 #[cfg(target_os = "linux")]
 mod linux {
     use std::collections::BTreeSet;
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::Ipv4Addr;
 
     use futures::{StreamExt, TryStreamExt};
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -164,7 +164,7 @@ mod linux {
 
     use super::{NetEvent, Tracker, oper_up};
     use crate::failover::vip::VipError;
-    use crate::failover::vip::linux::{errno, local_v4};
+    use crate::failover::vip::linux::{errno, local_v4, timed};
 
     fn link_up(msg: &LinkMessage) -> bool {
         // Netlink carries the full 32-bit `ifi_flags`, `IFF_LOWER_UP` included.
@@ -225,7 +225,8 @@ mod linux {
         async fn resync(&mut self, handle: &Handle) -> Result<Vec<NetEvent>, VipError> {
             let ifname = &self.ifname;
             let mut links = handle.link().get().match_name(ifname.clone()).execute();
-            let (index, up) = match links.try_next().await {
+            let (index, up) = match timed(|| format!("get link {ifname}"), links.try_next()).await?
+            {
                 Ok(Some(link)) => (Some(link.header.index), link_up(&link)),
                 Ok(None) => (None, false),
                 Err(e) if errno(&e) == Some(libc::ENODEV) => (None, false),
@@ -233,27 +234,17 @@ mod linux {
             };
             let mut prefixes = BTreeSet::new();
             if let Some(index) = index {
-                let mut req = handle
-                    .address()
-                    .get()
-                    .set_link_index_filter(index)
-                    .set_address_filter(IpAddr::V4(self.vip));
+                let mut req = handle.address().get().set_link_index_filter(index);
                 req.message_mut().header.family = AddressFamily::Inet;
-                let mut dump = req.execute();
-                loop {
-                    match dump.try_next().await {
-                        Ok(Some(a)) if local_v4(&a) == Some(self.vip) => {
-                            prefixes.insert(a.header.prefix_len);
-                        }
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
-                        Err(e) => {
-                            return Err(VipError::Netlink(format!(
-                                "dump addresses of {ifname}: {e}"
-                            )));
-                        }
-                    }
-                }
+                let dump = req.execute().try_collect::<Vec<_>>();
+                let all = timed(|| format!("dump addresses of {ifname}"), dump)
+                    .await?
+                    .map_err(|e| VipError::Netlink(format!("dump addresses of {ifname}: {e}")))?;
+                prefixes.extend(
+                    all.iter()
+                        .filter(|a| local_v4(a) == Some(self.vip))
+                        .map(|a| a.header.prefix_len),
+                );
             }
             self.index = index;
             let events = [self.tracker.link(up), self.tracker.vip_set(prefixes)];
