@@ -350,6 +350,53 @@ fn watch_follows_interface_deletion_and_recreation() {
     });
 }
 
+/// Netlink multicast is lossy: a reader that falls behind loses notifications and
+/// gets `ENOBUFS` once. Here the watcher's (current-thread) runtime is blocked by the
+/// test itself while the kernel floods the socket with thousands of address
+/// notifications; the VIP's re-appearance is among the dropped ones, so only the
+/// watcher's resynchronisation after the overrun can report it.
+#[test]
+fn watch_resynchronises_after_notification_loss() {
+    if !is_root() {
+        return;
+    }
+    let ns = single_ns_pair("flood", "10.66.8.1");
+    let vip = Ipv4Addr::new(10, 66, 8, 100);
+    let batch = tempfile::NamedTempFile::new().expect("temp file");
+    let lines: String = (0..4000u32)
+        .map(|i| {
+            format!(
+                "addr add 10.{}.{}.{}/32 dev b0\n",
+                100 + i / 65536,
+                (i / 256) % 256,
+                i % 256
+            )
+        })
+        .collect();
+    std::fs::write(batch.path(), lines).expect("write batch");
+    let batch_path = batch.path().to_str().expect("utf-8 path").to_string();
+    ns.block_on(|| async {
+        let c = VipController::new("a0", vip, 24).await.expect("controller");
+        assert!(c.bind().await.unwrap());
+        let (tx, mut rx) = mpsc::channel(16);
+        let _watcher = tokio::spawn(watch("a0".to_string(), vip, tx));
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("event within 5 s")
+                .expect("watcher alive")
+        };
+        assert_eq!(next().await, NetEvent::Link { up: true });
+        // From here until the next `.await` this thread runs no task: the kernel
+        // queues notifications on the watcher's socket until it overflows.
+        ns.ip("addr del 10.66.8.100/24 dev a0");
+        ns.ip(&format!("-batch {batch_path}"));
+        ns.ip("addr add 10.66.8.100/24 dev a0");
+        assert_eq!(next().await, NetEvent::VipRemoved);
+        assert_eq!(next().await, NetEvent::VipAdded);
+    });
+}
+
 /// Two namespaces `NAME-a` / `NAME-b` joined by veth `a0` (in a, `10.66.N.1/24`) –
 /// `b0` (in b, `10.66.N.2/24`). Returns both guards and a0's MAC address.
 fn ns_pair(tag: &str, net: u8) -> (Netns, Netns, MacAddr) {

@@ -284,27 +284,77 @@ mod linux {
             }
         }
         tracing::debug!(ifname = %watched.ifname, %vip, index = ?watched.index, "netwatch started");
+        // Set after an overrun: when to re-read the state (see `Resync`).
+        let mut resync = Resync::default();
         loop {
-            let (msg, _) = tokio::select! {
+            let msg = tokio::select! {
                 _ = tx.closed() => return Ok(()),
+                _ = resync.wait(), if resync.pending() => None,
                 next = notifications.next() => match next {
-                    Some(m) => m,
+                    Some((m, _)) => Some(m),
                     None => return Err(VipError::Netlink("notification socket closed".into())),
                 },
             };
-            let events = match msg.payload {
-                NetlinkPayload::InnerMessage(m) => watched.on_message(&m).into_iter().collect(),
-                NetlinkPayload::Overrun(_) => {
-                    tracing::warn!(ifname = %watched.ifname, "netlink notifications lost (ENOBUFS); resynchronising");
+            let events = match msg.map(|m| m.payload) {
+                None => {
+                    resync = Resync::default();
                     watched.resync(&handle).await?
                 }
-                _ => Vec::new(),
+                Some(NetlinkPayload::InnerMessage(m)) => {
+                    resync.activity();
+                    watched.on_message(&m).into_iter().collect()
+                }
+                Some(NetlinkPayload::Overrun(_)) => {
+                    tracing::warn!(ifname = %watched.ifname, "netlink notifications lost (ENOBUFS); resynchronising");
+                    resync.overrun();
+                    Vec::new()
+                }
+                Some(_) => Vec::new(),
             };
             for ev in events {
                 tracing::debug!(ifname = %watched.ifname, ?ev, "netwatch event");
                 if tx.send(ev).await.is_err() {
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// When to re-read the state after an overrun.
+    ///
+    /// The kernel reports the overrun *before* the notifications still queued on the
+    /// socket, and those are older than anything a dump would return now. Dumping at
+    /// once and then applying them would roll our view back (a queued "VIP deleted"
+    /// from before the loss would win over a dump that shows it present). So the
+    /// dump waits until the queue has drained — no notification for [`QUIET`] — or at
+    /// most [`MAX_DELAY`] if the kernel keeps talking; anything after the dump is
+    /// newer than or equal to it, and applying it again changes nothing.
+    #[derive(Default)]
+    struct Resync {
+        /// (first overrun, last activity since) while a resync is pending.
+        since: Option<(tokio::time::Instant, tokio::time::Instant)>,
+    }
+
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(20);
+    const MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+    impl Resync {
+        fn pending(&self) -> bool {
+            self.since.is_some()
+        }
+        fn overrun(&mut self) {
+            let now = tokio::time::Instant::now();
+            let first = self.since.map_or(now, |(first, _)| first);
+            self.since = Some((first, now));
+        }
+        fn activity(&mut self) {
+            if let Some((_, last)) = &mut self.since {
+                *last = tokio::time::Instant::now();
+            }
+        }
+        async fn wait(&self) {
+            if let Some((first, last)) = self.since {
+                tokio::time::sleep_until((last + QUIET).min(first + MAX_DELAY)).await;
             }
         }
     }
