@@ -314,7 +314,7 @@ fn watch_reports_vip_removal_and_link_changes() {
 }
 
 #[test]
-fn watch_follows_interface_deletion_and_recreation() {
+fn watch_follows_interface_deletion_recreation_and_renaming() {
     if !is_root() {
         return;
     }
@@ -347,6 +347,17 @@ fn watch_follows_interface_deletion_and_recreation() {
         assert!(c.bind().await.unwrap());
         assert_eq!(next().await, NetEvent::VipAdded);
         assert!(ns.addrs("a0").contains("inet 10.66.7.100/24"));
+
+        // Renamed away, the interface is gone for us, VIP included; renamed back, it
+        // is ours again with what it carries (both learnt from a dump).
+        ns.ip("link set a0 down");
+        assert_eq!(next().await, NetEvent::Link { up: false });
+        ns.ip("link set a0 name x0");
+        assert_eq!(next().await, NetEvent::VipRemoved);
+        ns.ip("link set x0 name a0");
+        assert_eq!(next().await, NetEvent::VipAdded);
+        ns.ip("link set a0 up");
+        assert_eq!(next().await, NetEvent::Link { up: true });
     });
 }
 

@@ -18,8 +18,9 @@
 //!
 //! Multicast netlink is lossy by design: if we fall behind, the kernel drops
 //! notifications and tells us once (`ENOBUFS`, surfaced as an overrun message). We
-//! then re-read the state with a dump and report whatever differs — the standard way
-//! to resynchronise with the kernel.
+//! then let the notifications still queued drain, re-read the state with a dump and
+//! report whatever differs — the standard way to resynchronise with the kernel (the
+//! order matters; see `Resync`).
 //!
 //! "Up" means what a failover daemon needs: administratively up *and* operationally
 //! up *and* carrier present (`IFF_UP`, `IFF_RUNNING`, `IFF_LOWER_UP`). A veth whose
@@ -187,6 +188,9 @@ mod linux {
         /// Current index of `ifname`; `None` while it does not exist. Followed through
         /// deletion and re-creation, which changes the index.
         index: Option<u32>,
+        /// Set when `ifname` came to denote another interface (or none): the VIP set
+        /// we track no longer describes it, and a resync is due.
+        identity_changed: bool,
         tracker: Tracker,
     }
 
@@ -194,13 +198,27 @@ mod linux {
         fn on_message(&mut self, msg: &RouteNetlinkMessage) -> Option<NetEvent> {
             match msg {
                 RouteNetlinkMessage::NewLink(link) => {
-                    let ours = Some(link.header.index) == self.index
-                        || link_name(link) == Some(self.ifname.as_str());
-                    if !ours {
-                        return None;
+                    let same_index = Some(link.header.index) == self.index;
+                    match link_name(link) {
+                        Some(name) if name == self.ifname => {
+                            if !same_index {
+                                // A new interface of that name (re-created, or another
+                                // one renamed to it): what it carries needs a dump.
+                                self.identity_changed = true;
+                            }
+                            self.index = Some(link.header.index);
+                            self.tracker.link(link_up(link))
+                        }
+                        // Renamed away: for us (and for `VipController`, which looks
+                        // the name up) the interface is gone, with its addresses.
+                        Some(_) if same_index => {
+                            self.index = None;
+                            self.identity_changed = true;
+                            self.tracker.link(false)
+                        }
+                        None if same_index => self.tracker.link(link_up(link)),
+                        _ => None,
                     }
-                    self.index = Some(link.header.index);
-                    self.tracker.link(link_up(link))
                 }
                 RouteNetlinkMessage::DelLink(link) if Some(link.header.index) == self.index => {
                     self.index = None;
@@ -276,6 +294,7 @@ mod linux {
             ifname,
             vip,
             index: None,
+            identity_changed: false,
             tracker: Tracker::default(),
         };
         for ev in watched.resync(&handle).await? {
@@ -302,11 +321,15 @@ mod linux {
                 }
                 Some(NetlinkPayload::InnerMessage(m)) => {
                     resync.activity();
-                    watched.on_message(&m).into_iter().collect()
+                    let event = watched.on_message(&m);
+                    if std::mem::take(&mut watched.identity_changed) {
+                        resync.request();
+                    }
+                    event.into_iter().collect()
                 }
                 Some(NetlinkPayload::Overrun(_)) => {
                     tracing::warn!(ifname = %watched.ifname, "netlink notifications lost (ENOBUFS); resynchronising");
-                    resync.overrun();
+                    resync.request();
                     Vec::new()
                 }
                 Some(_) => Vec::new(),
@@ -320,7 +343,7 @@ mod linux {
         }
     }
 
-    /// When to re-read the state after an overrun.
+    /// When to re-read the state after an overrun (or after `ifname` changed hands).
     ///
     /// The kernel reports the overrun *before* the notifications still queued on the
     /// socket, and those are older than anything a dump would return now. Dumping at
@@ -342,7 +365,7 @@ mod linux {
         fn pending(&self) -> bool {
             self.since.is_some()
         }
-        fn overrun(&mut self) {
+        fn request(&mut self) {
             let now = tokio::time::Instant::now();
             let first = self.since.map_or(now, |(first, _)| first);
             self.since = Some((first, now));
@@ -384,6 +407,7 @@ mod linux {
                 ifname: "eth0".into(),
                 vip: Ipv4Addr::new(10, 0, 0, 100),
                 index: Some(2),
+                identity_changed: false,
                 tracker: Tracker::default(),
             };
             assert_eq!(w.tracker.link(true), Some(NetEvent::Link { up: true }));
@@ -418,6 +442,19 @@ mod linux {
             let again = RouteNetlinkMessage::NewLink(link(9, "eth0", up_flags()));
             assert_eq!(w.on_message(&again), Some(NetEvent::Link { up: true }));
             assert_eq!(w.index, Some(9));
+            assert!(w.identity_changed, "a new index calls for a dump");
+        }
+
+        #[test]
+        fn renamed_interface_is_gone() {
+            let mut w = watched();
+            let renamed = RouteNetlinkMessage::NewLink(link(2, "eth9", up_flags()));
+            assert_eq!(w.on_message(&renamed), Some(NetEvent::Link { up: false }));
+            assert_eq!(w.index, None);
+            assert!(w.identity_changed);
+            // Its addresses are no longer "on ifname".
+            let vip = vip_message(2, Ipv4Addr::new(10, 0, 0, 100), 24);
+            assert_eq!(w.on_message(&RouteNetlinkMessage::NewAddress(vip)), None);
         }
 
         #[test]
