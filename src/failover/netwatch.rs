@@ -18,8 +18,9 @@
 //!
 //! Multicast netlink is lossy by design: if we fall behind, the kernel drops
 //! notifications and tells us once (`ENOBUFS`, surfaced as an overrun message). We
-//! then re-read the state with a dump and report whatever differs — the standard way
-//! to resynchronise with the kernel.
+//! then let the notifications still queued drain, re-read the state with a dump and
+//! report whatever differs — the standard way to resynchronise with the kernel (the
+//! order matters; see `Resync`).
 //!
 //! "Up" means what a failover daemon needs: administratively up *and* operationally
 //! up *and* carrier present (`IFF_UP`, `IFF_RUNNING`, `IFF_LOWER_UP`). A veth whose
@@ -86,7 +87,7 @@ pub fn link_is_up(ifname: &str) -> std::io::Result<bool> {
 /// Send [`NetEvent`]s for `ifname` / `vip` until `tx` is closed.
 ///
 /// Linux: rtnetlink notifications (see the module docs). Elsewhere: a `getifaddrs`
-/// poll every [`POLL_INTERVAL`](fallback::POLL_INTERVAL).
+/// poll every 250 ms.
 pub async fn watch(
     ifname: String,
     vip: Ipv4Addr,
@@ -152,7 +153,7 @@ impl Tracker {
 #[cfg(target_os = "linux")]
 mod linux {
     use std::collections::BTreeSet;
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::Ipv4Addr;
 
     use futures::{StreamExt, TryStreamExt};
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -164,7 +165,7 @@ mod linux {
 
     use super::{NetEvent, Tracker, oper_up};
     use crate::failover::vip::VipError;
-    use crate::failover::vip::linux::{errno, local_v4};
+    use crate::failover::vip::linux::{errno, local_v4, timed};
 
     fn link_up(msg: &LinkMessage) -> bool {
         // Netlink carries the full 32-bit `ifi_flags`, `IFF_LOWER_UP` included.
@@ -187,6 +188,9 @@ mod linux {
         /// Current index of `ifname`; `None` while it does not exist. Followed through
         /// deletion and re-creation, which changes the index.
         index: Option<u32>,
+        /// Set when `ifname` came to denote another interface (or none): the VIP set
+        /// we track no longer describes it, and a resync is due.
+        identity_changed: bool,
         tracker: Tracker,
     }
 
@@ -194,13 +198,27 @@ mod linux {
         fn on_message(&mut self, msg: &RouteNetlinkMessage) -> Option<NetEvent> {
             match msg {
                 RouteNetlinkMessage::NewLink(link) => {
-                    let ours = Some(link.header.index) == self.index
-                        || link_name(link) == Some(self.ifname.as_str());
-                    if !ours {
-                        return None;
+                    let same_index = Some(link.header.index) == self.index;
+                    match link_name(link) {
+                        Some(name) if name == self.ifname => {
+                            if !same_index {
+                                // A new interface of that name (re-created, or another
+                                // one renamed to it): what it carries needs a dump.
+                                self.identity_changed = true;
+                            }
+                            self.index = Some(link.header.index);
+                            self.tracker.link(link_up(link))
+                        }
+                        // Renamed away: for us (and for `VipController`, which looks
+                        // the name up) the interface is gone, with its addresses.
+                        Some(_) if same_index => {
+                            self.index = None;
+                            self.identity_changed = true;
+                            self.tracker.link(false)
+                        }
+                        None if same_index => self.tracker.link(link_up(link)),
+                        _ => None,
                     }
-                    self.index = Some(link.header.index);
-                    self.tracker.link(link_up(link))
                 }
                 RouteNetlinkMessage::DelLink(link) if Some(link.header.index) == self.index => {
                     self.index = None;
@@ -225,7 +243,8 @@ mod linux {
         async fn resync(&mut self, handle: &Handle) -> Result<Vec<NetEvent>, VipError> {
             let ifname = &self.ifname;
             let mut links = handle.link().get().match_name(ifname.clone()).execute();
-            let (index, up) = match links.try_next().await {
+            let (index, up) = match timed(|| format!("get link {ifname}"), links.try_next()).await?
+            {
                 Ok(Some(link)) => (Some(link.header.index), link_up(&link)),
                 Ok(None) => (None, false),
                 Err(e) if errno(&e) == Some(libc::ENODEV) => (None, false),
@@ -233,27 +252,17 @@ mod linux {
             };
             let mut prefixes = BTreeSet::new();
             if let Some(index) = index {
-                let mut req = handle
-                    .address()
-                    .get()
-                    .set_link_index_filter(index)
-                    .set_address_filter(IpAddr::V4(self.vip));
+                let mut req = handle.address().get().set_link_index_filter(index);
                 req.message_mut().header.family = AddressFamily::Inet;
-                let mut dump = req.execute();
-                loop {
-                    match dump.try_next().await {
-                        Ok(Some(a)) if local_v4(&a) == Some(self.vip) => {
-                            prefixes.insert(a.header.prefix_len);
-                        }
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
-                        Err(e) => {
-                            return Err(VipError::Netlink(format!(
-                                "dump addresses of {ifname}: {e}"
-                            )));
-                        }
-                    }
-                }
+                let dump = req.execute().try_collect::<Vec<_>>();
+                let all = timed(|| format!("dump addresses of {ifname}"), dump)
+                    .await?
+                    .map_err(|e| VipError::Netlink(format!("dump addresses of {ifname}: {e}")))?;
+                prefixes.extend(
+                    all.iter()
+                        .filter(|a| local_v4(a) == Some(self.vip))
+                        .map(|a| a.header.prefix_len),
+                );
             }
             self.index = index;
             let events = [self.tracker.link(up), self.tracker.vip_set(prefixes)];
@@ -285,6 +294,7 @@ mod linux {
             ifname,
             vip,
             index: None,
+            identity_changed: false,
             tracker: Tracker::default(),
         };
         for ev in watched.resync(&handle).await? {
@@ -293,27 +303,81 @@ mod linux {
             }
         }
         tracing::debug!(ifname = %watched.ifname, %vip, index = ?watched.index, "netwatch started");
+        // Set after an overrun: when to re-read the state (see `Resync`).
+        let mut resync = Resync::default();
         loop {
-            let (msg, _) = tokio::select! {
+            let msg = tokio::select! {
                 _ = tx.closed() => return Ok(()),
+                _ = resync.wait(), if resync.pending() => None,
                 next = notifications.next() => match next {
-                    Some(m) => m,
+                    Some((m, _)) => Some(m),
                     None => return Err(VipError::Netlink("notification socket closed".into())),
                 },
             };
-            let events = match msg.payload {
-                NetlinkPayload::InnerMessage(m) => watched.on_message(&m).into_iter().collect(),
-                NetlinkPayload::Overrun(_) => {
-                    tracing::warn!(ifname = %watched.ifname, "netlink notifications lost (ENOBUFS); resynchronising");
+            let events = match msg.map(|m| m.payload) {
+                None => {
+                    resync = Resync::default();
                     watched.resync(&handle).await?
                 }
-                _ => Vec::new(),
+                Some(NetlinkPayload::InnerMessage(m)) => {
+                    resync.activity();
+                    let event = watched.on_message(&m);
+                    if std::mem::take(&mut watched.identity_changed) {
+                        resync.request();
+                    }
+                    event.into_iter().collect()
+                }
+                Some(NetlinkPayload::Overrun(_)) => {
+                    tracing::warn!(ifname = %watched.ifname, "netlink notifications lost (ENOBUFS); resynchronising");
+                    resync.request();
+                    Vec::new()
+                }
+                Some(_) => Vec::new(),
             };
             for ev in events {
                 tracing::debug!(ifname = %watched.ifname, ?ev, "netwatch event");
                 if tx.send(ev).await.is_err() {
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// When to re-read the state after an overrun (or after `ifname` changed hands).
+    ///
+    /// The kernel reports the overrun *before* the notifications still queued on the
+    /// socket, and those are older than anything a dump would return now. Dumping at
+    /// once and then applying them would roll our view back (a queued "VIP deleted"
+    /// from before the loss would win over a dump that shows it present). So the
+    /// dump waits until the queue has drained — no notification for [`QUIET`] — or at
+    /// most [`MAX_DELAY`] if the kernel keeps talking; anything after the dump is
+    /// newer than or equal to it, and applying it again changes nothing.
+    #[derive(Default)]
+    struct Resync {
+        /// (first overrun, last activity since) while a resync is pending.
+        since: Option<(tokio::time::Instant, tokio::time::Instant)>,
+    }
+
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(20);
+    const MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+    impl Resync {
+        fn pending(&self) -> bool {
+            self.since.is_some()
+        }
+        fn request(&mut self) {
+            let now = tokio::time::Instant::now();
+            let first = self.since.map_or(now, |(first, _)| first);
+            self.since = Some((first, now));
+        }
+        fn activity(&mut self) {
+            if let Some((_, last)) = &mut self.since {
+                *last = tokio::time::Instant::now();
+            }
+        }
+        async fn wait(&self) {
+            if let Some((first, last)) = self.since {
+                tokio::time::sleep_until((last + QUIET).min(first + MAX_DELAY)).await;
             }
         }
     }
@@ -343,6 +407,7 @@ mod linux {
                 ifname: "eth0".into(),
                 vip: Ipv4Addr::new(10, 0, 0, 100),
                 index: Some(2),
+                identity_changed: false,
                 tracker: Tracker::default(),
             };
             assert_eq!(w.tracker.link(true), Some(NetEvent::Link { up: true }));
@@ -377,6 +442,19 @@ mod linux {
             let again = RouteNetlinkMessage::NewLink(link(9, "eth0", up_flags()));
             assert_eq!(w.on_message(&again), Some(NetEvent::Link { up: true }));
             assert_eq!(w.index, Some(9));
+            assert!(w.identity_changed, "a new index calls for a dump");
+        }
+
+        #[test]
+        fn renamed_interface_is_gone() {
+            let mut w = watched();
+            let renamed = RouteNetlinkMessage::NewLink(link(2, "eth9", up_flags()));
+            assert_eq!(w.on_message(&renamed), Some(NetEvent::Link { up: false }));
+            assert_eq!(w.index, None);
+            assert!(w.identity_changed);
+            // Its addresses are no longer "on ifname".
+            let vip = vip_message(2, Ipv4Addr::new(10, 0, 0, 100), 24);
+            assert_eq!(w.on_message(&RouteNetlinkMessage::NewAddress(vip)), None);
         }
 
         #[test]

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
 
@@ -54,7 +56,7 @@ pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-async fn timed<T>(
+pub(crate) async fn timed<T>(
     what: impl FnOnce() -> String,
     fut: impl Future<Output = T>,
 ) -> Result<T, VipError> {
@@ -122,6 +124,38 @@ fn delete_message(found: &AddressMessage) -> AddressMessage {
     msg
 }
 
+/// The addresses the kernel removes together with `target` when `target` is deleted:
+/// if it is a primary address, its secondaries (same prefix length, same subnet) —
+/// unless `promote_secondaries` is on, in which case one of them is promoted.
+///
+/// This matters for a VIP that became the primary of its subnet (e.g. it was added
+/// before the node's own address in that subnet): releasing it would take the node's
+/// own address down with it.
+pub(crate) fn collateral(target: &AddressMessage, all: &[AddressMessage]) -> Vec<Ipv4Addr> {
+    let secondary = |m: &AddressMessage| m.header.flags.contains(AddressHeaderFlags::Secondary);
+    let (Some(local), false) = (local_v4(target), secondary(target)) else {
+        return Vec::new();
+    };
+    let prefix = target.header.prefix_len;
+    let mask = super::netmask_of(prefix.min(32));
+    let subnet = crate::net::network(local, mask);
+    all.iter()
+        .filter(|m| secondary(m) && m.header.prefix_len == prefix)
+        .filter_map(local_v4)
+        .filter(|a| *a != local && crate::net::network(*a, mask) == subnet)
+        .collect()
+}
+
+/// Whether the kernel promotes a secondary address when its primary is deleted
+/// (`net.ipv4.conf.{all,IF}.promote_secondaries`; either one enables it). Read in
+/// the calling thread's network namespace. Unknown counts as off, the kernel default.
+fn promote_secondaries(ifname: &str) -> bool {
+    ["all", ifname].iter().any(|dev| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/promote_secondaries"))
+            .is_ok_and(|v| v.trim() == "1")
+    })
+}
+
 impl Netlink {
     pub(crate) async fn open(ifname: &str) -> Result<Self, VipError> {
         let (conn, handle, _unsolicited) = rtnetlink::new_connection()?;
@@ -148,29 +182,18 @@ impl Netlink {
         }
     }
 
-    /// The IPv4 address entries on interface `index` whose local address is `addr`.
-    async fn entries(
+    /// All IPv4 address entries on interface `index`.
+    async fn ipv4_entries(
         &self,
         ifname: &str,
         index: u32,
-        addr: Ipv4Addr,
     ) -> Result<Vec<AddressMessage>, VipError> {
-        let mut req = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .set_address_filter(IpAddr::V4(addr));
-        // Ask the kernel for IPv4 only; the index/address filters run on our side.
+        let mut req = self.handle.address().get().set_link_index_filter(index);
+        // Ask the kernel for IPv4 only; the index filter runs on our side.
         req.message_mut().header.family = AddressFamily::Inet;
         let dump = req.execute().try_collect::<Vec<_>>();
         timed(|| format!("dump addresses of {ifname}"), dump)
             .await?
-            .map(|all| {
-                all.into_iter()
-                    .filter(|m| m.header.index == index && local_v4(m) == Some(addr))
-                    .collect()
-            })
             .map_err(|e| VipError::Netlink(format!("dump addresses of {ifname}: {e}")))
     }
 
@@ -197,10 +220,19 @@ impl Netlink {
 
     pub(crate) async fn unbind(&self, ifname: &str, addr: Ipv4Addr) -> Result<bool, VipError> {
         let index = self.index(ifname).await?;
+        let all = self.ipv4_entries(ifname, index).await?;
         let mut removed = false;
-        for found in self.entries(ifname, index, addr).await? {
+        for found in all.iter().filter(|m| local_v4(m) == Some(addr)) {
             let prefix = found.header.prefix_len;
-            let req = self.handle.address().del(delete_message(&found));
+            let doomed = collateral(found, &all);
+            if !doomed.is_empty() && !promote_secondaries(ifname) {
+                tracing::warn!(
+                    ifname, vip = %addr, prefix, also_removed = ?doomed,
+                    "the VIP is the primary address of its subnet here: the kernel deletes its \
+                     secondaries with it (set net.ipv4.conf.{ifname}.promote_secondaries=1 to keep them)"
+                );
+            }
+            let req = self.handle.address().del(delete_message(found));
             match timed(
                 || format!("delete {addr}/{prefix} from {ifname}"),
                 req.execute(),
@@ -222,7 +254,8 @@ impl Netlink {
 
     pub(crate) async fn is_bound(&self, ifname: &str, addr: Ipv4Addr) -> Result<bool, VipError> {
         let index = self.index(ifname).await?;
-        Ok(!self.entries(ifname, index, addr).await?.is_empty())
+        let all = self.ipv4_entries(ifname, index).await?;
+        Ok(all.iter().any(|m| local_v4(m) == Some(addr)))
     }
 }
 
@@ -283,6 +316,24 @@ mod tests {
             a,
             AddressAttribute::Broadcast(_) | AddressAttribute::Flags(_)
         )));
+    }
+
+    #[test]
+    fn deleting_a_primary_takes_its_secondaries() {
+        let secondary = |mut m: AddressMessage| {
+            m.header.flags = AddressHeaderFlags::Secondary;
+            m
+        };
+        let vip = vip_message(2, Ipv4Addr::new(192, 168, 3, 234), 24);
+        let own = secondary(vip_message(2, Ipv4Addr::new(192, 168, 3, 35), 24));
+        let other_net = secondary(vip_message(2, Ipv4Addr::new(10, 0, 0, 1), 24));
+        let other_len = secondary(vip_message(2, Ipv4Addr::new(192, 168, 3, 36), 25));
+        let all = vec![vip.clone(), own.clone(), other_net, other_len];
+        assert_eq!(collateral(&vip, &all), vec![Ipv4Addr::new(192, 168, 3, 35)]);
+        // A secondary VIP (the usual case: own address first) takes nothing with it.
+        let vip2 = secondary(vip.clone());
+        let own2 = vip_message(2, Ipv4Addr::new(192, 168, 3, 35), 24);
+        assert!(collateral(&vip2, &[own2, vip2.clone()]).is_empty());
     }
 
     #[test]
