@@ -477,7 +477,13 @@ mod tests {
     fn tried_nodes_are_skipped() {
         let b = balancer(Strategy::Fifo, &[node("a", 1, 0), node("b", 1, 0)]);
         let a = b.pick(client(1), &[]).unwrap();
-        assert_eq!(b.pick(client(1), &[a.clone()]).unwrap().config.name, "b");
+        assert_eq!(
+            b.pick(client(1), std::slice::from_ref(&a))
+                .unwrap()
+                .config
+                .name,
+            "b"
+        );
         let bb = b.nodes()[1].clone();
         assert!(b.pick(client(1), &[a, bb]).is_none());
     }

@@ -98,8 +98,8 @@ impl ServiceSet {
         let mut sockets: HashMap<(bool, String), Bound> = HashMap::new();
         for r in self.running.values() {
             let keep = services.iter().any(|s| s == &r.config);
-            if !keep {
-                sockets.insert(bound_key(&r.config), r.bound.clone());
+            if !keep && let Some(b) = r.bound() {
+                sockets.insert(bound_key(&r.config), b);
             }
         }
         let mut started: Vec<Running> = Vec::new();

@@ -18,8 +18,8 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -195,7 +195,10 @@ impl Ctx {
 /// A started service.
 pub(crate) struct Running {
     pub config: ServiceConfig,
-    pub bound: Bound,
+    /// Taken out (and so closed, once the accept loop lets go) when the service
+    /// stops accepting: clients then get a refusal instead of a silent backlog.
+    bound: Mutex<Option<Bound>>,
+    local_addr: Option<SocketAddr>,
     pub stats: Arc<ServiceStats>,
     pub balancer: Option<Arc<Balancer>>,
     stop: CancellationToken,
@@ -207,7 +210,7 @@ impl fmt::Debug for Running {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Running")
             .field("name", &self.config.name)
-            .field("addr", &self.bound.local_addr().ok())
+            .field("addr", &self.local_addr)
             .finish()
     }
 }
@@ -326,7 +329,8 @@ impl Running {
         info!(service = %name, addr = ?local, handler = %cfg.handler.kind, "service started");
         Ok(Running {
             config: cfg.clone(),
-            bound,
+            bound: Mutex::new(Some(bound)),
+            local_addr: local,
             stats,
             balancer: Some(balancer),
             stop,
@@ -336,11 +340,19 @@ impl Running {
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.bound.local_addr().ok()
+        self.local_addr
+    }
+
+    /// The listening socket, for a successor on reload (`None` once stopped).
+    pub fn bound(&self) -> Option<Bound> {
+        self.bound.lock().ok().and_then(|b| b.clone())
     }
 
     /// Close the door: no new connections, no more health checks or discovery.
     pub fn stop_accepting(&self) {
+        if let Ok(mut b) = self.bound.lock() {
+            b.take();
+        }
         self.stop.cancel();
         self.tracker.close();
     }
