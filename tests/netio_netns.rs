@@ -487,6 +487,10 @@ fn garp_frames_arrive_on_the_other_side() {
     assert_eq!(bytes, [&request[..], &reply[..], &request[..], &reply[..]]);
     // Rounds are `interval` apart.
     let gap = captured[2].0 - captured[1].0;
+    eprintln!(
+        "GARP: request→reply {:?}, round gap {gap:?} (interval 100 ms)",
+        captured[1].0 - captured[0].0
+    );
     assert!(
         gap >= Duration::from_millis(90),
         "rounds only {gap:?} apart"
