@@ -18,6 +18,7 @@ use gateway::config::{self, Loaded};
 use gateway::failover::driver::{self, FailoverStatus};
 use gateway::failover::machine::State;
 use gateway::net::Interfaces;
+use gateway::proxy::ServiceSet;
 
 /// Exit codes, documented in docs/operations.md.
 const EXIT_CONFIG: u8 = 1;
@@ -37,6 +38,9 @@ struct Cli {
     /// Check the configuration and exit (0: valid, 1: invalid), like `nginx -t`.
     #[arg(short = 't', long = "test")]
     test: bool,
+    /// On stop, how long in-flight connections may finish (seconds).
+    #[arg(long = "grace", default_value_t = 10)]
+    grace: u64,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
@@ -173,10 +177,20 @@ fn check_privileges() -> Result<(), &'static str> {
 }
 
 async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let cancel = CancellationToken::new();
-    spawn_signal_handlers(cancel.clone(), cli.config.clone())?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
 
-    let failover = loaded.floating_ip.clone().map(|fip| {
+    // Services first: a port that cannot be bound stops the start before the VIP
+    // is ever touched.
+    let mut services = ServiceSet::start(&loaded.config.services).context("starting services")?;
+    if !loaded.config.services.is_empty() {
+        tracing::info!(services = loaded.config.services.len(), "services started");
+    }
+
+    let mut failover = loaded.floating_ip.clone().map(|fip| {
         let (tx, rx) = watch::channel(FailoverStatus {
             state: State::Init,
             reason: "starting".into(),
@@ -186,36 +200,83 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
         for n in &fip.notes {
             tracing::info!("floating_ip: {n}");
         }
-        let token = cancel.clone();
-        (tokio::spawn(driver::run(fip, tx, token)), rx)
+        (tokio::spawn(driver::run(fip, tx, cancel.clone())), rx)
     });
 
-    cancel.cancelled().await;
-    tracing::info!("shutting down");
-    if let Some((handle, _status)) = failover {
-        // The driver releases the VIP and resigns before it returns.
-        match tokio::time::timeout(Duration::from_secs(5), handle).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(e).context("failover"),
-            Ok(Err(e)) => anyhow::bail!("failover task failed: {e}"),
-            Err(_) => anyhow::bail!("failover did not stop within 5 s"),
+    let mut current = loaded;
+    let failover_ended = loop {
+        let failover_done = async {
+            match failover.as_mut() {
+                Some((handle, _)) => handle.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received: shutting down"); break None; }
+            _ = int.recv() => { tracing::info!("SIGINT received: shutting down"); break None; }
+            _ = hup.recv() => reload(&cli.config, &mut current, &mut services),
+            r = failover_done => break Some(r),
         }
-    }
-    Ok(())
+    };
+    cancel.cancel();
+    let result = match failover_ended {
+        // Failover stopped on its own: that is a failure, the VIP can no longer move.
+        Some(Ok(Ok(()))) => Err(anyhow::anyhow!("failover stopped unexpectedly")),
+        Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failover")),
+        Some(Err(e)) => Err(anyhow::anyhow!("failover task failed: {e}")),
+        None => match failover.take() {
+            // The driver releases the VIP and resigns before it returns.
+            Some((handle, _)) => match tokio::time::timeout(Duration::from_secs(5), handle).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failover")),
+                Ok(Err(e)) => Err(anyhow::anyhow!("failover task failed: {e}")),
+                Err(_) => Err(anyhow::anyhow!("failover did not stop within 5 s")),
+            },
+            None => Ok(()),
+        },
+    };
+    services.shutdown(Duration::from_secs(cli.grace)).await;
+    result
 }
 
-fn spawn_signal_handlers(cancel: CancellationToken, _config: PathBuf) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGHUP: re-read the file; a bad file changes nothing.
+fn reload(path: &std::path::Path, current: &mut Loaded, services: &mut ServiceSet) {
+    let ifs = match Interfaces::current() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(
+                "reload rejected, keeping the running configuration: cannot list interfaces: {e}"
+            );
+            return;
         }
-        cancel.cancel();
-    });
-    Ok(())
+    };
+    let new = match config::load(path, &ifs) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("reload rejected, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    if let Err(e) = services.reload(&new.config.services) {
+        tracing::error!("reload rejected, keeping the running configuration: {e}");
+        return;
+    }
+    if new.floating_ip != current.floating_ip {
+        tracing::warn!(
+            "floating_ip changed in {}: it takes effect at the next restart",
+            path.display()
+        );
+        // Keep describing what actually runs.
+        let running = current.floating_ip.clone();
+        *current = new;
+        current.floating_ip = running;
+    } else {
+        *current = new;
+    }
+    tracing::info!(
+        services = current.config.services.len(),
+        "configuration reloaded"
+    );
 }
 
 #[cfg(test)]
