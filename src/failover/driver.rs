@@ -94,6 +94,28 @@ impl DropCounters {
     }
 }
 
+/// Removing a primary address makes Linux drop the secondaries of its subnet too,
+/// unless `promote_secondaries` is set. Should the VIP ever be the primary (it was
+/// added before the node's own address), releasing it must not take the node's own
+/// address with it; keepalived sets the same switch.
+fn promote_secondaries(iface: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/promote_secondaries");
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            _ => match std::fs::write(&path, "1") {
+                Ok(()) => tracing::info!("set net.ipv4.conf.{iface}.promote_secondaries=1"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set net.ipv4.conf.{iface}.promote_secondaries")
+                }
+            },
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = iface;
+}
+
 /// Open a UDP socket for heartbeats: bound to the interface, broadcast allowed.
 fn heartbeat_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -114,6 +136,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), FailoverError> {
     let iface = fip.interface.clone();
+    promote_secondaries(&iface);
     let vip = VipController::new(&iface, fip.vip, fip.prefix)
         .await
         .map_err(|e| FailoverError::Vip(iface.clone(), e))?;
