@@ -285,7 +285,7 @@ fail_cmd() {
     pid=$(cat "$WORK/daemon-$h.pid")
     case $mode in
     death)
-        echo "for p in \$(ip netns pids $P-$h); do kill -9 \$p; done; ip -n $P-$h link set eth0 down" ;;
+        echo "for p in \$(ip netns pids $P-$h); do kill -9 \$p 2>/dev/null; done; ip -n $P-$h link set eth0 down" ;;
     crash)
         if [ "$system" = gateway ]; then
             echo "kill -9 $pid"
