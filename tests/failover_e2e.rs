@@ -231,9 +231,11 @@ fn sigterm_switches_over() {
     stopping.signal(Signal::SIGTERM);
     let took = assert_reaches(&lab, vip, "after SIGTERM on the master");
     eprintln!("graceful stop: service back after {took:?}");
+    // The daemon drains its services for up to `--grace` (10 s) after releasing the
+    // VIP: a connection caught mid-switchover can keep it that long.
     let status = stopping
-        .wait_exit(Duration::from_secs(5))
-        .expect("the master did not exit within 5 s of SIGTERM");
+        .wait_exit(Duration::from_secs(20))
+        .expect("the master did not exit within 20 s of SIGTERM");
     assert!(
         status.success(),
         "exit status {status}:\n{}",
@@ -248,7 +250,7 @@ fn sigterm_switches_over() {
         !lab.vip_holders(vip).contains(&master),
         "the stopped node kept the VIP"
     );
-    eprintln!("switchover complete {:?} after SIGTERM", t0.elapsed());
+    eprintln!("daemon exited {:?} after SIGTERM", t0.elapsed());
 }
 
 /// (5a) `preempt: false` (the default): the higher-priority node comes back and
@@ -263,7 +265,7 @@ fn returning_master_without_preempt_stays_backup() {
 
     g1.signal(Signal::SIGTERM);
     assert!(
-        g1.wait_exit(Duration::from_secs(5)).is_some(),
+        g1.wait_exit(Duration::from_secs(20)).is_some(),
         "n1 did not stop"
     );
     assert!(
@@ -293,7 +295,7 @@ fn returning_master_with_preempt_takes_vip_back() {
 
     g1.signal(Signal::SIGTERM);
     assert!(
-        g1.wait_exit(Duration::from_secs(5)).is_some(),
+        g1.wait_exit(Duration::from_secs(20)).is_some(),
         "n1 did not stop"
     );
     assert!(
