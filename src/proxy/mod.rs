@@ -1,4 +1,6 @@
 //! Services: listeners, handlers, forwarders, balancing and health checks.
 
+pub mod handler;
 pub mod relay;
 pub mod router;
+pub mod tls;
