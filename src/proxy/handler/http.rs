@@ -302,7 +302,11 @@ impl HttpHandler {
     }
 
     /// `CONNECT host:port`: reach the target, confirm, relay.
-    async fn connect<S>(&self, mut client: BufConn<S>, head: &RequestHead) -> Result<(), HandlerError>
+    async fn connect<S>(
+        &self,
+        mut client: BufConn<S>,
+        head: &RequestHead,
+    ) -> Result<(), HandlerError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -441,7 +445,9 @@ impl HttpHandler {
                             self.reply(client, 502, "Bad Gateway", "").await;
                             return Err(HandlerError::Upstream {
                                 target: uri.authority,
-                                message: "closed or garbled while the client waited for 100 Continue".into(),
+                                message:
+                                    "closed or garbled while the client waited for 100 Continue"
+                                        .into(),
                             });
                         }
                     }
@@ -522,8 +528,8 @@ impl HttpHandler {
         }
 
         let resp_framing = response_framing(&response, is_head);
-        let upstream_keep_alive = resp_framing != Framing::Close
-            && wants_keep_alive(response.version, &response.headers);
+        let upstream_keep_alive =
+            resp_framing != Framing::Close && wants_keep_alive(response.version, &response.headers);
         // The client may keep the connection if it wants to, the response has a
         // known end, and the body it announced was consumed.
         let keep = client_keep_alive && resp_framing != Framing::Close && !body_skipped;
@@ -618,12 +624,14 @@ impl HttpHandler {
     }
 }
 
-
 /// Read and parse one head. `Ok(None)`: the stream ended cleanly before any byte
 /// of a head. Cancel safe (see [`BufConn::fill`]), so it can run under a timeout.
+/// A head parser: `Ok(None)` while incomplete, else the head and its length.
+type HeadParser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, String>;
+
 async fn read_head<S, T>(
     conn: &mut BufConn<S>,
-    parse: fn(&[u8]) -> Result<Option<(T, usize)>, String>,
+    parse: HeadParser<T>,
 ) -> Result<Option<T>, HeadError>
 where
     S: AsyncRead + Unpin,
@@ -797,8 +805,7 @@ fn request_framing(head: &RequestHead) -> Result<Framing, String> {
 }
 
 fn response_framing(resp: &ResponseHead, request_was_head: bool) -> Framing {
-    if request_was_head || (100..200).contains(&resp.code) || resp.code == 204 || resp.code == 304
-    {
+    if request_was_head || (100..200).contains(&resp.code) || resp.code == 204 || resp.code == 304 {
         return Framing::None;
     }
     let te = header_tokens(&resp.headers, "transfer-encoding");
@@ -937,7 +944,7 @@ fn is_hop_by_hop(name: &str, connection_tokens: &[String], keep_upgrade: bool) -
     if keep_upgrade && lower == "upgrade" {
         return false;
     }
-    HOP_BY_HOP.contains(&lower.as_str()) || connection_tokens.iter().any(|t| *t == lower)
+    HOP_BY_HOP.contains(&lower.as_str()) || connection_tokens.contains(&lower)
 }
 
 fn render_request(head: &RequestHead, uri: &Uri, keep_alive: bool, upgrade: bool) -> Vec<u8> {
@@ -1022,7 +1029,10 @@ mod tests {
     #[test]
     fn connect_authorities() {
         assert_eq!(parse_authority("h:443", None).as_deref(), Some("h:443"));
-        assert_eq!(parse_authority("[::1]:443", None).as_deref(), Some("[::1]:443"));
+        assert_eq!(
+            parse_authority("[::1]:443", None).as_deref(),
+            Some("[::1]:443")
+        );
         assert_eq!(parse_authority("h", None), None);
         assert_eq!(parse_authority("[zz]:1", None), None);
         assert_eq!(parse_authority("h:99999", None), None);
@@ -1081,7 +1091,10 @@ mod tests {
     fn keep_alive_rules() {
         let h = |s: &str| req(s).headers;
         assert!(wants_keep_alive(1, &h("GET / HTTP/1.1\r\n\r\n")));
-        assert!(!wants_keep_alive(1, &h("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")));
+        assert!(!wants_keep_alive(
+            1,
+            &h("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        ));
         assert!(!wants_keep_alive(0, &h("GET / HTTP/1.0\r\n\r\n")));
         assert!(wants_keep_alive(
             0,
