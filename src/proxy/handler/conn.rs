@@ -46,6 +46,16 @@ impl<S> BufConn<S> {
         }
     }
 
+    /// The underlying stream (for writing; reading past the buffer loses order).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    /// The stream and the bytes read from it but not consumed.
+    pub fn into_parts(self) -> (S, BytesMut) {
+        (self.io, self.buf)
+    }
+
     /// Bytes received but not yet consumed.
     pub fn buffered(&self) -> &[u8] {
         &self.buf

@@ -42,7 +42,7 @@
 //! | situation | reply |
 //! |---|---|
 //! | unparseable head, bad URI, conflicting framing | `400 Bad Request` |
-//! | head larger than 64 KiB | `431 Request Header Fields Too Large` |
+//! | head larger than 64 KiB or with more than 128 fields | `431 Request Header Fields Too Large` |
 //! | auth configured and missing/wrong | `407` with `Proxy-Authenticate: Basic` |
 //! | target refused / unreachable / bad response | `502 Bad Gateway` |
 //! | connect or response head timed out | `504 Gateway Timeout` |
@@ -71,6 +71,7 @@ use crate::proxy::router::Router;
 
 /// Largest request or response head we accept.
 pub const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in one head; more is answered like an oversized head.
 const MAX_HEADERS: usize = 128;
 
 /// The `handler:` section of an `http` service, minus `type`.
@@ -627,7 +628,7 @@ impl HttpHandler {
 /// Read and parse one head. `Ok(None)`: the stream ended cleanly before any byte
 /// of a head. Cancel safe (see [`BufConn::fill`]), so it can run under a timeout.
 /// A head parser: `Ok(None)` while incomplete, else the head and its length.
-type HeadParser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, String>;
+type HeadParser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, HeadError>;
 
 async fn read_head<S, T>(
     conn: &mut BufConn<S>,
@@ -651,7 +652,7 @@ where
                     return Ok(Some(head));
                 }
                 Ok(None) => {}
-                Err(why) => return Err(HeadError::Invalid(why)),
+                Err(e) => return Err(e),
             }
             if conn.buffered().len() >= MAX_HEAD {
                 return Err(HeadError::TooLarge);
@@ -673,14 +674,14 @@ fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, String> {
+fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => {
             let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
             else {
-                return Err("incomplete request line".into());
+                return Err(HeadError::Invalid("incomplete request line".into()));
             };
             Ok(Some((
                 RequestHead {
@@ -693,17 +694,18 @@ fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, String> {
             )))
         }
         Ok(httparse::Status::Partial) => Ok(None),
-        Err(e) => Err(format!("request head: {e}")),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Invalid(format!("request head: {e}"))),
     }
 }
 
-fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
+fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => {
             let (Some(code), Some(version)) = (resp.code, resp.version) else {
-                return Err("incomplete status line".into());
+                return Err(HeadError::Invalid("incomplete status line".into()));
             };
             Ok(Some((
                 ResponseHead {
@@ -716,7 +718,8 @@ fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
             )))
         }
         Ok(httparse::Status::Partial) => Ok(None),
-        Err(e) => Err(format!("response head: {e}")),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Invalid(format!("response head: {e}"))),
     }
 }
 
