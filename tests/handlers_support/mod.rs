@@ -213,6 +213,9 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
                 .await?;
             }
         }
+        if get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            return Ok(());
+        }
     }
 }
 
