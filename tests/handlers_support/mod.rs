@@ -191,7 +191,8 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
             }
             "/reset" => {
                 let (stream, _) = conn.into_parts();
-                stream.set_linger(Some(Duration::ZERO))?;
+                // Linger 0: close sends RST instead of FIN.
+                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
                 drop(stream);
                 return Ok(());
             }
