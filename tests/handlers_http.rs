@@ -143,6 +143,97 @@ async fn streams_content_length_and_chunked_bodies() {
 }
 
 #[tokio::test]
+async fn stale_upstream_connection_is_replaced() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let (p, handler) = proxy(HttpHandlerOptions::default()).await;
+    let r = curl(&[
+        "-x",
+        &format!("http://{p}"),
+        &format!("http://{}/close-after", origin.addr),
+        &format!("http://{}/conn", origin.addr),
+    ])
+    .await;
+    // The second request found the kept connection closed and went on a new one.
+    assert_eq!(r.text(), "ok2", "{}", r.stderr);
+    let s = handler.stats().snapshot();
+    assert_eq!(
+        (s.connections, s.requests, s.upstream_error),
+        (1, 2, 0),
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn expect_continue_both_ways() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let (p, _) = proxy(HttpHandlerOptions::default()).await;
+    let px = format!("http://{p}");
+    // The target says 100: the body follows at once (no 1 s wait in curl).
+    let start = std::time::Instant::now();
+    let r = curl(&[
+        "-x",
+        &px,
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        "payload",
+        &format!("http://{}/echo", origin.addr),
+    ])
+    .await;
+    assert_eq!(r.text(), "payload", "{}", r.stderr);
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    // The target refuses before the body: the client gets the refusal.
+    let r = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &px,
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        "payload",
+        &format!("http://{}/reject", origin.addr),
+    ])
+    .await;
+    assert_eq!(r.text(), "413", "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn upgrade_switches_to_a_raw_relay() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let (p, _) = proxy(HttpHandlerOptions::default()).await;
+    let mut s = tokio::net::TcpStream::connect(p).await.unwrap();
+    s.write_all(
+        format!(
+            "GET http://{}/upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("Upgrade: echo"), "{head}");
+    s.write_all(b"raw bytes").await.unwrap();
+    let mut back = [0u8; 9];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"raw bytes");
+}
+
+#[tokio::test]
 async fn connect_tunnel() {
     let origin = spawn_origin("127.0.0.1:0").await;
     let (p, handler) = proxy(HttpHandlerOptions::default()).await;

@@ -43,6 +43,10 @@ where
 /// * `/slow` — answers after 3 s
 /// * `/reset` — resets the connection without answering
 /// * `/conn` — the number of this connection (1-based), to see reuse
+/// * `/close-after` — `ok`, then the connection is closed without notice
+/// * `/upgrade` — 101, then echoes raw bytes
+/// * `/reject` — with `Expect: 100-continue`: 413 before the body is sent
+/// * any request with `Expect: 100-continue` gets `100 Continue` first
 ///
 /// Every response carries `X-Seen-Target`, `X-Seen-Host` and `X-Seen-Proxy-Auth`.
 pub struct Origin {
@@ -100,6 +104,19 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
         };
         conn.consume(len);
         let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let route = target.split('?').next().unwrap_or_default().to_string();
+        if get("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+            if route == "/reject" {
+                // Refuse before the body is sent; the body never arrives here.
+                conn.get_mut()
+                    .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await?;
+                return Ok(());
+            }
+            conn.get_mut()
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await?;
+        }
         let mut body = Vec::new();
         if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             let mut raw = Vec::new();
@@ -126,8 +143,7 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
             },
         );
         let io = conn.get_mut();
-        let route = target.split('?').next().unwrap_or_default();
-        match route {
+        match route.as_str() {
             "/hello" => {
                 io.write_all(
                     format!("HTTP/1.1 200 OK\r\n{seen}Content-Length: 5\r\n\r\nhello").as_bytes(),
@@ -194,6 +210,24 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
                 // Linger 0: close sends RST instead of FIN.
                 socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
                 drop(stream);
+                return Ok(());
+            }
+            "/close-after" => {
+                // Answer as if keeping the connection, then drop it (an idle
+                // timeout on the target's side).
+                io.write_all(
+                    format!("HTTP/1.1 200 OK\r\n{seen}Content-Length: 2\r\n\r\nok").as_bytes(),
+                )
+                .await?;
+                return Ok(());
+            }
+            "/upgrade" => {
+                io.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+                    .await?;
+                let (mut stream, pending) = conn.into_parts();
+                stream.write_all(&pending).await?;
+                let (mut r, mut w) = stream.split();
+                tokio::io::copy(&mut r, &mut w).await?;
                 return Ok(());
             }
             "/conn" => {

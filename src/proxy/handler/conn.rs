@@ -21,7 +21,7 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_LINE: usize = 8 * 1024;
 
 pub struct BufConn<S> {
-    pub(crate) io: S,
+    io: S,
     buf: BytesMut,
 }
 

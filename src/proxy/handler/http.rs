@@ -385,41 +385,37 @@ impl HttpHandler {
 
         // Send the head, on a kept connection when it goes to the same place. A
         // kept connection the target closed meanwhile is replaced once.
-        let mut reused;
         let mut attempt = 0;
         // Set when the target answered before the client sent its announced body:
         // those bytes are still in the client stream, so it cannot be reused.
         let mut body_skipped = false;
-        let response = loop {
+        let (mut up, response) = loop {
             attempt += 1;
-            let up = match upstream.take() {
-                Some(u) if u.target == uri.authority => {
-                    reused = true;
-                    u
-                }
-                _ => {
-                    reused = false;
-                    match self.router.connect(&uri.authority).await {
-                        Ok(s) => Upstream {
+            let (mut up, reused) = match upstream.take() {
+                Some(u) if u.target == uri.authority => (u, true),
+                _ => match self.router.connect(&uri.authority).await {
+                    Ok(s) => (
+                        Upstream {
                             target: uri.authority.clone(),
                             conn: BufConn::new(s),
                         },
-                        Err(e) => {
-                            self.reply_target_error(client, &e).await;
-                            return Err(HandlerError::Target {
-                                target: uri.authority.clone(),
-                                source: e,
-                            });
-                        }
+                        false,
+                    ),
+                    Err(e) => {
+                        self.reply_target_error(client, &e).await;
+                        return Err(HandlerError::Target {
+                            target: uri.authority.clone(),
+                            source: e,
+                        });
                     }
-                }
+                },
             };
-            let mut up = up;
-            let sent = up.conn.write_all(&request_bytes).await;
-            if sent.is_err() && reused && attempt == 1 {
-                continue;
-            }
-            if let Err(e) = sent {
+            // Only a request the target cannot have acted on may be sent again.
+            let may_retry = reused && attempt == 1 && framing == Framing::None;
+            if let Err(e) = up.conn.write_all(&request_bytes).await {
+                if may_retry {
+                    continue;
+                }
                 self.reply(client, 502, "Bad Gateway", "").await;
                 return Err(HandlerError::Upstream {
                     target: uri.authority,
@@ -429,50 +425,42 @@ impl HttpHandler {
 
             // Body. With `Expect: 100-continue` the target gets a moment to refuse
             // before the client sends the body (RFC 9110 §10.1.1).
-            let mut early: Option<ResponseHead> = None;
             if expect_continue {
                 let waited = tokio::time::timeout(
                     Duration::from_secs(1),
                     read_head(&mut up.conn, parse_response),
                 )
                 .await;
-                if let Ok(r) = waited {
-                    match r {
-                        Ok(Some(h)) if h.code == 100 => {
-                            client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-                        }
-                        Ok(Some(h)) => early = Some(h),
-                        _ => {
-                            self.reply(client, 502, "Bad Gateway", "").await;
-                            return Err(HandlerError::Upstream {
-                                target: uri.authority,
-                                message:
-                                    "closed or garbled while the client waited for 100 Continue"
-                                        .into(),
-                            });
-                        }
+                match waited {
+                    // Silence: send the body anyway, as curl and browsers do.
+                    Err(_) => {}
+                    Ok(Ok(Some(h))) if h.code == 100 => {
+                        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                    }
+                    Ok(Ok(Some(h))) => {
+                        body_skipped = true;
+                        break (up, h);
+                    }
+                    Ok(_) => {
+                        self.reply(client, 502, "Bad Gateway", "").await;
+                        return Err(HandlerError::Upstream {
+                            target: uri.authority,
+                            message: "closed or garbled while the client waited for 100 Continue"
+                                .into(),
+                        });
                     }
                 }
             }
-            if early.is_none() {
-                self.copy_request_body(client, &mut up, framing).await?;
-            }
-            *upstream = Some(up);
-            if let Some(h) = early {
-                body_skipped = true;
-                break h;
-            }
-            let Some(up) = upstream.as_mut() else {
-                unreachable!("set just above")
-            };
+            self.copy_request_body(client, &mut up, framing).await?;
+
             let read = tokio::time::timeout(
                 self.opts.metadata.response_timeout,
                 read_final_response(client, &mut up.conn),
             )
             .await;
-            match read {
+            let message = match read {
+                Ok(Ok(Some(h))) => break (up, h),
                 Err(_) => {
-                    *upstream = None;
                     self.reply(client, 504, "Gateway Timeout", "").await;
                     return Err(HandlerError::Upstream {
                         target: uri.authority,
@@ -482,44 +470,35 @@ impl HttpHandler {
                         ),
                     });
                 }
-                Ok(Ok(Some(h))) => break h,
-                Ok(Ok(None)) if reused && attempt == 1 && framing == Framing::None => {
-                    // The target closed our idle connection; resend on a new one.
-                    *upstream = None;
-                    continue;
-                }
-                Ok(r) => {
-                    *upstream = None;
-                    let message = match r {
-                        Ok(None) => "closed without a response".to_string(),
-                        Err(HeadError::Invalid(w)) => format!("bad response head: {w}"),
-                        Err(HeadError::TooLarge) => "response head too large".to_string(),
-                        Err(HeadError::Truncated) => "closed mid response head".to_string(),
-                        Err(HeadError::Io(e)) => format!("reading response: {e}"),
-                        Ok(Some(_)) => unreachable!("matched above"),
-                    };
-                    self.reply(client, 502, "Bad Gateway", "").await;
-                    return Err(HandlerError::Upstream {
-                        target: uri.authority,
-                        message,
-                    });
-                }
-            }
-        };
-        let Some(up) = upstream.as_mut() else {
-            unreachable!("set in the loop")
+                // The target closed (or reset) the idle connection we kept: resend
+                // on a new one.
+                Ok(Ok(None) | Err(HeadError::Io(_))) if may_retry => continue,
+                Ok(Ok(None)) => "closed without a response".to_string(),
+                Ok(Err(HeadError::Invalid(w))) => format!("bad response head: {w}"),
+                Ok(Err(HeadError::TooLarge)) => "response head too large".to_string(),
+                Ok(Err(HeadError::Truncated)) => "closed mid response head".to_string(),
+                Ok(Err(HeadError::Io(e))) => format!("reading response: {e}"),
+            };
+            self.reply(client, 502, "Bad Gateway", "").await;
+            return Err(HandlerError::Upstream {
+                target: uri.authority,
+                message,
+            });
         };
 
         // 101: the connection now speaks something else (WebSocket): relay it.
-        if response.code == 101 && upgrade {
-            let bytes = render_response(&response, true);
-            client.write_all(&bytes).await?;
-            let pending = up.conn.buffered().to_vec();
+        if response.code == 101 {
+            if !upgrade {
+                self.reply(client, 502, "Bad Gateway", "").await;
+                return Err(HandlerError::Upstream {
+                    target: uri.authority,
+                    message: "101 Switching Protocols without an upgrade request".into(),
+                });
+            }
+            client.write_all(&render_response(&response, true)).await?;
+            let (mut target, pending) = up.conn.into_parts();
             client.write_all(&pending).await?;
-            let Some(mut up) = upstream.take() else {
-                unreachable!("checked above")
-            };
-            return match client.tunnel(&mut up.conn.io).await {
+            return match client.tunnel(&mut target).await {
                 Ok(_) => Ok(Next::Close),
                 Err(e) => Err(HandlerError::Upstream {
                     target: uri.authority,
@@ -534,30 +513,28 @@ impl HttpHandler {
         // The client may keep the connection if it wants to, the response has a
         // known end, and the body it announced was consumed.
         let keep = client_keep_alive && resp_framing != Framing::Close && !body_skipped;
-        let bytes = render_response(&response, keep);
-        client.write_all(&bytes).await?;
+        client.write_all(&render_response(&response, keep)).await?;
         let copied = match resp_framing {
             Framing::None => Ok(()),
-            Framing::Length(n) => up.conn.copy_exact(n, &mut client.io).await,
-            Framing::Chunked => up.conn.copy_chunked(&mut client.io).await,
-            Framing::Close => up.conn.copy_to_eof(&mut client.io).await,
+            Framing::Length(n) => up.conn.copy_exact(n, client.get_mut()).await,
+            Framing::Chunked => up.conn.copy_chunked(client.get_mut()).await,
+            Framing::Close => up.conn.copy_to_eof(client.get_mut()).await,
         };
         match copied {
             Ok(()) => {}
             Err(CopyError::Write(e)) => return Err(HandlerError::Client(e)),
             Err(e) => {
-                *upstream = None;
                 return Err(HandlerError::Upstream {
                     target: uri.authority,
                     message: format!("response body: {e}"),
                 });
             }
         }
-        client.io.flush().await?;
-        if !upstream_keep_alive || body_skipped || !up.conn.buffered().is_empty() {
-            // Extra bytes after a response mean the target is confused; do not
-            // let them bleed into the next exchange.
-            *upstream = None;
+        client.get_mut().flush().await?;
+        // Extra bytes after a response mean the target is confused; do not let
+        // them bleed into the next exchange.
+        if upstream_keep_alive && !body_skipped && up.conn.buffered().is_empty() {
+            *upstream = Some(up);
         }
         Ok(if keep { Next::KeepAlive } else { Next::Close })
     }
@@ -573,8 +550,8 @@ impl HttpHandler {
     {
         let copied = match framing {
             Framing::None | Framing::Close => Ok(()),
-            Framing::Length(n) => client.copy_exact(n, &mut up.conn.io).await,
-            Framing::Chunked => client.copy_chunked(&mut up.conn.io).await,
+            Framing::Length(n) => client.copy_exact(n, up.conn.get_mut()).await,
+            Framing::Chunked => client.copy_chunked(up.conn.get_mut()).await,
         };
         match copied {
             Ok(()) => Ok(()),
@@ -621,7 +598,7 @@ impl HttpHandler {
             body.len()
         );
         let _ = client.write_all(msg.as_bytes()).await;
-        let _ = client.io.flush().await;
+        let _ = client.get_mut().flush().await;
     }
 }
 
