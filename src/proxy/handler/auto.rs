@@ -27,7 +27,9 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::BufConn;
-use super::http::{HttpHandler, HttpHandlerOptions, HttpMetadata, default_response_timeout};
+use super::http::{
+    HttpHandler, HttpHandlerOptions, HttpMetadata, default_response_timeout, validate_headers,
+};
 use super::socks::{
     Socks4Handler, Socks4HandlerOptions, Socks4Metadata, Socks5Handler, Socks5HandlerOptions,
     Socks5Metadata, default_udp_buffer_size, validate_udp_buffer,
@@ -88,7 +90,8 @@ impl Default for AutoMetadata {
 
 impl AutoHandlerOptions {
     pub fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_udp_buffer(self.metadata.udp_buffer_size, field)
+        validate_udp_buffer(self.metadata.udp_buffer_size, field)?;
+        validate_headers(&self.metadata.header, field)
     }
 }
 
@@ -157,9 +160,8 @@ impl AutoHandler {
     {
         let first = match tokio::time::timeout(self.read_timeout, client.fill_to(1)).await {
             Err(_) => return Err(HandlerError::HandshakeTimeout(self.read_timeout)),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(HandlerError::BadRequest("closed before a request".into()));
-            }
+            // Connected and closed without a byte (a TCP health check): fine.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(HandlerError::Client(e)),
             Ok(Ok(())) => client.buffered()[0],
         };

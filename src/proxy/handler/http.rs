@@ -66,6 +66,7 @@ use super::{
     ConnInfo, HandlerError, HandlerStats, credentials_match, default_read_timeout,
     deserialize_go_duration, log_outcome,
 };
+use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
 use crate::proxy::router::Router;
 
@@ -107,6 +108,42 @@ pub struct HttpMetadata {
         deserialize_with = "deserialize_go_duration"
     )]
     pub response_timeout: Duration,
+}
+
+impl HttpHandlerOptions {
+    /// `field` is the path of this section, e.g. `services[2].handler`.
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
+        validate_headers(&self.metadata.header, field)
+    }
+}
+
+/// Header names must be HTTP tokens and values must not break the line: a value
+/// with CR/LF would let the config inject arbitrary response lines.
+pub(crate) fn validate_headers(
+    headers: &BTreeMap<String, String>,
+    field: &str,
+) -> Result<(), FieldError> {
+    for (name, value) in headers {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(FieldError::new(
+                format!("{field}.metadata.header"),
+                format!(
+                    "expected header names made of letters, digits and !#$%&'*+-.^_`|~, got {name:?}"
+                ),
+            ));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(FieldError::new(
+                format!("{field}.metadata.header.{name}"),
+                "expected a value without CR, LF or NUL",
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn default_response_timeout() -> Duration {
@@ -250,13 +287,9 @@ impl HttpHandler {
                     return Ok(());
                 }
                 Ok(Ok(Some(head))) => head,
-                Ok(Ok(None)) => {
-                    return if first {
-                        Err(HandlerError::BadRequest("closed before a request".into()))
-                    } else {
-                        Ok(())
-                    };
-                }
+                // Closed between requests, or before the first one (a TCP health
+                // check, a port probe): nothing went wrong.
+                Ok(Ok(None)) => return Ok(()),
                 Ok(Err(HeadError::TooLarge)) => {
                     self.reply(&mut client, 431, "Request Header Fields Too Large", "")
                         .await;
@@ -1065,6 +1098,43 @@ mod tests {
         assert!(!authorized(&auth, &garbage));
         let none = req("GET http://h/ HTTP/1.1\r\n\r\n");
         assert!(!authorized(&auth, &none));
+    }
+
+    #[test]
+    fn header_option_validation() {
+        let mut h = BTreeMap::new();
+        h.insert("X-Proxy".to_string(), "gw 1".to_string());
+        assert!(validate_headers(&h, "s").is_ok());
+        h.insert("Bad Name".to_string(), "v".to_string());
+        assert_eq!(
+            validate_headers(&h, "s").unwrap_err().field,
+            "s.metadata.header"
+        );
+        let mut h = BTreeMap::new();
+        h.insert("X".to_string(), "a\r\nSet-Cookie: x".to_string());
+        assert_eq!(
+            validate_headers(&h, "s").unwrap_err().field,
+            "s.metadata.header.X"
+        );
+    }
+
+    #[test]
+    fn response_rewrite() {
+        let r = ResponseHead {
+            code: 200,
+            reason: "OK".into(),
+            version: 0,
+            headers: vec![
+                ("Keep-Alive".into(), b"timeout=5".to_vec()),
+                ("Connection".into(), b"keep-alive".to_vec()),
+                ("Transfer-Encoding".into(), b"chunked".to_vec()),
+            ],
+        };
+        let out = String::from_utf8(render_response(&r, false)).unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]

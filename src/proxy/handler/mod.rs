@@ -38,6 +38,28 @@
 //!
 //! `handle` is generic over the stream, so a TLS listener passes its
 //! `tokio_rustls::server::TlsStream` exactly like a plain `TcpStream`.
+//! [`ProxyHandler`] wraps the four handlers in one type for a service loop that
+//! dispatches on `handler.type`.
+//!
+//! The option structs deserialize the YAML `handler:` section without its `type`
+//! key, so a service config can hold them in an internally tagged enum:
+//!
+//! ```
+//! # use serde::Deserialize;
+//! # use gateway::proxy::handler::{http::HttpHandlerOptions, socks::Socks5HandlerOptions};
+//! #[derive(Deserialize)]
+//! #[serde(tag = "type")]
+//! enum Handler {
+//!     #[serde(rename = "http")]
+//!     Http(HttpHandlerOptions),
+//!     #[serde(rename = "socks5", alias = "socks")]
+//!     Socks5(Socks5HandlerOptions),
+//! }
+//! let h: Handler = serde_yaml_ng::from_str("type: socks5\nmetadata: {udp: true}").unwrap();
+//! assert!(matches!(h, Handler::Socks5(o) if o.metadata.udp));
+//! // deny_unknown_fields still applies inside the tagged enum:
+//! assert!(serde_yaml_ng::from_str::<Handler>("type: http\nmetadata: {udp: true}").is_err());
+//! ```
 //!
 //! # Failure policy
 //!
@@ -59,6 +81,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+/// Any of the proxy handlers, for a service loop that does not care which: build
+/// one per service from its `handler.type`, then `handle` every connection.
+pub enum ProxyHandler {
+    Http(http::HttpHandler),
+    Socks5(socks::Socks5Handler),
+    Socks4(socks::Socks4Handler),
+    // Boxed: it holds the other three, and the enum should stay small.
+    Auto(Box<auto::AutoHandler>),
+}
+
+impl ProxyHandler {
+    pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        match self {
+            ProxyHandler::Http(h) => h.handle(stream, conn).await,
+            ProxyHandler::Socks5(h) => h.handle(stream, conn).await,
+            ProxyHandler::Socks4(h) => h.handle(stream, conn).await,
+            ProxyHandler::Auto(h) => h.handle(stream, conn).await,
+        }
+    }
+
+    pub fn stats(&self) -> &std::sync::Arc<HandlerStats> {
+        match self {
+            ProxyHandler::Http(h) => h.stats(),
+            ProxyHandler::Socks5(h) => h.stats(),
+            ProxyHandler::Socks4(h) => h.stats(),
+            ProxyHandler::Auto(h) => h.stats(),
+        }
+    }
+}
 
 /// The two ends of an accepted connection, as the listener saw them.
 ///
