@@ -205,6 +205,38 @@ async fn expect_continue_both_ways() {
 }
 
 #[tokio::test]
+async fn early_refusal_of_an_upload_reaches_the_client() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let (p, _) = proxy(HttpHandlerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, pattern(32 * 1024 * 1024)).unwrap();
+    let start = std::time::Instant::now();
+    // "Expect:" (empty) stops curl from asking for 100-continue: the body
+    // streams right away and the target refuses without reading it.
+    let r = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &format!("http://{p}"),
+        "-H",
+        "Expect:",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("http://{}/refuse-upload", origin.addr),
+    ])
+    .await;
+    assert_eq!(r.text(), "413", "{}", r.stderr);
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn upgrade_switches_to_a_raw_relay() {
     let origin = spawn_origin("127.0.0.1:0").await;
     let (p, _) = proxy(HttpHandlerOptions::default()).await;

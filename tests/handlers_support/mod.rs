@@ -46,6 +46,7 @@ where
 /// * `/close-after` — `ok`, then the connection is closed without notice
 /// * `/upgrade` — 101, then echoes raw bytes
 /// * `/reject` — with `Expect: 100-continue`: 413 before the body is sent
+/// * `/refuse-upload` — 413 at once, body never read, connection held 5 s
 /// * any request with `Expect: 100-continue` gets `100 Continue` first
 ///
 /// Every response carries `X-Seen-Target`, `X-Seen-Host` and `X-Seen-Proxy-Auth`.
@@ -116,6 +117,15 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
             conn.get_mut()
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await?;
+        }
+        if route == "/refuse-upload" {
+            // Refuse an upload without reading it, and keep the connection open
+            // (not reading) for a while, as a busy server would.
+            conn.get_mut()
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return Ok(());
         }
         let mut body = Vec::new();
         if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {

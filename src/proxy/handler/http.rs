@@ -60,6 +60,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::conn::{BufConn, CopyError};
 use super::{
@@ -214,9 +215,30 @@ enum Next {
 }
 
 /// A target connection kept between requests, with the `host:port` it serves.
+///
+/// Split in halves so that the request body can be sent while the response is
+/// already being read (a target may refuse an upload without reading it).
 struct Upstream {
     target: String,
-    conn: BufConn<TcpStream>,
+    rx: BufConn<OwnedReadHalf>,
+    tx: OwnedWriteHalf,
+}
+
+impl Upstream {
+    fn new(target: String, stream: TcpStream) -> Self {
+        let (rx, tx) = stream.into_split();
+        Self {
+            target,
+            rx: BufConn::new(rx),
+            tx,
+        }
+    }
+}
+
+/// Which finished first while a request body was being sent.
+enum Race {
+    BodyDone(Result<(), CopyError>),
+    Response(Result<Option<ResponseHead>, HeadError>),
 }
 
 impl HttpHandler {
@@ -427,13 +449,7 @@ impl HttpHandler {
             let (mut up, reused) = match upstream.take() {
                 Some(u) if u.target == uri.authority => (u, true),
                 _ => match self.router.connect(&uri.authority).await {
-                    Ok(s) => (
-                        Upstream {
-                            target: uri.authority.clone(),
-                            conn: BufConn::new(s),
-                        },
-                        false,
-                    ),
+                    Ok(s) => (Upstream::new(uri.authority.clone(), s), false),
                     Err(e) => {
                         self.reply_target_error(client, &e).await;
                         return Err(HandlerError::Target {
@@ -445,7 +461,7 @@ impl HttpHandler {
             };
             // Only a request the target cannot have acted on may be sent again.
             let may_retry = reused && attempt == 1 && framing == Framing::None;
-            if let Err(e) = up.conn.write_all(&request_bytes).await {
+            if let Err(e) = up.tx.write_all(&request_bytes).await {
                 if may_retry {
                     continue;
                 }
@@ -461,7 +477,7 @@ impl HttpHandler {
             if expect_continue {
                 let waited = tokio::time::timeout(
                     Duration::from_secs(1),
-                    read_head(&mut up.conn, parse_response),
+                    read_head(&mut up.rx, parse_response),
                 )
                 .await;
                 match waited {
@@ -484,11 +500,43 @@ impl HttpHandler {
                     }
                 }
             }
-            self.copy_request_body(client, &mut up, framing).await?;
+            // Send the body while watching for an early final response: a target
+            // that refuses an upload (413, 401) often stops reading it, and
+            // insisting on sending it all would hang both sides.
+            let race = {
+                let body = copy_body(client, &mut up.tx, framing);
+                let early = early_response(&mut up.rx);
+                tokio::select! {
+                    biased;
+                    r = body => Race::BodyDone(r),
+                    r = early => Race::Response(r),
+                }
+            };
+            match race {
+                Race::BodyDone(Ok(())) => {}
+                Race::BodyDone(Err(e)) => {
+                    return Err(self.body_error(client, &uri.authority, e).await);
+                }
+                Race::Response(Ok(Some(h))) => {
+                    body_skipped = true;
+                    break (up, h);
+                }
+                Race::Response(r) => {
+                    self.reply(client, 502, "Bad Gateway", "").await;
+                    let why = match r {
+                        Err(HeadError::Io(e)) => e.to_string(),
+                        _ => "closed or garbled".to_string(),
+                    };
+                    return Err(HandlerError::Upstream {
+                        target: uri.authority,
+                        message: format!("while the request body was sent: {why}"),
+                    });
+                }
+            }
 
             let read = tokio::time::timeout(
                 self.opts.metadata.response_timeout,
-                read_final_response(client, &mut up.conn),
+                read_final_response(client, &mut up.rx),
             )
             .await;
             let message = match read {
@@ -529,8 +577,12 @@ impl HttpHandler {
                 });
             }
             client.write_all(&render_response(&response, true)).await?;
-            let (mut target, pending) = up.conn.into_parts();
+            let (rx, pending) = up.rx.into_parts();
             client.write_all(&pending).await?;
+            let mut target = rx.reunite(up.tx).map_err(|e| HandlerError::Upstream {
+                target: uri.authority.clone(),
+                message: format!("cannot rejoin the connection: {e}"),
+            })?;
             return match client.tunnel(&mut target).await {
                 Ok(_) => Ok(Next::Close),
                 Err(e) => Err(HandlerError::Upstream {
@@ -549,9 +601,9 @@ impl HttpHandler {
         client.write_all(&render_response(&response, keep)).await?;
         let copied = match resp_framing {
             Framing::None => Ok(()),
-            Framing::Length(n) => up.conn.copy_exact(n, client.get_mut()).await,
-            Framing::Chunked => up.conn.copy_chunked(client.get_mut()).await,
-            Framing::Close => up.conn.copy_to_eof(client.get_mut()).await,
+            Framing::Length(n) => up.rx.copy_exact(n, client.get_mut()).await,
+            Framing::Chunked => up.rx.copy_chunked(client.get_mut()).await,
+            Framing::Close => up.rx.copy_to_eof(client.get_mut()).await,
         };
         match copied {
             Ok(()) => {}
@@ -566,42 +618,35 @@ impl HttpHandler {
         client.get_mut().flush().await?;
         // Extra bytes after a response mean the target is confused; do not let
         // them bleed into the next exchange.
-        if upstream_keep_alive && !body_skipped && up.conn.buffered().is_empty() {
+        if upstream_keep_alive && !body_skipped && up.rx.buffered().is_empty() {
             *upstream = Some(up);
         }
         Ok(if keep { Next::KeepAlive } else { Next::Close })
     }
 
-    async fn copy_request_body<S>(
+    /// Reply to and classify a failed request body copy.
+    async fn body_error<S>(
         &self,
         client: &mut BufConn<S>,
-        up: &mut Upstream,
-        framing: Framing,
-    ) -> Result<(), HandlerError>
+        target: &str,
+        e: CopyError,
+    ) -> HandlerError
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let copied = match framing {
-            Framing::None | Framing::Close => Ok(()),
-            Framing::Length(n) => client.copy_exact(n, up.conn.get_mut()).await,
-            Framing::Chunked => client.copy_chunked(up.conn.get_mut()).await,
-        };
-        match copied {
-            Ok(()) => Ok(()),
-            Err(CopyError::Framing(why)) => {
+        match e {
+            CopyError::Framing(why) => {
                 self.reply(client, 400, "Bad Request", "").await;
-                Err(HandlerError::BadRequest(format!("request body: {why}")))
+                HandlerError::BadRequest(format!("request body: {why}"))
             }
-            Err(CopyError::Eof) => Err(HandlerError::Client(
-                std::io::ErrorKind::UnexpectedEof.into(),
-            )),
-            Err(CopyError::Read(e)) => Err(HandlerError::Client(e)),
-            Err(CopyError::Write(e)) => {
+            CopyError::Eof => HandlerError::Client(std::io::ErrorKind::UnexpectedEof.into()),
+            CopyError::Read(e) => HandlerError::Client(e),
+            CopyError::Write(e) => {
                 self.reply(client, 502, "Bad Gateway", "").await;
-                Err(HandlerError::Upstream {
-                    target: up.target.clone(),
+                HandlerError::Upstream {
+                    target: target.to_string(),
                     message: format!("sending request body: {e}"),
-                })
+                }
             }
         }
     }
@@ -733,11 +778,41 @@ fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadError
     }
 }
 
+/// Copy a request body in its framing from the client to the target.
+async fn copy_body<S>(
+    client: &mut BufConn<S>,
+    tx: &mut OwnedWriteHalf,
+    framing: Framing,
+) -> Result<(), CopyError>
+where
+    S: AsyncRead + Unpin,
+{
+    match framing {
+        Framing::None | Framing::Close => Ok(()),
+        Framing::Length(n) => client.copy_exact(n, tx).await,
+        Framing::Chunked => client.copy_chunked(tx).await,
+    }
+}
+
+/// A final response arriving while the body is still being sent. Interim 1xx
+/// responses seen meanwhile are dropped (they are advisory, and the client is
+/// busy sending). Cancel safe: a head is consumed only when complete.
+async fn early_response(
+    rx: &mut BufConn<OwnedReadHalf>,
+) -> Result<Option<ResponseHead>, HeadError> {
+    loop {
+        match read_head(rx, parse_response).await? {
+            Some(h) if (100..200).contains(&h.code) && h.code != 101 => continue,
+            other => return Ok(other),
+        }
+    }
+}
+
 /// Read response heads until a final one (or a 101), passing interim 1xx
 /// responses (100 Continue, 103 Early Hints) on to the client.
 async fn read_final_response<S>(
     client: &mut BufConn<S>,
-    up: &mut BufConn<TcpStream>,
+    up: &mut BufConn<OwnedReadHalf>,
 ) -> Result<Option<ResponseHead>, HeadError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
