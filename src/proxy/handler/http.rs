@@ -28,14 +28,23 @@
 //! end, a response without either read until the target closes. Memory per
 //! connection stays at one read buffer no matter how large the transfer.
 //!
+//! While a request body is being sent, the target's side is watched too: a target
+//! that refuses an upload (`413`, `401`) usually answers at once and stops reading.
+//! Its answer is passed to the client, and the rest of the body is not sent (both
+//! connections close afterwards, since the client's stream is mid-body).
+//! `Expect: 100-continue` is honoured: the target gets a second to say `100` or
+//! refuse before the body starts.
+//!
 //! # Keep-alive
 //!
 //! The client connection stays open across requests when both the client wants it
 //! and the response has a known end. The target connection is kept as well and
 //! reused while the client keeps asking the same `host:port`. A reused target
 //! connection may have been closed by the target meanwhile; when that shows as a
-//! response-less EOF on a request without body, the request is sent again on a fresh
-//! connection (that is what browsers do, and the request was never seen).
+//! response-less EOF or reset on a request without body, the request is sent again
+//! on a fresh connection (that is what browsers do, and the request was never seen).
+//! A `101 Switching Protocols` answer to an `Upgrade` request turns the connection
+//! into a raw relay (WebSocket through the proxy).
 //!
 //! # Errors the client sees
 //!
