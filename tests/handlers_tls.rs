@@ -13,7 +13,7 @@ use std::time::Duration;
 use gateway::config::tls::{TlsConfig, TlsOptions};
 use gateway::proxy::handler::http::HttpHandler;
 use gateway::proxy::router::Router;
-use gateway::proxy::tls::{TlsClient, acceptor};
+use gateway::proxy::tls::{TlsClient, accept_with_timeout, acceptor};
 use handlers_support::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -382,4 +382,42 @@ async fn backend_client_with_ca_client_cert_and_sni() {
         ..base.clone()
     };
     assert_eq!(TlsClient::new(&half).unwrap_err().field, "keyFile");
+}
+
+#[tokio::test]
+async fn stalled_or_garbage_tls_clients_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test ca");
+    let (c, k, _) = ca.leaf(&["localhost"], false);
+    let (cert, key) = install(dir.path(), &c, &k);
+    let acceptor = acceptor(&TlsConfig {
+        cert_file: Some(cert),
+        key_file: Some(key),
+        ..Default::default()
+    })
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+
+    // Connects and says nothing.
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    let (tcp, _) = listener.accept().await.unwrap();
+    let start = std::time::Instant::now();
+    let Err(err) = accept_with_timeout(&acceptor, tcp, Duration::from_millis(200)).await else {
+        panic!("stalled handshake accepted");
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    assert!(start.elapsed() < Duration::from_secs(2));
+
+    // Sends HTTP to a TLS port.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (tcp, _) = listener.accept().await.unwrap();
+    let Err(err) = accept_with_timeout(&acceptor, tcp, Duration::from_secs(2)).await else {
+        panic!("garbage handshake accepted");
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
 }

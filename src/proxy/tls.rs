@@ -249,6 +249,27 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> 
     server_config(cfg).map(tokio_rustls::TlsAcceptor::from)
 }
 
+/// Run the server handshake with a time limit, so a client that connects and
+/// stalls (or trickles a ClientHello) cannot hold a connection open forever.
+/// A timeout is reported as `io::ErrorKind::TimedOut`; garbage instead of a
+/// ClientHello as `InvalidData`.
+pub async fn accept_with_timeout<IO>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: IO,
+    limit: Duration,
+) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("TLS handshake not completed within {limit:?}"),
+        )),
+    }
+}
+
 /// What identifies a file version: a new mtime, size or inode (a `mv` over the
 /// old file) all count as a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

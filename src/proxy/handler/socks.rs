@@ -517,14 +517,17 @@ impl Socks5Handler {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let socket = match UdpSocket::bind(SocketAddr::new(conn.local.ip(), 0)).await {
+        // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; bind the
+        // relay on the plain IPv4 address so the reply carries an IPv4 BND.ADDR.
+        let relay_ip = canonical_ip(conn.local.ip());
+        let socket = match UdpSocket::bind(SocketAddr::new(relay_ip, 0)).await {
             Ok(s) => s,
             Err(e) => {
                 client
                     .write_all(&reply5(rep::GENERAL_FAILURE, unspecified()))
                     .await?;
                 return Err(HandlerError::Target {
-                    target: format!("udp relay on {}", conn.local.ip()),
+                    target: format!("udp relay on {relay_ip}"),
                     source: e,
                 });
             }
