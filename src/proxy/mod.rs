@@ -1,6 +1,184 @@
 //! Services: listeners, handlers, forwarders, balancing and health checks.
+//!
+//! The daemon hands its `services:` to a [`ServiceSet`] and from then on speaks to
+//! it in three verbs:
+//!
+//! ```no_run
+//! # async fn demo(cfg: gateway::config::Config, new: gateway::config::Config) -> Result<(), gateway::proxy::ProxyError> {
+//! use std::time::Duration;
+//! use gateway::proxy::ServiceSet;
+//! let mut set = ServiceSet::start(&cfg.services)?;    // bind everything, or fail naming the service
+//! set.reload(&new.services)?;                         // start new/changed, drain removed
+//! set.shutdown(Duration::from_secs(10)).await;        // stop accepting, drain, then cut
+//! # Ok(()) }
+//! ```
+//!
+//! How a TCP forwarding connection flows through the modules:
+//!
+//! 1. [`listen`] bound the socket with `IP_FREEBIND`, so a service can sit on the
+//!    floating IP before this node holds it.
+//! 2. The accept loop in [`server`] applies the access rules and
+//!    `max_connections`, then spawns the connection into the service's tracker.
+//! 3. [`balance`] picks a node (strategy, weights, priorities, active and passive
+//!    health); the [`router`] connects to it (timeout, GOST's `interface` exit);
+//!    a failed node is reported and the next one tried.
+//! 4. [`proxy_protocol`] writes a PROXY header if configured; [`relay`] moves the
+//!    bytes with `splice(2)` and half-close, under the idle timeouts.
+//!
+//! Alongside, per forwarder: [`health`] runs active checks and takes nodes in and
+//! out of rotation; [`discovery`] refreshes the node list. UDP services are in
+//! [`udp`].
 
+pub mod balance;
+pub mod discovery;
 pub mod handler;
+pub mod health;
+pub mod listen;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod router;
+pub mod server;
 pub mod tls;
+pub mod udp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::config::ServiceConfig;
+use balance::Balancer;
+use server::{Bound, Running, StatsSnapshot, bound_key};
+
+/// Errors starting or reloading services.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A service could not be started (bind failure, unsupported combination).
+    #[error("service {service:?}: {message}")]
+    Service { service: String, message: String },
+    /// Services need a tokio runtime to run in.
+    #[error("services must be started from within a tokio runtime")]
+    NoRuntime,
+}
+
+/// The running services, by name.
+#[derive(Debug)]
+pub struct ServiceSet {
+    running: HashMap<String, Running>,
+    /// How long services removed or replaced by a reload may finish their
+    /// in-flight connections before being cut.
+    reload_grace: Duration,
+}
+
+/// Default drain time for services removed by a reload.
+pub const DEFAULT_RELOAD_GRACE: Duration = Duration::from_secs(30);
+
+impl ServiceSet {
+    /// Bind and start every service. If any fails, those already started are
+    /// stopped and the error names the failing service. Call from a tokio runtime.
+    pub fn start(services: &[ServiceConfig]) -> Result<ServiceSet, ProxyError> {
+        let mut set = ServiceSet {
+            running: HashMap::new(),
+            reload_grace: DEFAULT_RELOAD_GRACE,
+        };
+        set.reload(services)?;
+        Ok(set)
+    }
+
+    /// Apply a new list: start new and changed services, stop removed and changed
+    /// ones (their in-flight connections drain in the background for the reload
+    /// grace period), leave unchanged ones alone. A changed service that keeps its
+    /// address takes over the old one's socket, so clients are never refused. If a
+    /// new service cannot start, nothing changes and the error is returned.
+    pub fn reload(&mut self, services: &[ServiceConfig]) -> Result<(), ProxyError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ProxyError::NoRuntime);
+        }
+        // Sockets of services about to be replaced or removed, for reuse.
+        let mut sockets: HashMap<(bool, String), Bound> = HashMap::new();
+        for r in self.running.values() {
+            let keep = services.iter().any(|s| s == &r.config);
+            if !keep && let Some(b) = r.bound() {
+                sockets.insert(bound_key(&r.config), b);
+            }
+        }
+        let mut started: Vec<Running> = Vec::new();
+        for s in services {
+            if self.running.get(&s.name).is_some_and(|r| &r.config == s) {
+                continue;
+            }
+            let reuse = sockets.remove(&bound_key(s));
+            // On error `started` is dropped: those services stop at once, and the
+            // old ones (still in `self.running`) were never touched.
+            started.push(Running::start(s, reuse)?);
+        }
+        let mut retired: Vec<Running> = Vec::new();
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            let keep = services
+                .iter()
+                .any(|s| self.running.get(&name).is_some_and(|r| &r.config == s));
+            if !keep && let Some(r) = self.running.remove(&name) {
+                retired.push(r);
+            }
+        }
+        for r in started {
+            self.running.insert(r.config.name.clone(), r);
+        }
+        if !retired.is_empty() {
+            let grace = self.reload_grace;
+            for r in &retired {
+                r.stop_accepting();
+                info!(service = %r.config.name, ?grace, "service retired by reload; draining");
+            }
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + grace;
+                futures::future::join_all(retired.iter().map(|r| r.drain_until(deadline))).await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Stop accepting everywhere, let in-flight connections finish for up to
+    /// `grace`, then cut what is left.
+    pub async fn shutdown(self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        for r in self.running.values() {
+            r.stop_accepting();
+        }
+        let n = self.running.len();
+        futures::future::join_all(self.running.values().map(|r| r.drain_until(deadline))).await;
+        if n > 0 {
+            info!(services = n, "all services stopped");
+        }
+    }
+
+    /// Grace period for services retired by [`reload`](Self::reload).
+    pub fn set_reload_grace(&mut self, grace: Duration) {
+        self.reload_grace = grace;
+    }
+
+    /// Names of the running services.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.running.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The bound address of a service (useful with port 0).
+    pub fn local_addr(&self, service: &str) -> Option<SocketAddr> {
+        self.running.get(service).and_then(|r| r.local_addr())
+    }
+
+    /// The counters of a service.
+    pub fn stats(&self, service: &str) -> Option<StatsSnapshot> {
+        self.running.get(service).map(|r| r.stats.snapshot())
+    }
+
+    /// The balancer of a forwarding service (node state, for status and tests).
+    pub fn balancer(&self, service: &str) -> Option<Arc<Balancer>> {
+        self.running.get(service).and_then(|r| r.balancer.clone())
+    }
+}

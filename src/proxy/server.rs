@@ -1,0 +1,527 @@
+//! One running service: its listener, its accept loop, its connections.
+//!
+//! Every service owns three things that make stopping it clean:
+//!
+//! * `stop` — a cancellation token for everything that *starts* work: the accept
+//!   (or receive) loop, health checks, discovery. Cancelling it closes the door.
+//! * `tracker` — a [`TaskTracker`] holding every connection task, so a drain can
+//!   wait for "all in-flight connections finished".
+//! * `kill` — a second token every connection task selects on. It is cancelled
+//!   only when the grace period is over: a connection still running then is cut.
+//!
+//! So a drain is: cancel `stop`, wait for `tracker` up to the grace period, cancel
+//! `kill`, wait for the (now quick) remainder.
+//!
+//! The listening socket is held in an `Arc` so that a reload that changes a
+//! service but not its address can hand the very same socket to the new version:
+//! no re-bind, no window in which new clients are refused.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::ProxyError;
+use super::balance::{Balancer, Node};
+use super::relay::{RelayOpts, relay_tcp};
+use super::router::Router;
+use super::{discovery, health, listen, proxy_protocol, udp};
+use crate::config::service::{
+    AccessPolicy, AccessRule, DiscoveryKind, HealthcheckKind, ServiceConfig, Strategy,
+    default_backend_connection_timeout, parse_listen_addr,
+};
+
+/// Counters of one service. Everything that ends a connection early is counted
+/// under its reason.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Connections accepted (TCP) or sessions opened (UDP).
+    pub accepted: AtomicU64,
+    /// In flight now.
+    pub active: AtomicU64,
+    /// Refused by access rules.
+    pub denied: AtomicU64,
+    /// Closed at accept because of `max_connections`.
+    pub over_limit: AtomicU64,
+    /// No node available, or every node failed to connect.
+    pub no_node: AtomicU64,
+    /// Single connection attempts to nodes that failed.
+    pub connect_failures: AtomicU64,
+    /// Closed by an idle timeout.
+    pub idle_closed: AtomicU64,
+    /// Ended by an I/O error (a reset, a broken pipe).
+    pub errors: AtomicU64,
+    /// Ended normally (both sides closed).
+    pub completed: AtomicU64,
+    /// Cut because a drain's grace period ran out.
+    pub killed: AtomicU64,
+    /// UDP: datagrams from clients / to clients, and datagrams dropped.
+    pub udp_in: AtomicU64,
+    pub udp_out: AtomicU64,
+    pub udp_dropped: AtomicU64,
+}
+
+/// A plain copy of [`ServiceStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub accepted: u64,
+    pub active: u64,
+    pub denied: u64,
+    pub over_limit: u64,
+    pub no_node: u64,
+    pub connect_failures: u64,
+    pub idle_closed: u64,
+    pub errors: u64,
+    pub completed: u64,
+    pub killed: u64,
+    pub udp_in: u64,
+    pub udp_out: u64,
+    pub udp_dropped: u64,
+}
+
+impl ServiceStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            accepted: l(&self.accepted),
+            active: l(&self.active),
+            denied: l(&self.denied),
+            over_limit: l(&self.over_limit),
+            no_node: l(&self.no_node),
+            connect_failures: l(&self.connect_failures),
+            idle_closed: l(&self.idle_closed),
+            errors: l(&self.errors),
+            completed: l(&self.completed),
+            killed: l(&self.killed),
+            udp_in: l(&self.udp_in),
+            udp_out: l(&self.udp_out),
+            udp_dropped: l(&self.udp_dropped),
+        }
+    }
+}
+
+pub(crate) fn inc(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The bound socket of a service, shareable with its successor on reload.
+#[derive(Clone)]
+pub(crate) enum Bound {
+    Tcp(Arc<TcpListener>),
+    Udp(Arc<UdpSocket>),
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(l) => l.local_addr(),
+            Bound::Udp(u) => u.local_addr(),
+        }
+    }
+}
+
+/// The key under which a listener can be reused: protocol and configured address.
+pub(crate) fn bound_key(cfg: &ServiceConfig) -> (bool, String) {
+    (cfg.listener.kind == "udp", cfg.addr.clone())
+}
+
+/// gobetween's access list: first matching rule wins, else the default.
+#[derive(Debug, Clone)]
+pub(crate) struct Access {
+    default: AccessPolicy,
+    rules: Vec<AccessRule>,
+}
+
+impl Access {
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let policy = self
+            .rules
+            .iter()
+            .find(|r| r.net.contains(ip))
+            .map(|r| r.policy)
+            .unwrap_or(self.default);
+        policy == AccessPolicy::Allow
+    }
+}
+
+/// What a forwarding connection needs, shared by all connections of a service.
+pub(crate) struct Ctx {
+    pub name: Arc<str>,
+    pub balancer: Arc<Balancer>,
+    pub router: Router,
+    pub access: Option<Access>,
+    pub proxy_protocol: Option<String>,
+    pub client_idle: Option<Duration>,
+    pub backend_idle: Option<Duration>,
+    pub stats: Arc<ServiceStats>,
+    pub kill: CancellationToken,
+    pub tracker: TaskTracker,
+    pub config: ServiceConfig,
+}
+
+impl Ctx {
+    /// Pick and connect a node for `client`, trying other nodes when one fails.
+    /// `None` (counted and logged) when no node could be reached.
+    pub async fn connect_node(&self, client: SocketAddr) -> Option<(Arc<Node>, TcpStream)> {
+        let mut tried: Vec<Arc<Node>> = Vec::new();
+        while let Some(node) = self.balancer.pick(client.ip(), &tried) {
+            match self.router.connect(node.addr()).await {
+                Ok(s) => {
+                    node.connect_ok();
+                    return Some((node, s));
+                }
+                Err(e) => {
+                    inc(&self.stats.connect_failures);
+                    let benched =
+                        node.connect_failed(self.balancer.max_fails, self.balancer.fail_timeout);
+                    warn!(service = %self.name, node = node.label(), addr = node.addr(), error = %e, benched, "connect to node failed");
+                    tried.push(node);
+                }
+            }
+        }
+        inc(&self.stats.no_node);
+        warn!(service = %self.name, %client, tried = tried.len(), "no healthy node available; closing client connection");
+        None
+    }
+}
+
+/// A started service.
+pub(crate) struct Running {
+    pub config: ServiceConfig,
+    /// Taken out (and so closed, once the accept loop lets go) when the service
+    /// stops accepting: clients then get a refusal instead of a silent backlog.
+    bound: Mutex<Option<Bound>>,
+    local_addr: Option<SocketAddr>,
+    pub stats: Arc<ServiceStats>,
+    pub balancer: Option<Arc<Balancer>>,
+    stop: CancellationToken,
+    kill: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("name", &self.config.name)
+            .field("addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl Running {
+    /// Bind (or reuse `reuse`) and start. Must run inside a tokio runtime.
+    pub fn start(cfg: &ServiceConfig, reuse: Option<Bound>) -> Result<Running, ProxyError> {
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let fail = |what: String| ProxyError::Service {
+            service: cfg.name.clone(),
+            message: what,
+        };
+        let addr = parse_listen_addr(&cfg.addr).map_err(&fail)?;
+        let udp_listener = cfg.listener.kind == "udp";
+        match (cfg.handler.kind.as_str(), cfg.listener.kind.as_str()) {
+            ("tcp", "tcp") | ("udp", "udp") => {}
+            (h, l) => {
+                return Err(fail(format!(
+                    "handler {h:?} on listener {l:?} is not available in this build"
+                )));
+            }
+        }
+        let bound = match reuse {
+            Some(b) => b,
+            None if udp_listener => Bound::Udp(Arc::new(
+                listen::bind_udp(addr).map_err(|e| fail(format!("cannot bind udp {addr}: {e}")))?,
+            )),
+            None => Bound::Tcp(Arc::new(
+                listen::bind_tcp(addr).map_err(|e| fail(format!("cannot bind tcp {addr}: {e}")))?,
+            )),
+        };
+        let stop = CancellationToken::new();
+        let kill = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let stats = Arc::new(ServiceStats::default());
+
+        let fwd = cfg
+            .forwarder
+            .as_ref()
+            .ok_or_else(|| fail("a forwarding service needs a forwarder".into()))?;
+        let balancer = Arc::new(Balancer::new(&fwd.selector, &fwd.nodes));
+        let connect_timeout = cfg
+            .backend_connection_timeout
+            .get()
+            .unwrap_or_else(default_backend_connection_timeout);
+        let router = Router::new(connect_timeout, cfg.interface.as_deref());
+        let access = match &cfg.access {
+            Some(a) => Some(Access {
+                default: a.default,
+                rules: a
+                    .parse_rules()
+                    .map_err(|(i, m)| fail(format!("access.rules[{i}]: {m}")))?,
+            }),
+            None => None,
+        };
+
+        // Background work of the forwarder: health, discovery, bandwidth sampling.
+        if let Some(hc) = &fwd.healthcheck
+            && hc.kind != HealthcheckKind::None
+        {
+            tokio::spawn(health::run(
+                name.clone(),
+                balancer.clone(),
+                hc.clone(),
+                router.clone(),
+                stop.clone(),
+            ));
+        }
+        if let Some(d) = &fwd.discovery
+            && d.kind != DiscoveryKind::Static
+        {
+            tokio::spawn(discovery::run(
+                name.clone(),
+                balancer.clone(),
+                d.clone(),
+                stop.clone(),
+            ));
+        }
+        if fwd.selector.strategy == Strategy::Leastbandwidth {
+            let (b, s) = (balancer.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = s.cancelled() => break,
+                        _ = t.tick() => b.tick(),
+                    }
+                }
+            });
+        }
+
+        let ctx = Arc::new(Ctx {
+            name: name.clone(),
+            balancer: balancer.clone(),
+            router,
+            access,
+            proxy_protocol: cfg.proxy_protocol.as_ref().map(|p| p.version.clone()),
+            client_idle: cfg.client_idle_timeout.get(),
+            backend_idle: cfg.backend_idle_timeout.get(),
+            stats: stats.clone(),
+            kill: kill.clone(),
+            tracker: tracker.clone(),
+            config: cfg.clone(),
+        });
+        let local = bound.local_addr().ok();
+        match &bound {
+            Bound::Tcp(l) => {
+                let limit = (cfg.max_connections > 0)
+                    .then(|| Arc::new(Semaphore::new(cfg.max_connections as usize)));
+                tokio::spawn(accept_loop(l.clone(), ctx, limit, stop.clone()));
+            }
+            Bound::Udp(u) => {
+                tokio::spawn(udp::serve(u.clone(), ctx, stop.clone()));
+            }
+        }
+        info!(service = %name, addr = ?local, handler = %cfg.handler.kind, "service started");
+        Ok(Running {
+            config: cfg.clone(),
+            bound: Mutex::new(Some(bound)),
+            local_addr: local,
+            stats,
+            balancer: Some(balancer),
+            stop,
+            kill,
+            tracker,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The listening socket, for a successor on reload (`None` once stopped).
+    pub fn bound(&self) -> Option<Bound> {
+        self.bound.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// Close the door: no new connections, no more health checks or discovery.
+    pub fn stop_accepting(&self) {
+        if let Ok(mut b) = self.bound.lock() {
+            b.take();
+        }
+        self.stop.cancel();
+        self.tracker.close();
+    }
+
+    /// Wait for in-flight connections up to `deadline`, then cut the rest.
+    pub async fn drain_until(&self, deadline: tokio::time::Instant) {
+        self.stop_accepting();
+        if tokio::time::timeout_at(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            let left = self.tracker.len();
+            warn!(service = %self.config.name, left, "grace period over; cutting connections still open");
+            self.kill.cancel();
+            // Cut tasks finish at their next poll; bound the wait anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+        }
+        info!(service = %self.config.name, "service stopped");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A service dropped without a drain must not leave tasks behind.
+        self.stop.cancel();
+        self.kill.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: Arc<TcpListener>,
+    ctx: Arc<Ctx>,
+    limit: Option<Arc<Semaphore>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (sock, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: the queue keeps the client waiting; pause
+                // instead of spinning on an error that repeats at once.
+                warn!(service = %ctx.name, error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                }
+            }
+        };
+        if let Some(a) = &ctx.access
+            && !a.allows(peer.ip())
+        {
+            inc(&ctx.stats.denied);
+            debug!(service = %ctx.name, %peer, "denied by access rules");
+            continue;
+        }
+        let permit = match &limit {
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    inc(&ctx.stats.over_limit);
+                    debug!(service = %ctx.name, %peer, "max_connections reached; closing");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        inc(&ctx.stats.accepted);
+        let c = ctx.clone();
+        ctx.tracker.spawn(serve_tcp(sock, peer, c, permit));
+    }
+    debug!(service = %ctx.name, "accept loop ended");
+}
+
+/// Decrements `active` however a connection task ends.
+struct ActiveCount(Arc<ServiceStats>);
+
+impl ActiveCount {
+    fn new(s: &Arc<ServiceStats>) -> Self {
+        s.active.fetch_add(1, Ordering::Relaxed);
+        ActiveCount(s.clone())
+    }
+}
+
+impl Drop for ActiveCount {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_tcp(
+    client: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    _permit: Option<OwnedSemaphorePermit>,
+) {
+    let _active = ActiveCount::new(&ctx.stats);
+    let kill = ctx.kill.clone();
+    tokio::select! {
+        _ = kill.cancelled() => {
+            inc(&ctx.stats.killed);
+            debug!(service = %ctx.name, %peer, "connection cut at end of grace period");
+        }
+        _ = forward(client, peer, &ctx) => {}
+    }
+}
+
+async fn forward(client: TcpStream, peer: SocketAddr, ctx: &Ctx) {
+    let _ = client.set_nodelay(true);
+    let Some((node, backend)) = ctx.connect_node(peer).await else {
+        return;
+    };
+    let guard = node.acquire();
+    if let Some(v) = &ctx.proxy_protocol {
+        let dst = client.local_addr().unwrap_or(peer);
+        let header = proxy_protocol::header(v, peer, dst);
+        if let Err(e) = write_all_tcp(&backend, &header, ctx.backend_idle).await {
+            inc(&ctx.stats.errors);
+            debug!(service = %ctx.name, node = node.label(), error = %e, "sending PROXY header failed");
+            return;
+        }
+    }
+    let opts = RelayOpts {
+        a_idle: ctx.client_idle,
+        b_idle: ctx.backend_idle,
+        counter: Some(guard.node().byte_counter()),
+    };
+    match relay_tcp(&client, &backend, &opts).await {
+        Ok((up, down)) => {
+            inc(&ctx.stats.completed);
+            debug!(service = %ctx.name, %peer, node = node.label(), up, down, "connection done");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            inc(&ctx.stats.idle_closed);
+            debug!(service = %ctx.name, %peer, node = node.label(), error = %e, "idle connection closed");
+        }
+        Err(e) => {
+            inc(&ctx.stats.errors);
+            debug!(service = %ctx.name, %peer, node = node.label(), error = %e, "connection ended with error");
+        }
+    }
+}
+
+async fn write_all_tcp(
+    s: &TcpStream,
+    mut data: &[u8],
+    limit: Option<Duration>,
+) -> std::io::Result<()> {
+    let limit = limit.unwrap_or(Duration::from_secs(30));
+    tokio::time::timeout(limit, async {
+        while !data.is_empty() {
+            s.writable().await?;
+            match s.try_write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "backend not reading",
+        ))
+    })
+}

@@ -1,0 +1,364 @@
+//! UDP forwarding, with gobetween's session semantics.
+//!
+//! UDP has no connections, so the service makes its own: the first datagram from
+//! a client address opens a **session** — a node is chosen and a socket connected
+//! to it — and later datagrams from the same address follow it. Replies from the
+//! node are sent back to the client from the service's own socket. A session ends
+//! when any of its limits is hit:
+//!
+//! * `udp.max_requests` datagrams came from the client (the session then takes no
+//!   more requests; it stays only to pass on replies still due, and the client's
+//!   next datagram opens a new session);
+//! * `udp.max_responses` datagrams came back from the node;
+//! * the client was silent for `client_idle_timeout`, or the node for
+//!   `backend_idle_timeout`.
+//!
+//! A service with none of these limits would keep sessions forever; config
+//! validation refuses it, as gobetween does since 0.6.
+//!
+//! `max_requests: 1` is gobetween's **fire and forget** mode: no session at all; a
+//! node is chosen per datagram and the datagram is sent from a socket cached per
+//! node; replies are not awaited.
+//!
+//! `transparent: true` sends to nodes from the *client's* address (Linux
+//! `IP_TRANSPARENT` on a socket bound to that address), so the node sees the real
+//! client. Replies then travel to the client's address: they reach this host only
+//! if routing sends them here (the node's gateway), in which case the session
+//! socket receives them and passes them on.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::balance::Node;
+use super::server::{Ctx, inc};
+use crate::config::service::UdpConfig;
+
+/// Largest datagram handled (the IPv4 maximum payload).
+const MAX_DATAGRAM: usize = 65_507;
+/// Datagrams queued per session before new ones are dropped (and counted).
+const SESSION_QUEUE: usize = 256;
+/// A session that takes no more requests and has no timeout configured still ends
+/// after the node was silent this long, so it cannot linger forever.
+const LINGER: Duration = Duration::from_secs(30);
+
+struct SessionHandle {
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+/// Receive datagrams on `sock` until `stop`, dispatching them to sessions.
+pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<Ctx>, stop: CancellationToken) {
+    let cfg = ctx.config.udp.clone().unwrap_or_default();
+    let mut sessions: HashMap<SocketAddr, SessionHandle> = HashMap::new();
+    let mut ff_sockets: HashMap<String, Arc<UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let (n, client) = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = sweep.tick() => {
+                sessions.retain(|_, s| !s.tx.is_closed());
+                continue;
+            }
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on some kernels;
+                    // they concern one peer, not the socket.
+                    debug!(service = %ctx.name, error = %e, "udp receive error");
+                    continue;
+                }
+            },
+        };
+        if let Some(a) = &ctx.access
+            && !a.allows(client.ip())
+        {
+            inc(&ctx.stats.denied);
+            continue;
+        }
+        inc(&ctx.stats.udp_in);
+        let data = &buf[..n];
+        if cfg.max_requests == 1 {
+            fire_and_forget(&ctx, &cfg, client, data, &mut ff_sockets).await;
+            continue;
+        }
+        if let Some(s) = sessions.get(&client) {
+            match s.tx.try_send(data.to_vec()) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    inc(&ctx.stats.udp_dropped);
+                    continue;
+                }
+                // The session ended: this datagram opens a new one.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        let Some((node, backend)) = open_backend(&ctx, &cfg, client).await else {
+            inc(&ctx.stats.udp_dropped);
+            continue;
+        };
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        if tx.try_send(data.to_vec()).is_err() {
+            inc(&ctx.stats.udp_dropped);
+        }
+        sessions.insert(client, SessionHandle { tx });
+        inc(&ctx.stats.accepted);
+        let session = Session {
+            ctx: ctx.clone(),
+            cfg: cfg.clone(),
+            client,
+            listener: sock.clone(),
+            backend,
+            node,
+        };
+        ctx.tracker.spawn(session.run(rx));
+    }
+    debug!(service = %ctx.name, "udp receive loop ended");
+}
+
+/// Pick a node and open a socket connected to it (from the client's address in
+/// transparent mode). Failures are counted and logged.
+async fn open_backend(
+    ctx: &Ctx,
+    cfg: &UdpConfig,
+    client: SocketAddr,
+) -> Option<(Arc<Node>, UdpSocket)> {
+    let mut tried: Vec<Arc<Node>> = Vec::new();
+    while let Some(node) = ctx.balancer.pick(client.ip(), &tried) {
+        match backend_socket(node.addr(), cfg.transparent.then_some(client)).await {
+            Ok(s) => {
+                node.connect_ok();
+                return Some((node, s));
+            }
+            Err(e) => {
+                inc(&ctx.stats.connect_failures);
+                node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+                warn!(service = %ctx.name, node = node.label(), error = %e, "cannot open udp socket to node");
+                tried.push(node);
+            }
+        }
+    }
+    inc(&ctx.stats.no_node);
+    warn!(service = %ctx.name, %client, "no healthy node available; dropping datagram");
+    None
+}
+
+async fn backend_socket(addr: &str, source: Option<SocketAddr>) -> io::Result<UdpSocket> {
+    let target = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr} resolved to no address"),
+        )
+    })?;
+    let sock = match source {
+        Some(src) => transparent_socket(src)?,
+        None => {
+            let any: SocketAddr = if target.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            UdpSocket::bind(any).await?
+        }
+    };
+    sock.connect(target).await?;
+    Ok(sock)
+}
+
+/// A socket bound to `src` although `src` is not ours (the client's address).
+#[cfg(target_os = "linux")]
+fn transparent_socket(src: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::for_address(src), Type::DGRAM, Some(Protocol::UDP))?;
+    if src.is_ipv4() {
+        s.set_ip_transparent_v4(true)?;
+    } else {
+        s.set_ip_transparent_v6(true)?;
+    }
+    // The client's own socket may hold the same address on this very host.
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SockAddr::from(src))?;
+    UdpSocket::from_std(s.into())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn transparent_socket(_src: SocketAddr) -> io::Result<UdpSocket> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "transparent UDP needs Linux",
+    ))
+}
+
+async fn fire_and_forget(
+    ctx: &Ctx,
+    cfg: &UdpConfig,
+    client: SocketAddr,
+    data: &[u8],
+    cache: &mut HashMap<String, Arc<UdpSocket>>,
+) {
+    let Some(node) = ctx.balancer.pick(client.ip(), &[]) else {
+        inc(&ctx.stats.no_node);
+        inc(&ctx.stats.udp_dropped);
+        warn!(service = %ctx.name, %client, "no healthy node available; dropping datagram");
+        return;
+    };
+    let sent = if cfg.transparent {
+        // The source differs per client: no caching.
+        match backend_socket(node.addr(), Some(client)).await {
+            Ok(s) => s.send(data).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        let sock = match cache.get(node.addr()) {
+            Some(s) => Ok(s.clone()),
+            None => backend_socket(node.addr(), None).await.map(Arc::new),
+        };
+        match sock {
+            Ok(s) => {
+                cache.insert(node.addr().to_string(), s.clone());
+                s.send(data).await
+            }
+            Err(e) => Err(e),
+        }
+    };
+    match sent {
+        Ok(n) => {
+            node.byte_counter().fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            cache.remove(node.addr());
+            inc(&ctx.stats.udp_dropped);
+            node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+            debug!(service = %ctx.name, node = node.label(), error = %e, "udp send failed");
+        }
+    }
+}
+
+/// Why a session ended (each is counted).
+#[derive(Debug)]
+enum End {
+    Killed,
+    Idle,
+    Done,
+    Error,
+}
+
+struct Session {
+    ctx: Arc<Ctx>,
+    cfg: UdpConfig,
+    client: SocketAddr,
+    listener: Arc<UdpSocket>,
+    backend: UdpSocket,
+    node: Arc<Node>,
+}
+
+impl Session {
+    async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>) {
+        let ctx = &self.ctx;
+        let _node_guard = self.node.acquire();
+        ctx.stats.active.fetch_add(1, Ordering::Relaxed);
+        let counter = self.node.byte_counter();
+        let kill = ctx.kill.clone();
+        let (mut requests, mut responses) = (0u64, 0u64);
+        let mut last_client = Instant::now();
+        let mut last_backend = Instant::now();
+        let mut accepting = true;
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let end = loop {
+            let deadline = self.deadline(accepting, last_client, last_backend);
+            tokio::select! {
+                _ = kill.cancelled() => break End::Killed,
+                _ = tokio::time::sleep_until(deadline) => break End::Idle,
+                d = rx.recv(), if accepting => match d {
+                    Some(d) => {
+                        last_client = Instant::now();
+                        requests += 1;
+                        match self.backend.send(&d).await {
+                            Ok(n) => { counter.fetch_add(n as u64, Ordering::Relaxed); }
+                            Err(e) => {
+                                debug!(service = %ctx.name, error = %e, "send to node failed");
+                                break End::Error;
+                            }
+                        }
+                        if self.cfg.max_requests > 0 && requests >= self.cfg.max_requests {
+                            // No more requests in this session; replies may still come.
+                            accepting = false;
+                            rx.close();
+                            if self.no_timeouts() {
+                                // The linger period counts from the last request.
+                                last_backend = Instant::now();
+                            }
+                        }
+                    }
+                    // The receive loop stopped (drain): keep passing replies on.
+                    None => accepting = false,
+                },
+                r = self.backend.recv(&mut buf) => match r {
+                    Ok(n) => {
+                        last_backend = Instant::now();
+                        responses += 1;
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        match self.listener.send_to(&buf[..n], self.client).await {
+                            Ok(_) => inc(&ctx.stats.udp_out),
+                            Err(e) => {
+                                inc(&ctx.stats.udp_dropped);
+                                debug!(service = %ctx.name, client = %self.client, error = %e, "send to client failed");
+                            }
+                        }
+                        if self.cfg.max_responses > 0 && responses >= self.cfg.max_responses {
+                            break End::Done;
+                        }
+                    }
+                    Err(e) => {
+                        // ECONNREFUSED: the node's port is closed (ICMP unreachable).
+                        self.node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+                        debug!(service = %ctx.name, node = self.node.label(), error = %e, "node receive error");
+                        break End::Error;
+                    }
+                },
+            }
+        };
+        rx.close();
+        inc(match end {
+            End::Killed => &ctx.stats.killed,
+            End::Idle => &ctx.stats.idle_closed,
+            End::Done => &ctx.stats.completed,
+            End::Error => &ctx.stats.errors,
+        });
+        ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
+        debug!(service = %ctx.name, client = %self.client, requests, responses, ?end, "udp session ended");
+    }
+
+    fn no_timeouts(&self) -> bool {
+        self.ctx.client_idle.is_none() && self.ctx.backend_idle.is_none()
+    }
+
+    /// When the session ends for silence, given what has been heard when.
+    fn deadline(&self, accepting: bool, last_client: Instant, last_backend: Instant) -> Instant {
+        let mut d: Option<Instant> = None;
+        let mut earliest = |t: Instant| d = Some(d.map_or(t, |x: Instant| x.min(t)));
+        if let Some(t) = self.ctx.client_idle {
+            earliest(last_client + t);
+        }
+        if let Some(t) = self.ctx.backend_idle {
+            earliest(last_backend + t);
+        }
+        if !accepting && self.no_timeouts() {
+            earliest(last_backend + LINGER);
+        }
+        // No timeout applies while requests are still taken: the session ends by
+        // its request/response limits. A far deadline keeps the select simple.
+        d.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400))
+    }
+}

@@ -1,0 +1,280 @@
+//! UDP forwarding services on loopback: sessions, limits, fire-and-forget,
+//! idle timeouts, transparent mode.
+
+mod proxy_common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use gateway::config::Config;
+use gateway::proxy::ServiceSet;
+use proxy_common::*;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// A UDP backend answering `name:payload`, counting datagrams and reporting the
+/// source address of each.
+struct UdpBackend {
+    addr: SocketAddr,
+    count: Arc<AtomicUsize>,
+    sources: mpsc::UnboundedReceiver<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for UdpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn udp_backend(name: &'static str) -> UdpBackend {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let (tx, sources) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let _ = tx.send(from);
+            let mut reply = format!("{name}:").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = s.send_to(&reply, from).await;
+        }
+    });
+    UdpBackend {
+        addr,
+        count,
+        sources,
+        task,
+    }
+}
+
+fn udp_svc(name: &str, nodes: &[&UdpBackend], extra: &str) -> String {
+    let items: Vec<String> = nodes
+        .iter()
+        .map(|b| format!("{{addr: \"{}\"}}", b.addr))
+        .collect();
+    format!(
+        "services:\n- name: {name}\n  addr: \"127.0.0.1:0\"\n  handler: {{type: udp}}\n  listener: {{type: udp}}\n  forwarder: {{nodes: [{}]}}\n{extra}",
+        items.join(", ")
+    )
+}
+
+async fn ask(client: &UdpSocket, to: SocketAddr, msg: &str) -> Option<String> {
+    client.send_to(msg.as_bytes(), to).await.unwrap();
+    let mut buf = [0u8; 2048];
+    match tokio::time::timeout(Duration::from_millis(800), client.recv_from(&mut buf)).await {
+        Ok(Ok((n, from))) => {
+            assert_eq!(from, to, "reply must come from the service address");
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_session_sticks_to_its_node() {
+    let (a, b) = (udp_backend("a").await, udp_backend("b").await);
+    let set = ServiceSet::start(&services(&udp_svc(
+        "s",
+        &[&a, &b],
+        "  client_idle_timeout: 2s\n",
+    )))
+    .unwrap();
+    let to = set.local_addr("s").unwrap();
+    let c1 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let c2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let first = ask(&c1, to, "1").await.unwrap();
+    let node = &first[..1];
+    for i in 2..6 {
+        assert_eq!(
+            ask(&c1, to, &i.to_string()).await.unwrap(),
+            format!("{node}:{i}")
+        );
+    }
+    // A second client is a second session: round robin gives it the other node.
+    let other = ask(&c2, to, "x").await.unwrap();
+    assert_ne!(&other[..1], node);
+    assert_eq!(set.stats("s").unwrap().accepted, 2);
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn max_responses_ends_the_session() {
+    let (a, b) = (udp_backend("a").await, udp_backend("b").await);
+    let set = ServiceSet::start(&services(&udp_svc(
+        "r",
+        &[&a, &b],
+        "  udp: {max_responses: 1}\n",
+    )))
+    .unwrap();
+    let to = set.local_addr("r").unwrap();
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let r = ask(&c, to, &i.to_string()).await.unwrap();
+        nodes.push(r[..1].to_string());
+        // Let the ended session be noticed before the next datagram.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(nodes, ["a", "b", "a", "b"], "each datagram a new session");
+    assert!(
+        wait_for(Duration::from_secs(1), || set.stats("r").unwrap().completed
+            == 4)
+        .await
+    );
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn max_requests_two_then_new_session() {
+    let (a, b) = (udp_backend("a").await, udp_backend("b").await);
+    let set = ServiceSet::start(&services(&udp_svc(
+        "q",
+        &[&a, &b],
+        "  udp: {max_requests: 2}\n  backend_idle_timeout: 300ms\n",
+    )))
+    .unwrap();
+    let to = set.local_addr("q").unwrap();
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let r: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(ask(&c, to, &i.to_string()).await.unwrap()[..1].to_string());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        v
+    };
+    assert_eq!(r, ["a", "a", "b", "b"]);
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn fire_and_forget_picks_a_node_per_datagram() {
+    let (a, b) = (udp_backend("a").await, udp_backend("b").await);
+    let set = ServiceSet::start(&services(&udp_svc(
+        "ff",
+        &[&a, &b],
+        "  udp: {max_requests: 1}\n",
+    )))
+    .unwrap();
+    let to = set.local_addr("ff").unwrap();
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..10 {
+        c.send_to(format!("{i}").as_bytes(), to).await.unwrap();
+    }
+    assert!(
+        wait_for(Duration::from_secs(2), || a.count.load(Ordering::SeqCst)
+            == 5
+            && b.count.load(Ordering::SeqCst) == 5)
+        .await,
+        "a={} b={}",
+        a.count.load(Ordering::SeqCst),
+        b.count.load(Ordering::SeqCst)
+    );
+    // No session, no reply relayed.
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), c.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+    let st = set.stats("ff").unwrap();
+    assert_eq!((st.accepted, st.udp_in), (0, 10));
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn idle_session_expires() {
+    let a = udp_backend("a").await;
+    let set = ServiceSet::start(&services(&udp_svc(
+        "i",
+        &[&a],
+        "  client_idle_timeout: 200ms\n",
+    )))
+    .unwrap();
+    let to = set.local_addr("i").unwrap();
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert!(ask(&c, to, "x").await.is_some());
+    assert_eq!(set.stats("i").unwrap().active, 1);
+    assert!(
+        wait_for(Duration::from_secs(2), || set.stats("i").unwrap().active
+            == 0)
+        .await
+    );
+    assert_eq!(set.stats("i").unwrap().idle_closed, 1);
+    // The next datagram opens a new session.
+    assert!(ask(&c, to, "y").await.is_some());
+    assert_eq!(set.stats("i").unwrap().accepted, 2);
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn unlimited_udp_service_is_refused_at_load() {
+    let yaml = "services: [{name: u, addr: \":5353\", handler: {type: udp}, listener: {type: udp}, forwarder: {nodes: [{addr: \"127.0.0.1:53\"}]}}]\n";
+    let e = Config::from_str_named(yaml, std::path::Path::new("g.yml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("services[0].udp"), "{e}");
+    assert!(
+        e.contains("max_requests") && e.contains("client_idle_timeout"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn no_node_drops_and_counts() {
+    let a = udp_backend("a").await;
+    let set = ServiceSet::start(&services(&udp_svc(
+        "n",
+        &[&a],
+        "  client_idle_timeout: 1s\n",
+    )))
+    .unwrap();
+    set.balancer("n").unwrap().nodes()[0].set_healthy(false);
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert!(ask(&c, set.local_addr("n").unwrap(), "x").await.is_none());
+    let st = set.stats("n").unwrap();
+    assert_eq!((st.no_node, st.udp_dropped), (1, 1));
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Transparent mode: the backend sees the client's own address as the source.
+#[tokio::test]
+async fn transparent_keeps_client_source_address() {
+    let mut a = udp_backend("a").await;
+    let set = ServiceSet::start(&services(&udp_svc(
+        "t",
+        &[&a],
+        "  client_idle_timeout: 1s\n  udp: {transparent: true}\n",
+    )))
+    .unwrap();
+    let to = set.local_addr("t").unwrap();
+    // The client's socket shares its address with the proxy's transparent socket
+    // (both on this host), so both set SO_REUSEADDR.
+    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    raw.set_reuse_address(true).unwrap();
+    raw.set_nonblocking(true).unwrap();
+    raw.bind(&"127.0.0.42:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let c = UdpSocket::from_std(raw.into()).unwrap();
+    let me = c.local_addr().unwrap();
+    c.send_to(b"hi", to).await.unwrap();
+    let src = tokio::time::timeout(Duration::from_secs(2), a.sources.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(src, me, "backend must see the client's address");
+    // The reply comes back through the session to the client.
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), c.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"a:hi"[..], to));
+    set.shutdown(Duration::from_secs(1)).await;
+}
