@@ -36,7 +36,7 @@ use super::socks::{
 };
 use super::{
     ConnInfo, HandlerError, HandlerStats, default_read_timeout, deserialize_go_duration,
-    log_outcome,
+    log_outcome, validate_timeout,
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
@@ -90,8 +90,14 @@ impl Default for AutoMetadata {
 
 impl AutoHandlerOptions {
     pub fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_udp_buffer(self.metadata.udp_buffer_size, field)?;
-        validate_headers(&self.metadata.header, field)
+        let m = &self.metadata;
+        validate_udp_buffer(m.udp_buffer_size, field)?;
+        validate_headers(&m.header, field)?;
+        validate_timeout(m.read_timeout, format!("{field}.metadata.readTimeout"))?;
+        validate_timeout(
+            m.response_timeout,
+            format!("{field}.metadata.responseTimeout"),
+        )
     }
 }
 

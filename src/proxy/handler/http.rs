@@ -74,7 +74,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::conn::{BufConn, CopyError};
 use super::{
     ConnInfo, HandlerError, HandlerStats, credentials_match, default_read_timeout,
-    deserialize_go_duration, log_outcome,
+    deserialize_go_duration, log_outcome, validate_timeout,
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
@@ -123,7 +123,13 @@ pub struct HttpMetadata {
 impl HttpHandlerOptions {
     /// `field` is the path of this section, e.g. `services[2].handler`.
     pub fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_headers(&self.metadata.header, field)
+        validate_headers(&self.metadata.header, field)?;
+        let m = &self.metadata;
+        validate_timeout(m.read_timeout, format!("{field}.metadata.readTimeout"))?;
+        validate_timeout(
+            m.response_timeout,
+            format!("{field}.metadata.responseTimeout"),
+        )
     }
 }
 

@@ -82,6 +82,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::config::FieldError;
+use crate::config::auth::AuthConfig;
+use crate::config::service::DurationStr;
+
 /// Any of the proxy handlers, for a service loop that does not care which: build
 /// one per service from its `handler.type`, then `handle` every connection.
 pub enum ProxyHandler {
@@ -103,6 +107,72 @@ impl ProxyHandler {
             ProxyHandler::Socks4(h) => h.handle(stream, conn).await,
             ProxyHandler::Auto(h) => h.handle(stream, conn).await,
         }
+    }
+
+    /// Build the handler of one service from the pieces of its `handler:`
+    /// section: `type`, `auth` and `metadata` (absent means all defaults).
+    /// `field` is the section's path for errors, e.g. `services[2].handler`.
+    /// `type` names follow GOST: `http`, `socks5` (alias `socks`), `socks4`
+    /// (alias `socks4a`), `auto`.
+    pub fn from_parts(
+        kind: &str,
+        auth: Option<AuthConfig>,
+        metadata: Option<&serde_yaml_ng::Value>,
+        router: crate::proxy::router::Router,
+        field: &str,
+    ) -> Result<ProxyHandler, FieldError> {
+        fn meta<T: serde::de::DeserializeOwned + Default>(
+            v: Option<&serde_yaml_ng::Value>,
+            field: &str,
+        ) -> Result<T, FieldError> {
+            match v {
+                None | Some(serde_yaml_ng::Value::Null) => Ok(T::default()),
+                Some(v) => serde_yaml_ng::from_value(v.clone())
+                    .map_err(|e| FieldError::new(format!("{field}.metadata"), e.to_string())),
+            }
+        }
+        Ok(match kind {
+            "http" => {
+                let o = http::HttpHandlerOptions {
+                    auth,
+                    metadata: meta(metadata, field)?,
+                };
+                o.validate(field)?;
+                ProxyHandler::Http(http::HttpHandler::new(o, router))
+            }
+            "socks5" | "socks" => {
+                let o = socks::Socks5HandlerOptions {
+                    auth,
+                    metadata: meta(metadata, field)?,
+                };
+                o.validate(field)?;
+                ProxyHandler::Socks5(socks::Socks5Handler::new(o, router))
+            }
+            "socks4" | "socks4a" => {
+                let o = socks::Socks4HandlerOptions {
+                    auth,
+                    metadata: meta(metadata, field)?,
+                };
+                o.validate(field)?;
+                ProxyHandler::Socks4(socks::Socks4Handler::new(o, router))
+            }
+            "auto" => {
+                let o = auto::AutoHandlerOptions {
+                    auth,
+                    metadata: meta(metadata, field)?,
+                };
+                o.validate(field)?;
+                ProxyHandler::Auto(Box::new(auto::AutoHandler::new(o, router)))
+            }
+            other => {
+                return Err(FieldError::new(
+                    format!("{field}.type"),
+                    format!(
+                        "{other:?} is not a proxy handler: expected http, socks5, socks, socks4, socks4a or auto"
+                    ),
+                ));
+            }
+        })
     }
 
     pub fn stats(&self) -> &std::sync::Arc<HandlerStats> {
@@ -278,68 +348,21 @@ pub fn default_read_timeout() -> Duration {
     Duration::from_secs(15)
 }
 
-/// Parse a Go `time.Duration` string as GOST writes them: a sequence of
-/// `<number><unit>` with units `ns us µs ms s m h` (`"15s"`, `"1m30s"`, `"1.5s"`).
-/// A bare number is taken as seconds, which is what a YAML author usually means.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err("expected a duration like \"15s\" or \"500ms\", got an empty string".into());
-    }
-    if let Ok(secs) = s.parse::<f64>() {
-        return secs_to_duration(secs, text);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(num_len);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("expected a duration like \"15s\" or \"500ms\", got {text:?}"))?;
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => {
-                return Err(format!(
-                    "expected a duration with a unit of ns, us, ms, s, m or h, got {text:?}"
-                ));
-            }
-        };
-        total += value * scale;
-        rest = tail;
-    }
-    secs_to_duration(total, text)
-}
-
-fn secs_to_duration(secs: f64, text: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("expected a non-negative duration, got {text:?}"))
-}
-
-/// serde adapter for [`parse_go_duration`]: accepts `"15s"` or a number of seconds.
+/// serde adapter: a Go-style duration (`"15s"`, `"500ms"`, a bare number of
+/// seconds), parsed by the config's [`DurationStr`], as a plain `Duration`.
 pub fn deserialize_go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Secs(f64),
+    DurationStr::deserialize(d).map(|d| d.0)
+}
+
+/// Timeouts must be positive: a zero `readTimeout` would refuse every client.
+pub(crate) fn validate_timeout(value: Duration, field: String) -> Result<(), FieldError> {
+    if value.is_zero() {
+        return Err(FieldError::new(
+            field,
+            "expected a positive duration like \"15s\"",
+        ));
     }
-    let parsed = match Raw::deserialize(d)? {
-        Raw::Text(t) => parse_go_duration(&t),
-        Raw::Secs(s) => secs_to_duration(s, &s.to_string()),
-    };
-    parsed.map_err(serde::de::Error::custom)
+    Ok(())
 }
 
 /// Format `host:port` for the router, bracketing IPv6 literals.
@@ -375,16 +398,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_go_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_go_duration("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_go_duration("").is_err());
-        assert!(parse_go_duration("5 parsecs").is_err());
-        assert!(parse_go_duration("s").is_err());
-        assert!(parse_go_duration("-1s").is_err());
+    fn durations_via_config_parser() {
+        #[derive(Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "deserialize_go_duration")]
+            d: Duration,
+        }
+        let t: T = serde_yaml_ng::from_str("d: 1m30s").unwrap();
+        assert_eq!(t.d, Duration::from_secs(90));
+        let t: T = serde_yaml_ng::from_str("d: 2").unwrap();
+        assert_eq!(t.d, Duration::from_secs(2));
+        assert!(serde_yaml_ng::from_str::<T>("d: 5 parsecs").is_err());
+        assert!(validate_timeout(Duration::ZERO, "x".into()).is_err());
+    }
+
+    #[test]
+    fn handlers_from_config_parts() {
+        let router = crate::proxy::router::Router::default();
+        let v: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str("{udp: true, udpBufferSize: 8192}").unwrap();
+        let h = ProxyHandler::from_parts("socks", None, Some(&v), router.clone(), "s[0].handler");
+        assert!(matches!(h, Ok(ProxyHandler::Socks5(_))));
+        // `udp` is not an http option: the error names the section.
+        let e = ProxyHandler::from_parts("http", None, Some(&v), router.clone(), "s[0].handler")
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "s[0].handler.metadata");
+        assert!(e.message.contains("udp"), "{}", e.message);
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str("{readTimeout: 0s}").unwrap();
+        let e = ProxyHandler::from_parts("auto", None, Some(&v), router.clone(), "h")
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "h.metadata.readTimeout");
+        let e = ProxyHandler::from_parts("tcp", None, None, router.clone(), "h")
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "h.type");
+        assert!(matches!(
+            ProxyHandler::from_parts("socks4a", None, None, router, "h"),
+            Ok(ProxyHandler::Socks4(_))
+        ));
     }
 
     #[test]

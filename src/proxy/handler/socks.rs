@@ -64,7 +64,7 @@ use tokio::net::UdpSocket;
 use super::conn::BufConn;
 use super::{
     ConnInfo, HandlerError, HandlerStats, credentials_match, default_read_timeout,
-    deserialize_go_duration, join_host_port, log_outcome,
+    deserialize_go_duration, join_host_port, log_outcome, validate_timeout,
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
@@ -154,7 +154,11 @@ impl Default for Socks5Metadata {
 impl Socks5HandlerOptions {
     /// `field` is the path of this section, e.g. `services[2].handler`.
     pub fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_udp_buffer(self.metadata.udp_buffer_size, field)
+        validate_udp_buffer(self.metadata.udp_buffer_size, field)?;
+        validate_timeout(
+            self.metadata.read_timeout,
+            format!("{field}.metadata.readTimeout"),
+        )
     }
 }
 
@@ -190,6 +194,15 @@ pub struct Socks4Metadata {
         deserialize_with = "deserialize_go_duration"
     )]
     pub read_timeout: Duration,
+}
+
+impl Socks4HandlerOptions {
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
+        validate_timeout(
+            self.metadata.read_timeout,
+            format!("{field}.metadata.readTimeout"),
+        )
+    }
 }
 
 impl Default for Socks4Metadata {
