@@ -290,6 +290,42 @@ async fn connect_tunnel() {
 }
 
 #[tokio::test]
+async fn idle_tunnel_is_cut_by_relay_options() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let mut h = HttpHandler::new(HttpHandlerOptions::default(), Router::default());
+    h.set_relay_opts(gateway::proxy::relay::RelayOpts {
+        a_idle: Some(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    let handler = Arc::new(h);
+    let hh = handler.clone();
+    let p = spawn_proxy(move |s, c| {
+        let h = hh.clone();
+        async move {
+            let _ = h.handle(s, c).await;
+        }
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p).await.unwrap();
+    s.write_all(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 39];
+    s.read_exact(&mut head).await.unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200 Connection established"));
+    // Say nothing: the client side's idle limit ends the tunnel.
+    let start = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "tunnel not closed");
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    wait_for(Duration::from_secs(2), || {
+        handler.stats().snapshot().upstream_error == 1
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn basic_auth_407_then_success() {
     let origin = spawn_origin("127.0.0.1:0").await;
     let opts = HttpHandlerOptions {

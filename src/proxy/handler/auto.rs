@@ -40,6 +40,7 @@ use super::{
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
+use crate::proxy::relay::RelayOpts;
 use crate::proxy::router::Router;
 
 /// The `handler:` section of an `auto` service, minus `type`: the union of the
@@ -145,13 +146,20 @@ impl AutoHandler {
         }
     }
 
+    /// Idle timeouts and byte counter for tunnels, on all three protocols.
+    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
+        self.http.set_relay_opts(opts.clone());
+        self.socks5.set_relay_opts(opts.clone());
+        self.socks4.set_relay_opts(opts);
+    }
+
     pub fn stats(&self) -> &Arc<HandlerStats> {
         &self.stats
     }
 
     pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _active = self.stats.start();
         let outcome = self.serve(BufConn::new(stream), conn).await;
@@ -162,7 +170,7 @@ impl AutoHandler {
 
     async fn serve<S>(&self, mut client: BufConn<S>, conn: ConnInfo) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let first = match tokio::time::timeout(self.read_timeout, client.fill_to(1)).await {
             Err(_) => return Err(HandlerError::HandshakeTimeout(self.read_timeout)),

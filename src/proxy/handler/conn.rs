@@ -8,11 +8,15 @@
 //! uses it to look at the first byte and then give the untouched stream to the
 //! protocol it picked.
 
+use std::any::Any;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::HandlerError;
-use crate::proxy::relay::relay;
+
+use crate::proxy::relay::{RelayOpts, relay_tcp, relay_with};
 
 /// Read granularity; also the size a body copy moves per write.
 const READ_CHUNK: usize = 16 * 1024;
@@ -201,22 +205,31 @@ impl<S: AsyncRead + Unpin> BufConn<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> BufConn<S> {
+    pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(data).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + 'static> BufConn<S> {
     /// Hand the connection over to a tunnel: bytes the client sent behind its
     /// request go to the target first, then both directions are relayed until
-    /// both sides are done.
-    pub async fn tunnel<T>(&mut self, target: &mut T) -> std::io::Result<(u64, u64)>
-    where
-        T: AsyncRead + AsyncWrite + Unpin,
-    {
+    /// both sides are done. A plain TCP client is relayed with `splice(2)`
+    /// ([`relay_tcp`]); anything else (TLS) is copied.
+    pub async fn tunnel(
+        &mut self,
+        target: &mut TcpStream,
+        opts: &RelayOpts,
+    ) -> std::io::Result<(u64, u64)> {
         if !self.buf.is_empty() {
             target.write_all(&self.buf).await?;
             self.buf.clear();
         }
-        relay(&mut self.io, target).await
-    }
-
-    pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.io.write_all(data).await
+        // The handlers are generic over the stream; the zero-copy path needs to
+        // know it holds a TcpStream, which `Any` answers at run time.
+        if let Some(tcp) = (&mut self.io as &mut dyn Any).downcast_mut::<TcpStream>() {
+            return relay_tcp(tcp, target, opts).await;
+        }
+        relay_with(&mut self.io, target, opts).await
     }
 }
 

@@ -78,6 +78,7 @@ use super::{
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
+use crate::proxy::relay::RelayOpts;
 use crate::proxy::router::Router;
 
 /// Largest request or response head we accept.
@@ -184,6 +185,7 @@ pub struct HttpHandler {
     stats: Arc<HandlerStats>,
     /// Pre-rendered `header` lines, appended to every reply we generate.
     extra_headers: String,
+    relay: RelayOpts,
 }
 
 /// A parsed request head (owned: the read buffer moves on while we use it).
@@ -275,7 +277,13 @@ impl HttpHandler {
             router,
             stats,
             extra_headers,
+            relay: RelayOpts::default(),
         }
+    }
+
+    /// Idle timeouts and byte counter for CONNECT tunnels and upgrades.
+    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
+        self.relay = opts;
     }
 
     pub fn stats(&self) -> &Arc<HandlerStats> {
@@ -285,7 +293,7 @@ impl HttpHandler {
     /// Serve one client connection until it closes or fails.
     pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _active = self.stats.start();
         let outcome = self.serve(BufConn::new(stream), conn).await;
@@ -302,7 +310,7 @@ impl HttpHandler {
         conn: ConnInfo,
     ) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut upstream: Option<Upstream> = None;
         let mut first = true;
@@ -379,7 +387,7 @@ impl HttpHandler {
         head: &RequestHead,
     ) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Some(target) = parse_authority(&head.target, None) else {
             self.reply(&mut client, 400, "Bad Request", "").await;
@@ -399,7 +407,7 @@ impl HttpHandler {
         ok.push_str(&self.extra_headers);
         ok.push_str("\r\n");
         client.write_all(ok.as_bytes()).await?;
-        match client.tunnel(&mut upstream).await {
+        match client.tunnel(&mut upstream, &self.relay).await {
             Ok(_) => Ok(()),
             // Either side resetting a tunnel is how many TLS sessions end; it is not
             // the proxy's failure, but count it apart from clean ends.
@@ -418,7 +426,7 @@ impl HttpHandler {
         head: RequestHead,
     ) -> Result<Next, HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let uri = match parse_absolute_uri(&head.target) {
             Ok(u) => u,
@@ -598,7 +606,7 @@ impl HttpHandler {
                 target: uri.authority.clone(),
                 message: format!("cannot rejoin the connection: {e}"),
             })?;
-            return match client.tunnel(&mut target).await {
+            return match client.tunnel(&mut target, &self.relay).await {
                 Ok(_) => Ok(Next::Close),
                 Err(e) => Err(HandlerError::Upstream {
                     target: uri.authority,
@@ -647,7 +655,7 @@ impl HttpHandler {
         e: CopyError,
     ) -> HandlerError
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match e {
             CopyError::Framing(why) => {
@@ -669,7 +677,7 @@ impl HttpHandler {
     /// 502 for a target that refused or failed, 504 for one that timed out.
     async fn reply_target_error<S>(&self, client: &mut BufConn<S>, e: &std::io::Error)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if e.kind() == std::io::ErrorKind::TimedOut {
             self.reply(client, 504, "Gateway Timeout", "").await;
@@ -682,7 +690,7 @@ impl HttpHandler {
     /// errors are ignored: the connection is being dropped anyway.
     async fn reply<S>(&self, client: &mut BufConn<S>, code: u16, reason: &str, extra: &str)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let body = format!("{code} {reason}\n");
         let msg = format!(
@@ -830,7 +838,7 @@ async fn read_final_response<S>(
     up: &mut BufConn<OwnedReadHalf>,
 ) -> Result<Option<ResponseHead>, HeadError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     loop {
         match read_head(up, parse_response).await? {

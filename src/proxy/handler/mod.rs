@@ -85,6 +85,7 @@ use serde::{Deserialize, Deserializer};
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
 use crate::config::service::DurationStr;
+use crate::proxy::relay::RelayOpts;
 
 /// Any of the proxy handlers, for a service loop that does not care which: build
 /// one per service from its `handler.type`, then `handle` every connection.
@@ -99,7 +100,7 @@ pub enum ProxyHandler {
 impl ProxyHandler {
     pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         match self {
             ProxyHandler::Http(h) => h.handle(stream, conn).await,
@@ -173,6 +174,17 @@ impl ProxyHandler {
                 ));
             }
         })
+    }
+
+    /// Idle timeouts and byte counter for tunnels (CONNECT, SOCKS, upgrades):
+    /// the service's `client_idle_timeout` / `backend_idle_timeout`.
+    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
+        match self {
+            ProxyHandler::Http(h) => h.set_relay_opts(opts),
+            ProxyHandler::Socks5(h) => h.set_relay_opts(opts),
+            ProxyHandler::Socks4(h) => h.set_relay_opts(opts),
+            ProxyHandler::Auto(h) => h.set_relay_opts(opts),
+        }
     }
 
     pub fn stats(&self) -> &std::sync::Arc<HandlerStats> {

@@ -68,6 +68,7 @@ use super::{
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
+use crate::proxy::relay::RelayOpts;
 use crate::proxy::router::Router;
 
 const VERSION5: u8 = 0x05;
@@ -315,6 +316,7 @@ pub struct Socks5Handler {
     opts: Socks5HandlerOptions,
     router: Router,
     stats: Arc<HandlerStats>,
+    relay: RelayOpts,
 }
 
 impl Socks5Handler {
@@ -331,7 +333,13 @@ impl Socks5Handler {
             opts,
             router,
             stats,
+            relay: RelayOpts::default(),
         }
+    }
+
+    /// Idle timeouts and byte counter for CONNECT tunnels.
+    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
+        self.relay = opts;
     }
 
     pub fn stats(&self) -> &Arc<HandlerStats> {
@@ -341,7 +349,7 @@ impl Socks5Handler {
     /// Serve one client connection until it closes or fails.
     pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _active = self.stats.start();
         let outcome = self.serve(BufConn::new(stream), conn).await;
@@ -356,7 +364,7 @@ impl Socks5Handler {
         conn: ConnInfo,
     ) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let timeout = self.opts.metadata.read_timeout;
         let req = match tokio::time::timeout(timeout, self.handshake(&mut client)).await {
@@ -384,7 +392,7 @@ impl Socks5Handler {
     /// Greeting, authentication and request.
     async fn handshake<S>(&self, client: &mut BufConn<S>) -> Result<Request, HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let version = client.take_u8().await?;
         if version != VERSION5 {
@@ -499,7 +507,7 @@ impl Socks5Handler {
 
     async fn connect<S>(&self, mut client: BufConn<S>, addr: Address) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let target = addr.to_target();
         let mut upstream = match self.router.connect(&target).await {
@@ -513,7 +521,7 @@ impl Socks5Handler {
         let bound = upstream.local_addr().unwrap_or_else(|_| unspecified());
         client.write_all(&reply5(rep::SUCCEEDED, bound)).await?;
         client
-            .tunnel(&mut upstream)
+            .tunnel(&mut upstream, &self.relay)
             .await
             .map(|_| ())
             .map_err(|e| HandlerError::Upstream {
@@ -528,7 +536,7 @@ impl Socks5Handler {
         conn: ConnInfo,
     ) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; bind the
         // relay on the plain IPv4 address so the reply carries an IPv4 BND.ADDR.
@@ -693,6 +701,7 @@ pub struct Socks4Handler {
     opts: Socks4HandlerOptions,
     router: Router,
     stats: Arc<HandlerStats>,
+    relay: RelayOpts,
 }
 
 impl Socks4Handler {
@@ -709,7 +718,13 @@ impl Socks4Handler {
             opts,
             router,
             stats,
+            relay: RelayOpts::default(),
         }
+    }
+
+    /// Idle timeouts and byte counter for CONNECT tunnels.
+    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
+        self.relay = opts;
     }
 
     pub fn stats(&self) -> &Arc<HandlerStats> {
@@ -718,7 +733,7 @@ impl Socks4Handler {
 
     pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _active = self.stats.start();
         let outcome = self.serve(BufConn::new(stream), conn).await;
@@ -733,7 +748,7 @@ impl Socks4Handler {
         conn: ConnInfo,
     ) -> Result<(), HandlerError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let timeout = self.opts.metadata.read_timeout;
         let (cmd, addr, user) = match tokio::time::timeout(timeout, read_socks4(&mut client)).await
@@ -766,7 +781,7 @@ impl Socks4Handler {
         };
         client.write_all(&reply4(SOCKS4_GRANTED)).await?;
         client
-            .tunnel(&mut upstream)
+            .tunnel(&mut upstream, &self.relay)
             .await
             .map(|_| ())
             .map_err(|e| HandlerError::Upstream {
