@@ -368,6 +368,26 @@ async fn basic_auth_407_then_success() {
     // Credentials for the proxy are not passed on to the origin.
     assert!(text.contains("X-Seen-Proxy-Auth: no"), "{text}");
 
+    // A refused upload still gets its 407 (not a reset) while the body streams.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("up.bin");
+    std::fs::write(&file, pattern(8 * 1024 * 1024)).unwrap();
+    let r = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &px,
+        "-H",
+        "Expect:",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &url,
+    ])
+    .await;
+    assert_eq!(r.text(), "407", "{}", r.stderr);
+
     // CONNECT is protected too.
     let r = curl(&["-p", "-x", &px, &url]).await;
     assert_ne!(r.status, Some(0));
@@ -379,7 +399,7 @@ async fn basic_auth_407_then_success() {
     })
     .await;
     let s = handler.stats().snapshot();
-    assert_eq!(s.auth_failed, 3, "{s:?}");
+    assert_eq!(s.auth_failed, 4, "{s:?}");
 }
 
 #[tokio::test]

@@ -639,6 +639,10 @@ impl HttpHandler {
             }
         }
         client.get_mut().flush().await?;
+        if body_skipped {
+            // The client may still be sending the body the target refused.
+            linger_close(client).await;
+        }
         // Extra bytes after a response mean the target is confused; do not let
         // them bleed into the next exchange.
         if upstream_keep_alive && !body_skipped && up.rx.buffered().is_empty() {
@@ -699,15 +703,43 @@ impl HttpHandler {
             body.len()
         );
         let _ = client.write_all(msg.as_bytes()).await;
-        let _ = client.get_mut().flush().await;
+        linger_close(client).await;
     }
 }
 
-/// Read and parse one head. `Ok(None)`: the stream ended cleanly before any byte
-/// of a head. Cancel safe (see [`BufConn::fill`]), so it can run under a timeout.
+/// How long, and how much, a closing connection keeps reading what the client
+/// still sends.
+const LINGER_TIME: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Close after a final reply without destroying it. Closing a socket that still
+/// has unread input makes the kernel send a reset, and a reset can discard our
+/// reply before the client read it (a 407 or 413 to a client mid-upload). So: send
+/// our FIN, then read and drop the client's bytes for a moment, until it closes.
+async fn linger_close<S>(client: &mut BufConn<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = client.get_mut().shutdown().await;
+    let drain = async {
+        let mut total = 0;
+        loop {
+            let n = client.buffered().len();
+            client.consume(n);
+            match client.fill().await {
+                Ok(n) if n > 0 && total < LINGER_BYTES => total += n,
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
 /// A head parser: `Ok(None)` while incomplete, else the head and its length.
 type HeadParser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, HeadError>;
 
+/// Read and parse one head. `Ok(None)`: the stream ended cleanly before any byte
+/// of a head. Cancel safe (see [`BufConn::fill`]), so it can run under a timeout.
 async fn read_head<S, T>(
     conn: &mut BufConn<S>,
     parse: HeadParser<T>,
