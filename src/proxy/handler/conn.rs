@@ -294,6 +294,78 @@ mod tests {
         ));
     }
 
+    /// Hands out at most `step` bytes per read, so framing is split everywhere.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self
+                .step
+                .min(buf.remaining())
+                .min(self.data.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.data[start..start + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn chunked_roundtrip_any_split(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+            sizes in proptest::collection::vec(1usize..700, 1..20),
+            step in 1usize..40,
+            ext in proptest::bool::ANY,
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                wire.extend_from_slice(format!("{n:X}").as_bytes());
+                if ext { wire.extend_from_slice(b";name=value"); }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let mut input = wire.clone();
+            input.extend_from_slice(b"NEXT");
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (out, left) = rt.block_on(async {
+                let mut c = BufConn::new(Trickle { data: input, pos: 0, step });
+                let mut out = Vec::new();
+                c.copy_chunked(&mut out).await.unwrap();
+                let mut left = Vec::new();
+                c.copy_to_eof(&mut left).await.unwrap();
+                (out, left)
+            });
+            proptest::prop_assert_eq!(out, wire);
+            proptest::prop_assert_eq!(left, b"NEXT".to_vec());
+        }
+
+        #[test]
+        fn chunked_garbage_never_panics(input in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut c = BufConn::new(&input[..]);
+                let mut out = Vec::new();
+                let _ = c.copy_chunked(&mut out).await;
+            });
+        }
+    }
+
     #[tokio::test]
     async fn exact_copy_leaves_the_rest() {
         let mut c = BufConn::new(&b"0123456789"[..]);

@@ -1152,6 +1152,18 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = parse_request(&data);
+            let _ = parse_response(&data);
+            if let Ok(text) = std::str::from_utf8(&data) {
+                let _ = parse_absolute_uri(text);
+                let _ = parse_authority(text, Some(80));
+            }
+        }
+    }
+
     #[test]
     fn absolute_uris() {
         let u = parse_absolute_uri("http://example.com/a?b=1#frag").unwrap();

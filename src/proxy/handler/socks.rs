@@ -856,6 +856,15 @@ mod tests {
         assert!(parse_udp_addr(&[]).is_none());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn udp_header_garbage_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if let Some((_, n)) = parse_udp_addr(&data) {
+                proptest::prop_assert!(n <= data.len());
+            }
+        }
+    }
+
     #[test]
     fn reply_encoding() {
         assert_eq!(
