@@ -344,6 +344,17 @@ async fn backend_client_with_ca_client_cert_and_sni() {
         ..base.clone()
     };
     assert!(talk(&wrong_name, addr).await.is_err());
+    // caFile without secure is GOST's pinning: the chain counts, the name not.
+    let pinned = TlsConfig {
+        secure: false,
+        ..wrong_name.clone()
+    };
+    assert_eq!(talk(&pinned, addr).await.unwrap(), "hello");
+    let pinned_other_ca = TlsConfig {
+        ca_file: Some(other_path.clone()),
+        ..pinned.clone()
+    };
+    assert!(talk(&pinned_other_ca, addr).await.is_err());
     let wrong_ca = TlsConfig {
         ca_file: Some(other_path),
         ..base.clone()

@@ -27,11 +27,13 @@
 //!
 //! * `serverName` — SNI and the name checked in the backend's certificate; without
 //!   it the host part of the backend address is used.
-//! * `secure` — verify the backend certificate. GOST's default is `false`: no
-//!   verification at all (the handshake is still authenticated against the
-//!   certificate the backend sent, so the session is encrypted, but anyone could
-//!   have sent it). Verification happens when `secure: true` or a `caFile` is
-//!   given; `caFile` is then the trust anchor, otherwise the system bundle.
+//! * `secure` — verify the backend's certificate chain *and* name. GOST's default
+//!   is `false`: no verification at all (the handshake is still authenticated
+//!   against the certificate the backend sent, so the session is encrypted, but
+//!   anyone could have sent it). The trust anchors are `caFile`, else the system
+//!   bundle.
+//! * `caFile` without `secure` — GOST's certificate pinning: the backend's chain
+//!   must lead to this CA, but the name in it is not checked.
 //! * `certFile` / `keyFile` — a client certificate for backends that require one.
 //!
 //! Errors are [`TlsError`]s naming the option at fault (`certFile`,
@@ -44,6 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -417,7 +420,16 @@ impl TlsClient {
                 Some(ca) => roots_from(ca, "caFile")?,
                 None => system_roots()?,
             };
-            builder.with_root_certificates(roots)
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::new("caFile", e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(CaVerification {
+                    webpki,
+                    check_name: cfg.secure,
+                }))
         } else {
             builder
                 .dangerous()
@@ -494,6 +506,61 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
         "caFile",
         "secure: true without caFile needs the system CA bundle, and none was found; expected a caFile",
     ))
+}
+
+/// Chain verification against the trust anchors, with the name check only when
+/// `secure: true`. GOST calls a `caFile` without `secure` certificate pinning:
+/// the backend must hold a certificate from that CA, whatever name it carries.
+#[derive(Debug)]
+struct CaVerification {
+    webpki: Arc<WebPkiServerVerifier>,
+    check_name: bool,
+}
+
+impl ServerCertVerifier for CaVerification {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            // webpki checks the name only after the chain verified, so this error
+            // means "good chain, other name".
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// `secure: false`: accept any backend certificate. Handshake signatures are still
