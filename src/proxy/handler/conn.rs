@@ -210,6 +210,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> BufConn<S> {
     }
 }
 
+impl<S: 'static> BufConn<S> {
+    /// The underlying socket when the stream is plain TCP (not TLS), for socket
+    /// options and zero-copy relaying.
+    pub fn as_tcp(&self) -> Option<&TcpStream> {
+        (&self.io as &dyn Any).downcast_ref::<TcpStream>()
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + 'static> BufConn<S> {
     /// Hand the connection over to a tunnel: bytes the client sent behind its
     /// request go to the target first, then both directions are relayed until
