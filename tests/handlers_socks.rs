@@ -229,6 +229,29 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
         "relay bound where the client reached us"
     );
 
+    // The control connection has TCP keepalive on the proxy's side (so a vanished
+    // client frees the relay); `ss -o` shows the keepalive timer once no
+    // retransmission timer is pending.
+    let ss = || {
+        std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established"])
+            .arg(format!("( sport = :{} )", p.port()))
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    if ss().is_some() {
+        let mut seen = String::new();
+        for _ in 0..50 {
+            seen = ss().unwrap_or_default();
+            if seen.contains("timer:(keepalive") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        assert!(seen.contains("timer:(keepalive"), "{seen}");
+    }
+
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut buf = [0u8; 2048];
 
