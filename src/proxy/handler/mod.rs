@@ -176,6 +176,18 @@ impl ProxyHandler {
         })
     }
 
+    /// Config-time check of a `handler:` section (unknown or malformed
+    /// `metadata` keys, bounds), without starting anything.
+    pub fn validate_parts(
+        kind: &str,
+        auth: Option<&AuthConfig>,
+        metadata: Option<&serde_yaml_ng::Value>,
+        field: &str,
+    ) -> Result<(), FieldError> {
+        let router = crate::proxy::router::Router::default();
+        Self::from_parts(kind, auth.cloned(), metadata, router, field).map(drop)
+    }
+
     /// Idle timeouts and byte counter for tunnels (CONNECT, SOCKS, upgrades):
     /// the service's `client_idle_timeout` / `backend_idle_timeout`.
     pub fn set_relay_opts(&mut self, opts: RelayOpts) {
