@@ -30,13 +30,16 @@
 //! [`udp`].
 
 pub mod balance;
+pub mod cut;
 pub mod discovery;
+pub mod handler;
 pub mod health;
 pub mod listen;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod udp;
 
 use std::collections::HashMap;
