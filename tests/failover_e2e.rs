@@ -230,12 +230,15 @@ fn sigterm_switches_over() {
     let t0 = Instant::now();
     stopping.signal(Signal::SIGTERM);
     let took = assert_reaches(&lab, vip, "after SIGTERM on the master");
-    eprintln!("graceful stop: service back after {took:?}");
-    // The daemon drains its services for up to `--grace` (10 s) after releasing the
-    // VIP: a connection caught mid-switchover can keep it that long.
+    eprintln!(
+        "graceful stop: service back after {took:?} (150 ms per client attempt here; scripts/bench-failover.sh measures finely)"
+    );
+    // Connections accepted on the VIP are cut when it is released (they could never
+    // finish), so even one caught mid-switchover does not hold the exit for the
+    // whole drain grace period.
     let status = stopping
-        .wait_exit(Duration::from_secs(20))
-        .expect("the master did not exit within 20 s of SIGTERM");
+        .wait_exit(Duration::from_secs(5))
+        .expect("the master did not exit within 5 s of SIGTERM");
     assert!(
         status.success(),
         "exit status {status}:\n{}",
@@ -265,7 +268,7 @@ fn returning_master_without_preempt_stays_backup() {
 
     g1.signal(Signal::SIGTERM);
     assert!(
-        g1.wait_exit(Duration::from_secs(20)).is_some(),
+        g1.wait_exit(Duration::from_secs(5)).is_some(),
         "n1 did not stop"
     );
     assert!(
@@ -295,7 +298,7 @@ fn returning_master_with_preempt_takes_vip_back() {
 
     g1.signal(Signal::SIGTERM);
     assert!(
-        g1.wait_exit(Duration::from_secs(20)).is_some(),
+        g1.wait_exit(Duration::from_secs(5)).is_some(),
         "n1 did not stop"
     );
     assert!(
