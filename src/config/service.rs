@@ -348,12 +348,15 @@ pub struct DiscoveryConfig {
     #[serde(default)]
     pub srv_lookup_pattern: Option<String>,
     /// srv: `udp` (default) or `tcp`.
-    #[serde(default)]
+    #[serde(default = "default_srv_dns_protocol")]
     pub srv_dns_protocol: ProbeProtocol,
 }
 
 pub fn default_discovery_interval() -> DurationStr {
     DurationStr(Duration::from_secs(2))
+}
+pub fn default_srv_dns_protocol() -> ProbeProtocol {
+    ProbeProtocol::Udp
 }
 pub fn default_discovery_timeout() -> DurationStr {
     DurationStr(Duration::from_secs(2))
