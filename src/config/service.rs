@@ -611,7 +611,9 @@ pub fn validate_services(services: &[ServiceConfig]) -> Result<(), FieldError> {
         } else {
             "tcp"
         };
-        if !addrs.insert((proto, s.addr.clone())) {
+        // Port 0 (any free port) can be given to any number of services.
+        let any_port = parse_listen_addr(&s.addr).is_ok_and(|a| a.port() == 0);
+        if !any_port && !addrs.insert((proto, s.addr.clone())) {
             return Err(FieldError::new(
                 format!("services[{i}].addr"),
                 format!(

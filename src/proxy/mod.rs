@@ -95,7 +95,7 @@ impl ServiceSet {
             return Err(ProxyError::NoRuntime);
         }
         // Sockets of services about to be replaced or removed, for reuse.
-        let mut sockets: HashMap<(bool, String), Bound> = HashMap::new();
+        let mut sockets: HashMap<(bool, String, String), Bound> = HashMap::new();
         for r in self.running.values() {
             let keep = services.iter().any(|s| s == &r.config);
             if !keep && let Some(b) = r.bound() {

@@ -127,9 +127,12 @@ impl Bound {
     }
 }
 
-/// The key under which a listener can be reused: protocol and configured address.
-pub(crate) fn bound_key(cfg: &ServiceConfig) -> (bool, String) {
-    (cfg.listener.kind == "udp", cfg.addr.clone())
+/// The key under which a listener can be reused: protocol and configured address
+/// (plus the service name for port 0, where equal addresses are different sockets).
+pub(crate) fn bound_key(cfg: &ServiceConfig) -> (bool, String, String) {
+    let any_port = parse_listen_addr(&cfg.addr).is_ok_and(|a| a.port() == 0);
+    let name = if any_port { cfg.name.clone() } else { String::new() };
+    (cfg.listener.kind == "udp", cfg.addr.clone(), name)
 }
 
 /// gobetween's access list: first matching rule wins, else the default.
