@@ -124,6 +124,11 @@ pub struct HandlerConfig {
     /// field is recognised so that the error says so instead of "unknown field".
     #[serde(default)]
     pub chain: Option<String>,
+    /// GOST's per-handler options (`readTimeout`, `udp`, `header`, ...). Their shape
+    /// depends on `type`, so they are kept as YAML here and checked against the
+    /// handler's own option struct (which rejects unknown keys) at validation.
+    #[serde(default)]
+    pub metadata: Option<serde_yaml_ng::Value>,
 }
 
 /// How connections arrive: `type` and, for `tls`, the certificate.
@@ -709,6 +714,15 @@ impl ServiceConfig {
             }
         }
         let forwarding = matches!(self.handler.kind.as_str(), "tcp" | "udp");
+        if forwarding && self.handler.metadata.is_some() {
+            return Err(FieldError::new(
+                at("handler.metadata"),
+                format!(
+                    "the {} handler has no metadata options: expected none (timeouts and limits are service fields, e.g. client_idle_timeout)",
+                    self.handler.kind
+                ),
+            ));
+        }
         if forwarding && self.forwarder.is_none() {
             return Err(FieldError::new(
                 at("forwarder"),

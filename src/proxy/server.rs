@@ -131,7 +131,11 @@ impl Bound {
 /// (plus the service name for port 0, where equal addresses are different sockets).
 pub(crate) fn bound_key(cfg: &ServiceConfig) -> (bool, String, String) {
     let any_port = parse_listen_addr(&cfg.addr).is_ok_and(|a| a.port() == 0);
-    let name = if any_port { cfg.name.clone() } else { String::new() };
+    let name = if any_port {
+        cfg.name.clone()
+    } else {
+        String::new()
+    };
     (cfg.listener.kind == "udp", cfg.addr.clone(), name)
 }
 
