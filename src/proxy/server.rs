@@ -171,6 +171,40 @@ pub(crate) struct Ctx {
     pub kill: CancellationToken,
     pub tracker: TaskTracker,
     pub config: ServiceConfig,
+    /// "No node" can happen for every client of a dead pool; log it once a second.
+    pub no_node_log: LogLimiter,
+}
+
+/// Lets one log line through per second and counts the ones held back, so a
+/// flood of identical failures costs one line a second, with the count.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimiter {
+    last_second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// `Some(n)` if a line may be logged now (`n` lines were held back since the
+    /// last one), `None` if this one should be dropped.
+    pub fn permit(&self) -> Option<u64> {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+            + 1;
+        let last = self.last_second.load(Ordering::Relaxed);
+        if last != now
+            && self
+                .last_second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 impl Ctx {
@@ -194,7 +228,9 @@ impl Ctx {
             }
         }
         inc(&self.stats.no_node);
-        warn!(service = %self.name, %client, tried = tried.len(), "no healthy node available; closing client connection");
+        if let Some(suppressed) = self.no_node_log.permit() {
+            warn!(service = %self.name, %client, tried = tried.len(), suppressed, "no healthy node available; closing client connection");
+        }
         None
     }
 }
@@ -321,6 +357,7 @@ impl Running {
             kill: kill.clone(),
             tracker: tracker.clone(),
             config: cfg.clone(),
+            no_node_log: LogLimiter::default(),
         });
         let local = bound.local_addr().ok();
         match &bound {
@@ -531,4 +568,34 @@ async fn write_all_tcp(
             "backend not reading",
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_lets_one_line_a_second_through() {
+        let l = LogLimiter::default();
+        assert_eq!(l.permit(), Some(0));
+        assert_eq!(l.permit(), None);
+        assert_eq!(l.permit(), None);
+        std::thread::sleep(Duration::from_millis(1050));
+        assert_eq!(l.permit(), Some(2));
+    }
+
+    #[test]
+    fn access_first_match_wins() {
+        let cfg = crate::config::service::AccessConfig {
+            default: AccessPolicy::Deny,
+            rules: vec!["deny 10.0.0.7".into(), "allow 10.0.0.0/8".into()],
+        };
+        let a = Access {
+            default: cfg.default,
+            rules: cfg.parse_rules().unwrap(),
+        };
+        assert!(a.allows("10.1.2.3".parse().unwrap()));
+        assert!(!a.allows("10.0.0.7".parse().unwrap()));
+        assert!(!a.allows("192.168.0.1".parse().unwrap()));
+    }
 }

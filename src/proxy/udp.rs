@@ -149,7 +149,9 @@ async fn open_backend(
         }
     }
     inc(&ctx.stats.no_node);
-    warn!(service = %ctx.name, %client, "no healthy node available; dropping datagram");
+    if let Some(suppressed) = ctx.no_node_log.permit() {
+        warn!(service = %ctx.name, %client, suppressed, "no healthy node available; dropping datagram");
+    }
     None
 }
 
@@ -210,7 +212,9 @@ async fn fire_and_forget(
     let Some(node) = ctx.balancer.pick(client.ip(), &[]) else {
         inc(&ctx.stats.no_node);
         inc(&ctx.stats.udp_dropped);
-        warn!(service = %ctx.name, %client, "no healthy node available; dropping datagram");
+        if let Some(suppressed) = ctx.no_node_log.permit() {
+            warn!(service = %ctx.name, %client, suppressed, "no healthy node available; dropping datagram");
+        }
         return;
     };
     let sent = if cfg.transparent {
