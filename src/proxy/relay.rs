@@ -40,7 +40,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -129,7 +129,7 @@ async fn tcp_direction(
     counter: Option<&AtomicU64>,
 ) -> io::Result<u64> {
     #[cfg(target_os = "linux")]
-    {
+    if SPLICE_ENABLED.load(Ordering::Relaxed) {
         match splice::direction(src, dst, read_idle, write_idle, counter).await {
             Ok(n) => return finish(dst, n),
             Err(splice::SpliceError::Unsupported) => {
@@ -140,6 +140,15 @@ async fn tcp_direction(
     }
     let n = copy_tcp(src, dst, read_idle, write_idle, counter).await?;
     finish(dst, n)
+}
+
+static SPLICE_ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turn zero-copy relaying on or off for connections relayed from now on (on by
+/// default). Off is the copying path everywhere: an escape hatch if a kernel
+/// misbehaves, and the baseline the benchmark compares against.
+pub fn set_splice(enabled: bool) {
+    SPLICE_ENABLED.store(enabled, Ordering::Relaxed);
 }
 
 /// Half-close `dst` after its source ended: the peer reads EOF, the other
