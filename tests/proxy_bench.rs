@@ -60,7 +60,7 @@ async fn bulk(to: SocketAddr) -> f64 {
 
 fn proxy(node: SocketAddr) -> ServiceSet {
     let yaml = format!(
-        "services: [{{name: p, addr: \"127.0.0.1:0\", handler: {{type: tcp}}, listener: {{type: tcp}}, forwarder: {{nodes: [{{addr: \"{node}\"}}]}}}}]\n"
+        "services: [{{name: p, addr: \"127.0.0.1:0\", handler: {{type: tcp}}, listener: {{type: tcp}}, forwarder: {{nodes: [{{addr: \"{node}\"}}], selector: {{maxFails: 0}}}}}}]\n"
     );
     ServiceSet::start(&services(&yaml)).unwrap()
 }
@@ -75,20 +75,36 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn raise_fd_limit(n: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
+/// Raise the descriptor limit towards `n`; returns the limit now in force.
+fn raise_fd_limit(n: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: setrlimit with a valid, initialised struct.
+    // SAFETY: getrlimit/setrlimit with valid, initialised structs.
     unsafe {
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let want = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n.max(lim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            // Without CAP_SYS_RESOURCE: go up to the hard limit.
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
+    lim.rlim_cur
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn bench_forwarding() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_test_writer()
+        .try_init();
     let backend = sink().await;
     let direct = bulk(backend).await;
     println!("bulk direct:                {direct:8.0} MiB/s");
@@ -133,35 +149,47 @@ async fn bench_forwarding() {
 
     // Idle connections: the backend only holds its sockets (no task, no buffer),
     // so the RSS growth is the proxy's own cost plus the two Vec slots.
-    raise_fd_limit(100_000);
+    // Four descriptors per idle connection live in this process (client, both
+    // proxy sockets, backend).
+    let limit = raise_fd_limit(100_000);
+    let idle = (((limit as usize).saturating_sub(4_000)) / 4).min(10_000);
+    println!(
+        "fd limit {limit}, {} open; {idle} idle connections",
+        proxy_common::fd_count()
+    );
     let held = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let held_addr = held.local_addr().unwrap();
     let keeper = tokio::spawn(async move {
         let mut v = Vec::new();
-        while let Ok((s, _)) = held.accept().await {
-            v.push(s);
+        loop {
+            match held.accept().await {
+                Ok((s, _)) => v.push(s),
+                Err(e) => {
+                    eprintln!("keeper: accept: {e} (holding {})", v.len());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
         }
     });
     let set = proxy(held_addr);
     let addr = set.local_addr("p").unwrap();
-    const IDLE: usize = 10_000;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_kib();
-    let mut clients = Vec::with_capacity(IDLE);
-    for _ in 0..IDLE {
+    let mut clients = Vec::with_capacity(idle);
+    for _ in 0..idle {
         clients.push(TcpStream::connect(addr).await.unwrap());
     }
     let ok = proxy_common::wait_for(Duration::from_secs(20), || {
-        set.stats("p").map(|s| s.active as usize) == Some(IDLE)
+        set.stats("p").map(|s| s.active as usize) == Some(idle)
     })
     .await;
     assert!(ok, "not all connections proxied: {:?}", set.stats("p"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib();
     println!(
-        "idle connections:           {IDLE} use {} KiB RSS, {:.0} bytes each",
+        "idle connections:           {idle} use {} KiB RSS, {:.0} bytes each",
         after - before,
-        (after - before) as f64 * 1024.0 / IDLE as f64
+        (after - before) as f64 * 1024.0 / idle as f64
     );
     drop(clients);
     set.shutdown(Duration::from_secs(2)).await;
