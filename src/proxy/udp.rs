@@ -278,7 +278,6 @@ impl Session {
         let mut last_client = Instant::now();
         let mut last_backend = Instant::now();
         let mut accepting = true;
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         let end = loop {
             let deadline = self.deadline(accepting, last_client, last_backend);
             tokio::select! {
@@ -308,27 +307,37 @@ impl Session {
                     // The receive loop stopped (drain): keep passing replies on.
                     None => accepting = false,
                 },
-                r = self.backend.recv(&mut buf) => match r {
-                    Ok(n) => {
-                        last_backend = Instant::now();
-                        responses += 1;
-                        counter.fetch_add(n as u64, Ordering::Relaxed);
-                        match self.listener.send_to(&buf[..n], self.client).await {
-                            Ok(_) => inc(&ctx.stats.udp_out),
+                r = self.backend.readable() => {
+                    let mut ended = None;
+                    // Drain every reply already queued; each one is passed on
+                    // without awaiting, so no datagram buffer lives in this task.
+                    loop {
+                        match self.pass_reply() {
+                            Ok(Some(n)) => {
+                                last_backend = Instant::now();
+                                responses += 1;
+                                counter.fetch_add(n as u64, Ordering::Relaxed);
+                                if self.cfg.max_responses > 0 && responses >= self.cfg.max_responses {
+                                    ended = Some(End::Done);
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
                             Err(e) => {
-                                inc(&ctx.stats.udp_dropped);
-                                debug!(service = %ctx.name, client = %self.client, error = %e, "send to client failed");
+                                // ECONNREFUSED: the node's port is closed (ICMP unreachable).
+                                self.node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+                                debug!(service = %ctx.name, node = self.node.label(), error = %e, "node receive error");
+                                ended = Some(End::Error);
+                                break;
                             }
                         }
-                        if self.cfg.max_responses > 0 && responses >= self.cfg.max_responses {
-                            break End::Done;
-                        }
                     }
-                    Err(e) => {
-                        // ECONNREFUSED: the node's port is closed (ICMP unreachable).
-                        self.node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
-                        debug!(service = %ctx.name, node = self.node.label(), error = %e, "node receive error");
+                    if let Err(e) = r {
+                        debug!(service = %ctx.name, error = %e, "node socket error");
                         break End::Error;
+                    }
+                    if let Some(end) = ended {
+                        break end;
                     }
                 },
             }
@@ -342,6 +351,26 @@ impl Session {
         });
         ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
         debug!(service = %ctx.name, client = %self.client, requests, responses, ?end, "udp session ended");
+    }
+
+    /// Move one queued reply from the node to the client. `Ok(None)`: none queued.
+    /// A reply the client's socket cannot take right now is dropped and counted,
+    /// as UDP would.
+    fn pass_reply(&self) -> io::Result<Option<usize>> {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let n = match self.backend.try_recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match self.listener.try_send_to(&buf[..n], self.client) {
+            Ok(_) => inc(&self.ctx.stats.udp_out),
+            Err(e) => {
+                inc(&self.ctx.stats.udp_dropped);
+                debug!(service = %self.ctx.name, client = %self.client, error = %e, "send to client failed");
+            }
+        }
+        Ok(Some(n))
     }
 
     fn no_timeouts(&self) -> bool {
