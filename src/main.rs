@@ -1,1 +1,310 @@
-fn main() {}
+//! The `gateway` binary: command line, runtime, signals.
+//!
+//! Go-style options are accepted as written in INFINI Gateway's and GOST's docs
+//! (`gateway -config gateway.yml`, `-test`, `-version`) as well as the usual
+//! `--config`. A single-dash word is rewritten to its double-dash form before
+//! clap sees it, so both spellings share one definition.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use gateway::config::{self, Loaded};
+use gateway::failover::driver::{self, FailoverStatus};
+use gateway::failover::machine::State;
+use gateway::net::Interfaces;
+use gateway::proxy::ServiceSet;
+
+/// Exit codes, documented in docs/operations.md.
+const EXIT_CONFIG: u8 = 1;
+const EXIT_PRIVILEGES: u8 = 3;
+const EXIT_RUNTIME: u8 = 4;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "High-availability gateway: floating IP failover, proxy and load balancing"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long = "config", default_value = "gateway.yml")]
+    config: PathBuf,
+    /// Check the configuration and exit (0: valid, 1: invalid), like `nginx -t`.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// On stop, how long in-flight connections may finish (seconds).
+    #[arg(long = "grace", default_value_t = 10)]
+    grace: u64,
+    /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long = "log-level", default_value = "info")]
+    log_level: String,
+}
+
+/// `-config` → `--config`, `-config=x` → `--config=x`; `-c`, `--x` and values are kept.
+fn go_style_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let single_dash_word = i > 0
+                && a.starts_with('-')
+                && !a.starts_with("--")
+                && a.len() > 2
+                && a[1..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic());
+            if single_dash_word { format!("-{a}") } else { a }
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(go_style_args(std::env::args()));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    {
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
+
+    let ifs = match Interfaces::current() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("gateway: cannot list network interfaces: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let loaded = match config::load(&cli.config, &ifs) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            if cli.test {
+                eprintln!(
+                    "gateway: configuration file {} test failed",
+                    cli.config.display()
+                );
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.test {
+        print_summary(&loaded);
+        println!(
+            "gateway: configuration file {} test is successful",
+            cli.config.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if loaded.floating_ip.is_some()
+        && let Err(missing) = check_privileges()
+    {
+        eprintln!(
+            "gateway: floating_ip is enabled but this process lacks {missing}: run as root (or grant CAP_NET_ADMIN and CAP_NET_RAW); nothing was changed"
+        );
+        return ExitCode::from(EXIT_PRIVILEGES);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gateway: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(run(cli, loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn print_summary(loaded: &Loaded) {
+    match &loaded.floating_ip {
+        Some(f) => {
+            println!(
+                "floating_ip: vip {}/{} on {} (node {}, priority {}, preempt {}, heartbeat every {:?} to {}:{}, dead after {})",
+                f.vip,
+                f.prefix,
+                f.interface,
+                f.local_ip,
+                f.priority,
+                f.preempt,
+                f.heartbeat_interval,
+                f.heartbeat_dest,
+                f.heartbeat_port,
+                f.dead_count
+            );
+            for n in &f.notes {
+                println!("note: {n}");
+            }
+        }
+        None => println!("floating_ip: disabled"),
+    }
+    println!("services: {}", loaded.config.services.len());
+}
+
+/// CAP_NET_ADMIN (12) to change addresses, CAP_NET_RAW (13) for ARP and ICMP.
+fn check_privileges() -> Result<(), &'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    match caps {
+        Some(c) if c & (1 << 12) == 0 => Err("CAP_NET_ADMIN"),
+        Some(c) if c & (1 << 13) == 0 => Err("CAP_NET_RAW"),
+        Some(_) => Ok(()),
+        // Not Linux (no /proc): fall back to the effective uid.
+        None if nix::unistd::geteuid().is_root() => Ok(()),
+        None => Err("root privileges"),
+    }
+}
+
+async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let cancel = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+
+    // Services first: a port that cannot be bound stops the start before the VIP
+    // is ever touched.
+    let mut services = ServiceSet::start(&loaded.config.services).context("starting services")?;
+    if !loaded.config.services.is_empty() {
+        tracing::info!(services = loaded.config.services.len(), "services started");
+    }
+
+    let mut failover = loaded.floating_ip.clone().map(|fip| {
+        let (tx, rx) = watch::channel(FailoverStatus {
+            state: State::Init,
+            reason: "starting".into(),
+            vip: fip.vip,
+            interface: fip.interface.clone(),
+        });
+        for n in &fip.notes {
+            tracing::info!("floating_ip: {n}");
+        }
+        (tokio::spawn(driver::run(fip, tx, cancel.clone())), rx)
+    });
+
+    let mut current = loaded;
+    let failover_ended = loop {
+        let failover_done = async {
+            match failover.as_mut() {
+                Some((handle, _)) => handle.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received: shutting down"); break None; }
+            _ = int.recv() => { tracing::info!("SIGINT received: shutting down"); break None; }
+            _ = hup.recv() => reload(&cli.config, &mut current, &mut services),
+            r = failover_done => break Some(r),
+        }
+    };
+    cancel.cancel();
+    let result = match failover_ended {
+        // Failover stopped on its own: that is a failure, the VIP can no longer move.
+        Some(Ok(Ok(()))) => Err(anyhow::anyhow!("failover stopped unexpectedly")),
+        Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failover")),
+        Some(Err(e)) => Err(anyhow::anyhow!("failover task failed: {e}")),
+        None => match failover.take() {
+            // The driver releases the VIP and resigns before it returns.
+            Some((handle, _)) => match tokio::time::timeout(Duration::from_secs(5), handle).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failover")),
+                Ok(Err(e)) => Err(anyhow::anyhow!("failover task failed: {e}")),
+                Err(_) => Err(anyhow::anyhow!("failover did not stop within 5 s")),
+            },
+            None => Ok(()),
+        },
+    };
+    services.shutdown(Duration::from_secs(cli.grace)).await;
+    result
+}
+
+/// SIGHUP: re-read the file; a bad file changes nothing.
+fn reload(path: &std::path::Path, current: &mut Loaded, services: &mut ServiceSet) {
+    let ifs = match Interfaces::current() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(
+                "reload rejected, keeping the running configuration: cannot list interfaces: {e}"
+            );
+            return;
+        }
+    };
+    let new = match config::load(path, &ifs) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("reload rejected, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    if let Err(e) = services.reload(&new.config.services) {
+        tracing::error!("reload rejected, keeping the running configuration: {e}");
+        return;
+    }
+    if new.floating_ip != current.floating_ip {
+        tracing::warn!(
+            "floating_ip changed in {}: it takes effect at the next restart",
+            path.display()
+        );
+        // Keep describing what actually runs.
+        let running = current.floating_ip.clone();
+        *current = new;
+        current.floating_ip = running;
+    } else {
+        *current = new;
+    }
+    tracing::info!(
+        services = current.config.services.len(),
+        "configuration reloaded"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        go_style_args(v.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn go_style_options() {
+        assert_eq!(
+            args(&["gateway", "-config", "g.yml"]),
+            ["gateway", "--config", "g.yml"]
+        );
+        assert_eq!(
+            args(&["gateway", "-config=g.yml", "-test"]),
+            ["gateway", "--config=g.yml", "--test"]
+        );
+        assert_eq!(
+            args(&["gateway", "-c", "g.yml", "-version"]),
+            ["gateway", "-c", "g.yml", "--version"]
+        );
+        let cli = Cli::try_parse_from(args(&["gateway", "-config", "a.yml", "-test"])).unwrap();
+        assert_eq!(cli.config, PathBuf::from("a.yml"));
+        assert!(cli.test);
+        let cli = Cli::try_parse_from(args(&["gateway"])).unwrap();
+        assert_eq!(cli.config, PathBuf::from("gateway.yml"));
+    }
+}

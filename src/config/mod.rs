@@ -86,19 +86,6 @@ impl FieldError {
 }
 
 impl Config {
-    /// Read, parse and validate a file. Host-dependent resolution is separate
-    /// ([`FloatingIpConfig::resolve`]) so that tests can feed their own interfaces.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            column: None,
-            field: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        Self::from_str_named(&text, path)
-    }
-
     /// Parse and validate YAML text; `path` is only used in error messages.
     pub fn from_str_named(text: &str, path: &Path) -> Result<Config, ConfigError> {
         // An empty file is a valid, empty config (nothing enabled).
@@ -142,6 +129,35 @@ impl Config {
         service::validate_services(&self.services)?;
         Ok(())
     }
+}
+
+/// A config file read, validated and resolved against this host.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// `floating_ip` with every default filled in, when enabled.
+    pub floating_ip: Option<floating_ip::FloatingIp>,
+}
+
+/// Read `path`, parse, validate, and resolve host-dependent defaults against `ifs`.
+/// This is the one entry point for start-up, `-test` and reload.
+pub fn load(path: &Path, ifs: &crate::net::Interfaces) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        field: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let config = Config::from_str_named(&text, path)?;
+    let floating_ip = match &config.floating_ip {
+        Some(f) if f.enabled => Some(f.resolve(ifs).map_err(|e| at_field(&text, path, e))?),
+        _ => None,
+    };
+    Ok(Loaded {
+        config,
+        floating_ip,
+    })
 }
 
 /// serde_yaml_ng appends " at line L column C"; we print the location ourselves.

@@ -1,11 +1,15 @@
 //! Failover: electing a master and moving the floating IP.
 //!
 //! * [`machine`] — the election as a pure state machine (no I/O; time is an argument).
+//!   Its module documentation states the rules.
 //! * [`wire`] — the heartbeat datagram.
 //! * [`driver`] — the async shell: sockets, timers, probes, netlink, hooks.
 //! * [`vip`], [`arp`], [`netwatch`], [`probe`] — the kernel-facing pieces the driver uses.
 
 pub mod arp;
+pub mod driver;
+pub mod machine;
 pub mod netwatch;
+pub mod probe;
 pub mod vip;
 pub mod wire;

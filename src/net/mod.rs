@@ -71,6 +71,25 @@ pub fn interface_index(ifname: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(ifname).ok()
 }
 
+/// The IPv4 default gateway reached through `ifname`, from `/proc/net/route`.
+pub fn default_gateway(ifname: &str) -> Option<Ipv4Addr> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    parse_default_gateway(&table, ifname)
+}
+
+/// `/proc/net/route` lists addresses as little-endian hex; the default route has
+/// destination and mask 0.
+fn parse_default_gateway(table: &str, ifname: &str) -> Option<Ipv4Addr> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || f[0] != ifname || f[1] != "00000000" || f[7] != "00000000" {
+            return None;
+        }
+        let gw = u32::from_str_radix(f[2], 16).ok()?;
+        (gw != 0).then(|| Ipv4Addr::from(gw.swap_bytes()))
+    })
+}
+
 /// Prefix length of a contiguous netmask, or `None` if the mask has holes.
 pub fn prefix_len(netmask: Ipv4Addr) -> Option<u8> {
     let bits = u32::from(netmask);
@@ -104,6 +123,18 @@ mod tests {
         assert_eq!(prefix_len(Ipv4Addr::new(255, 255, 254, 0)), Some(23));
         assert_eq!(prefix_len(Ipv4Addr::new(255, 0, 255, 0)), None);
         assert_eq!(prefix_len(Ipv4Addr::new(0, 255, 255, 255)), None);
+    }
+
+    #[test]
+    fn default_gateway_from_proc_route() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+eth0\t00000000\t0103A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+eth0\t0003A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            parse_default_gateway(table, "eth0"),
+            Some(Ipv4Addr::new(192, 168, 3, 1))
+        );
+        assert_eq!(parse_default_gateway(table, "eth1"), None);
     }
 
     #[test]

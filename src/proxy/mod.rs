@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::ServiceConfig;
 use balance::Balancer;
@@ -150,8 +150,6 @@ impl ServiceSet {
         futures::future::join_all(self.running.values().map(|r| r.drain_until(deadline))).await;
         if n > 0 {
             info!(services = n, "all services stopped");
-        } else {
-            warn!("shutdown of an empty service set");
         }
     }
 

@@ -1,0 +1,419 @@
+//! The async shell around the [`Machine`].
+//!
+//! It owns every piece of I/O: the heartbeat socket, the echo service, the
+//! prober, the netlink watcher, the VIP controller and the notify hooks. Its loop
+//! is always the same:
+//!
+//! 1. wait for whichever comes first — the machine's next deadline, a heartbeat,
+//!    a probe result, a netlink event, or cancellation;
+//! 2. hand that event to the machine with the current time;
+//! 3. carry out the actions the machine queued, in order.
+//!
+//! Slow work (gratuitous ARP bursts, probes, hooks) runs in spawned tasks so that
+//! heartbeats keep flowing; binding and unbinding the VIP are awaited in place,
+//! because the order "release the VIP, then resign" matters.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::arp;
+use super::machine::{Action, Machine, Params, ProbeResult, State};
+use super::netwatch::{self, NetEvent};
+use super::probe::{self, EchoStats, Prober};
+use super::vip::{VipController, VipError};
+use super::wire::{DecodeError, Heartbeat};
+use crate::config::floating_ip::FloatingIp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    #[error("VIP control on {0}: {1}")]
+    Vip(String, VipError),
+    #[error("heartbeat socket on {iface} port {port}: {source}")]
+    Heartbeat {
+        iface: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("echo service on {addr}: {source}")]
+    Echo {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("ICMP prober on {0}: {1}")]
+    Prober(String, std::io::Error),
+}
+
+/// What the daemon exposes about failover (read by the API later, and by logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverStatus {
+    pub state: State,
+    pub reason: String,
+    pub vip: Ipv4Addr,
+    pub interface: String,
+}
+
+/// Counters of dropped heartbeat datagrams, by cause.
+#[derive(Debug, Default)]
+pub struct DropCounters {
+    pub short: AtomicU64,
+    pub magic: AtomicU64,
+    pub version: AtomicU64,
+    pub state: AtomicU64,
+    pub auth: AtomicU64,
+}
+
+impl DropCounters {
+    fn count(&self, e: DecodeError) {
+        let c = match e {
+            DecodeError::Short => &self.short,
+            DecodeError::Magic => &self.magic,
+            DecodeError::Version => &self.version,
+            DecodeError::State => &self.state,
+            DecodeError::AuthLen => &self.auth,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> u64 {
+        [
+            &self.short,
+            &self.magic,
+            &self.version,
+            &self.state,
+            &self.auth,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+/// Removing a primary address makes Linux drop the secondaries of its subnet too,
+/// unless `promote_secondaries` is set. Should the VIP ever be the primary (it was
+/// added before the node's own address), releasing it must not take the node's own
+/// address with it; keepalived sets the same switch.
+fn promote_secondaries(iface: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/promote_secondaries");
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            _ => match std::fs::write(&path, "1") {
+                Ok(()) => tracing::info!("set net.ipv4.conf.{iface}.promote_secondaries=1"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set net.ipv4.conf.{iface}.promote_secondaries")
+                }
+            },
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = iface;
+}
+
+/// Open a UDP socket for heartbeats: bound to the interface, broadcast allowed.
+fn heartbeat_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    #[cfg(target_os = "linux")]
+    s.bind_device(Some(iface.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Run failover until `cancel`, then release the VIP and resign.
+pub async fn run(
+    fip: FloatingIp,
+    status_tx: watch::Sender<FailoverStatus>,
+    cancel: CancellationToken,
+) -> Result<(), FailoverError> {
+    let iface = fip.interface.clone();
+    promote_secondaries(&iface);
+    let vip = VipController::new(&iface, fip.vip, fip.prefix)
+        .await
+        .map_err(|e| FailoverError::Vip(iface.clone(), e))?;
+    let sock = heartbeat_socket(&iface, fip.heartbeat_port).map_err(|source| {
+        FailoverError::Heartbeat {
+            iface: iface.clone(),
+            port: fip.heartbeat_port,
+            source,
+        }
+    })?;
+    let mut targets = fip.probe_targets.clone();
+    if targets.is_empty()
+        && let Some(gw) = crate::net::default_gateway(&iface)
+    {
+        tracing::info!(gateway = %gw, "no probe targets configured: probing the default gateway of {iface}");
+        targets.push(gw);
+    }
+    let prober = Arc::new(
+        Prober::new(
+            &iface,
+            targets,
+            fip.probe_timeout,
+            fip.echo_port,
+            fip.echo_dial_timeout,
+            fip.echo_timeout,
+        )
+        .map_err(|e| FailoverError::Prober(iface.clone(), e))?,
+    );
+    let echo_addr = SocketAddr::from((fip.local_ip, fip.echo_port));
+    let echo_listener = probe::bind_echo(echo_addr).map_err(|source| FailoverError::Echo {
+        addr: echo_addr,
+        source,
+    })?;
+
+    let params = Params {
+        node: fip.local_ip,
+        vip: fip.vip,
+        priority: fip.priority,
+        preempt: fip.preempt,
+        interval: fip.heartbeat_interval,
+        dead_count: fip.dead_count,
+        peer: fip.peer_ip,
+        has_targets: prober.has_targets(),
+        probe_timeout: prober.max_duration(),
+        probe_interval: fip.probe_interval,
+        garp_refresh: fip.garp_refresh,
+    };
+    let epoch: u32 = rand::random();
+    let mut machine = Machine::new(params, epoch, Instant::now());
+
+    let (echo_tx, echo_rx) = watch::channel(machine.echo_status());
+    let echo_stats = Arc::new(EchoStats::default());
+    let tasks = CancellationToken::new();
+    tokio::spawn(probe::serve_echo(
+        echo_listener,
+        echo_rx,
+        echo_stats,
+        tasks.clone(),
+    ));
+
+    let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(64);
+    {
+        let iface = iface.clone();
+        let vip_addr = fip.vip;
+        tokio::spawn(async move {
+            if let Err(e) = netwatch::watch(iface, vip_addr, net_tx).await {
+                tracing::error!(error = %e, "netlink watcher stopped: link and VIP changes are no longer seen");
+            }
+        });
+    }
+    match netwatch::link_is_up(&iface) {
+        Ok(up) => machine.handle_link(Instant::now(), up),
+        Err(e) => tracing::warn!(error = %e, "cannot read link state of {iface}"),
+    }
+
+    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(16);
+    let mut dests = vec![SocketAddrV4::new(fip.heartbeat_dest, fip.heartbeat_port)];
+    if let Some(peer) = fip.peer_ip {
+        dests.push(SocketAddrV4::new(peer, fip.heartbeat_port));
+    }
+    let drops = DropCounters::default();
+    let mut shell = Shell {
+        fip: &fip,
+        vip,
+        sock: &sock,
+        dests,
+        prober,
+        probe_tx,
+        status_tx,
+        echo_tx,
+        started: true,
+    };
+    shell.execute(&mut machine).await;
+
+    let mut buf = [0u8; 512];
+    loop {
+        let deadline = machine.next_timeout();
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, from)) => match Heartbeat::decode(&buf[..n]) {
+                    Ok(hb) => machine.handle_heartbeat(Instant::now(), &hb),
+                    Err(e) => {
+                        drops.count(e);
+                        tracing::debug!(%from, error = %e, "malformed heartbeat dropped");
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "heartbeat receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(r) = probe_rx.recv() => machine.handle_probe(Instant::now(), r),
+            Some(ev) = net_rx.recv() => {
+                let now = Instant::now();
+                match ev {
+                    NetEvent::Link { up } => machine.handle_link(now, up),
+                    NetEvent::VipRemoved => machine.handle_vip_removed(now),
+                    NetEvent::VipAdded => machine.handle_vip_added(now),
+                }
+            }
+            _ = sleep => machine.handle_timeout(Instant::now()),
+        }
+        shell.execute(&mut machine).await;
+    }
+
+    machine.shutdown(Instant::now());
+    shell.execute(&mut machine).await;
+    tasks.cancel();
+    let c = &machine.counters;
+    tracing::info!(
+        received = c.received,
+        own = c.own,
+        other_group = c.other_group,
+        stale = c.stale,
+        malformed = drops.total(),
+        "failover stopped"
+    );
+    Ok(())
+}
+
+/// The I/O half: carries out actions.
+struct Shell<'a> {
+    fip: &'a FloatingIp,
+    vip: VipController,
+    sock: &'a UdpSocket,
+    dests: Vec<SocketAddrV4>,
+    prober: Arc<Prober>,
+    probe_tx: mpsc::Sender<ProbeResult>,
+    status_tx: watch::Sender<FailoverStatus>,
+    echo_tx: watch::Sender<probe::EchoStatus>,
+    /// True until the first UnbindVip has run (the crash clean-up at start).
+    started: bool,
+}
+
+impl Shell<'_> {
+    async fn execute(&mut self, machine: &mut Machine) {
+        while let Some(action) = machine.poll_action() {
+            match action {
+                Action::SendHeartbeat(hb) => {
+                    let bytes = hb.encode();
+                    // A resign is the last word: repeat it against loss.
+                    let copies = if hb.state == super::wire::WireState::Resign {
+                        3
+                    } else {
+                        1
+                    };
+                    for _ in 0..copies {
+                        for d in &self.dests {
+                            if let Err(e) = self.sock.send_to(&bytes, *d).await {
+                                tracing::debug!(dest = %d, error = %e, "heartbeat send failed");
+                            }
+                        }
+                    }
+                }
+                Action::BindVip => match self.vip.bind().await {
+                    Ok(true) => {
+                        tracing::info!(vip = %self.fip.vip, iface = %self.fip.interface, "VIP bound")
+                    }
+                    Ok(false) => tracing::debug!("VIP already bound"),
+                    Err(e) => tracing::error!(error = %e, "binding the VIP failed"),
+                },
+                Action::UnbindVip => {
+                    let first = std::mem::replace(&mut self.started, false);
+                    match self.vip.unbind().await {
+                        Ok(true) if first => {
+                            tracing::info!(vip = %self.fip.vip, "removed a VIP left behind by an earlier run")
+                        }
+                        Ok(true) => tracing::info!(vip = %self.fip.vip, "VIP released"),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(error = %e, "releasing the VIP failed"),
+                    }
+                }
+                Action::Garp | Action::GarpRefresh => {
+                    let (count, interval) = if matches!(action, Action::Garp) {
+                        (self.fip.garp_count, self.fip.garp_interval)
+                    } else {
+                        (1, Duration::ZERO)
+                    };
+                    let iface = self.fip.interface.clone();
+                    let vip = self.fip.vip;
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = arp::send_garp(&iface, vip, count, interval) {
+                            tracing::warn!(error = %e, "gratuitous ARP failed");
+                        }
+                    });
+                }
+                Action::Probe { id, peer } => {
+                    let prober = self.prober.clone();
+                    let tx = self.probe_tx.clone();
+                    tokio::spawn(async move {
+                        let r = prober.probe(id, peer).await;
+                        let _ = tx.send(r).await;
+                    });
+                }
+                Action::StateChanged { from, to, reason } => {
+                    tracing::info!(from = %from, to = %to, reason = %reason, "state change");
+                    let _ = self.echo_tx.send(machine.echo_status());
+                    self.status_tx.send_replace(FailoverStatus {
+                        state: to,
+                        reason: reason.clone(),
+                        vip: self.fip.vip,
+                        interface: self.fip.interface.clone(),
+                    });
+                    self.notify(from, to, &reason);
+                }
+            }
+        }
+    }
+
+    /// Run the configured notify commands (keepalived's notify scripts), without
+    /// waiting for them: a slow hook must not delay failover.
+    fn notify(&self, from: State, to: State, reason: &str) {
+        let n = &self.fip.notify;
+        let own = match to {
+            State::Master => n.master.as_ref(),
+            State::Backup => n.backup.as_ref(),
+            State::Fault => n.fault.as_ref(),
+            _ => None,
+        };
+        for cmd in own.into_iter().chain(n.any.as_ref()) {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(cmd)
+                .env("GATEWAY_STATE", to.to_string())
+                .env("GATEWAY_PREVIOUS_STATE", from.to_string())
+                .env("GATEWAY_REASON", reason)
+                .env("GATEWAY_VIP", self.fip.vip.to_string())
+                .env("GATEWAY_INTERFACE", &self.fip.interface)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(false);
+            let cmd = cmd.clone();
+            match c.spawn() {
+                Ok(mut child) => {
+                    tokio::spawn(async move {
+                        match child.wait().await {
+                            Ok(s) if s.success() => {
+                                tracing::debug!(command = %cmd, "notify command done")
+                            }
+                            Ok(s) => {
+                                tracing::warn!(command = %cmd, status = %s, "notify command failed")
+                            }
+                            Err(e) => {
+                                tracing::warn!(command = %cmd, error = %e, "notify command failed")
+                            }
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(command = %cmd, error = %e, "cannot run notify command"),
+            }
+        }
+    }
+}

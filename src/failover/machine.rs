@@ -1,0 +1,752 @@
+//! The election, as a pure state machine.
+//!
+//! Nothing in this file touches a socket, a clock or the kernel. The driver feeds it
+//! events — a heartbeat arrived, a timer fired, a probe finished, the link or the
+//! VIP changed — always together with the current time, and then drains the
+//! [`Action`]s it asks for (send a heartbeat, bind the VIP, send gratuitous ARP,
+//! start a probe). Between events the driver sleeps until [`Machine::next_timeout`].
+//! This is the shape of `quinn-proto`: the protocol is tested exhaustively without
+//! any I/O (see the proptests at the bottom, which run whole clusters in simulated
+//! time).
+//!
+//! # The rules
+//!
+//! Every node sends a heartbeat every `interval` carrying its state and priority.
+//! A node's *rank* is `(priority, address)`: higher priority wins, ties go to the
+//! higher IPv4 address.
+//!
+//! * **Start**: a node starts as BACKUP, removes a VIP it may have left behind, and
+//!   listens for `dead_count × interval`. If it hears a MASTER it stays BACKUP.
+//! * **Master dead**: a BACKUP that has heard nothing from a master for
+//!   `dead_count × interval` considers taking over. One interval before that it
+//!   starts a *probe*, so that the evidence is ready in time:
+//!   - ICMP to the probe targets: if targets are configured and none answers, this
+//!     node is the one cut off → FAULT, no VIP.
+//!   - the echo check on the peer (TCP, `echo.port`): the peer's daemon answers with
+//!     its state. A live MASTER → heartbeats are lost but the master is fine → stay
+//!     BACKUP (no split brain). A live non-master that outranks us → it takes over,
+//!     we stay BACKUP. No answer (refused or timed out) → the peer is gone.
+//!   - otherwise the BACKUP becomes MASTER, unless a live node that outranks it is
+//!     still heard (that node takes over instead).
+//! * **Resign**: a master that shuts down sends RESIGN; the best remaining node takes
+//!   over at once, without waiting for the dead timer or a probe.
+//! * **Two masters** (a healed partition): the lower-ranked master yields at once
+//!   when it hears the other; the higher one answers immediately with a heartbeat.
+//! * **Preempt** (off by default): a BACKUP that outranks the current master takes
+//!   over as soon as it hears it; the old master then yields by the rule above.
+//! * **FAULT**: entered when the link goes down, when a backup finds itself cut off,
+//!   or when a master's periodic target probe fails twice in a row. A FAULT node
+//!   never holds the VIP; it probes its targets every `probe_interval` and returns
+//!   to BACKUP when they answer (and the link is up).
+//! * The VIP removed by someone else while MASTER is put back (and announced).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use super::wire::{Heartbeat, WireState};
+
+/// The node's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Before the first event; only ever a `from` in a [`Action::StateChanged`].
+    Init,
+    Backup,
+    Master,
+    Fault,
+    /// After [`Machine::shutdown`].
+    Stopped,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Init => "INIT",
+            State::Backup => "BACKUP",
+            State::Master => "MASTER",
+            State::Fault => "FAULT",
+            State::Stopped => "STOPPED",
+        })
+    }
+}
+
+/// Static parameters, taken from the resolved config.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub node: Ipv4Addr,
+    pub vip: Ipv4Addr,
+    pub priority: u8,
+    pub preempt: bool,
+    pub interval: Duration,
+    pub dead_count: u32,
+    /// The configured peer, probed when no master has been heard yet.
+    pub peer: Option<Ipv4Addr>,
+    /// Whether ICMP probe targets exist (the driver knows which).
+    pub has_targets: bool,
+    /// How long a probe may take at most (the driver enforces it: the longer of the
+    /// ICMP timeout and the echo connect + round-trip timeouts).
+    pub probe_timeout: Duration,
+    pub probe_interval: Duration,
+    pub garp_refresh: Option<Duration>,
+}
+
+impl Params {
+    fn dead_interval(&self) -> Duration {
+        self.interval * self.dead_count
+    }
+}
+
+/// What the peer's echo service said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCheck {
+    /// The daemon answered; this is the state and rank it reported.
+    Alive {
+        state: WireState,
+        priority: u8,
+        node: Ipv4Addr,
+    },
+    /// Refused or timed out.
+    Dead,
+    /// There was no peer address to check.
+    Unknown,
+}
+
+/// The outcome of one probe started by [`Action::Probe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub id: u64,
+    pub peer: PeerCheck,
+    /// `None` when no targets are configured; otherwise whether any answered.
+    pub targets_ok: Option<bool>,
+}
+
+/// What the machine asks the driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    SendHeartbeat(Heartbeat),
+    BindVip,
+    UnbindVip,
+    /// A burst of gratuitous ARP (count and spacing are the driver's config).
+    Garp,
+    /// One round of gratuitous ARP, the periodic refresh while MASTER.
+    GarpRefresh,
+    /// Check the peer's echo service (if `peer` is set) and the ICMP targets, then
+    /// report with [`Machine::handle_probe`] and the same `id`.
+    Probe {
+        id: u64,
+        peer: Option<Ipv4Addr>,
+    },
+    StateChanged {
+        from: State,
+        to: State,
+        reason: String,
+    },
+}
+
+/// Counters of things the machine dropped; the driver adds its own (decode errors).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub own: u64,
+    pub other_group: u64,
+    pub stale: u64,
+    pub received: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Timer {
+    Heartbeat,
+    /// One interval before `MasterDown`: start the probe early.
+    Suspect,
+    MasterDown,
+    /// Safety net: a probe that never reports counts as "no answer".
+    ProbeDeadline,
+    /// Periodic target probe while MASTER (with targets) or FAULT.
+    Health,
+    GarpRefresh,
+}
+
+const TIMERS: [Timer; 6] = [
+    Timer::Heartbeat,
+    Timer::Suspect,
+    Timer::MasterDown,
+    Timer::ProbeDeadline,
+    Timer::Health,
+    Timer::GarpRefresh,
+];
+
+/// A table of deadlines, one per timer kind.
+#[derive(Debug, Default, Clone)]
+struct Timers {
+    at: [Option<Instant>; 6],
+}
+
+impl Timers {
+    fn idx(t: Timer) -> usize {
+        TIMERS.iter().position(|x| *x == t).unwrap_or(0)
+    }
+    fn set(&mut self, t: Timer, at: Instant) {
+        self.at[Self::idx(t)] = Some(at);
+    }
+    fn stop(&mut self, t: Timer) {
+        self.at[Self::idx(t)] = None;
+    }
+    #[cfg(test)]
+    fn get(&self, t: Timer) -> Option<Instant> {
+        self.at[Self::idx(t)]
+    }
+    fn next(&self) -> Option<Instant> {
+        self.at.iter().flatten().min().copied()
+    }
+    /// Take (and clear) every timer that is due.
+    fn expired(&mut self, now: Instant) -> Vec<Timer> {
+        let mut due = Vec::new();
+        for (i, t) in TIMERS.iter().enumerate() {
+            if self.at[i].is_some_and(|at| at <= now) {
+                self.at[i] = None;
+                due.push(*t);
+            }
+        }
+        due
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    priority: u8,
+    state: WireState,
+    epoch: u32,
+    seq: u64,
+    last_seen: Instant,
+    interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Decide whether to take over from a silent master.
+    Takeover,
+    /// Periodic check of the targets (MASTER or FAULT).
+    Health,
+}
+
+/// The election state machine of one node.
+#[derive(Debug)]
+pub struct Machine {
+    p: Params,
+    state: State,
+    timers: Timers,
+    peers: HashMap<Ipv4Addr, Peer>,
+    /// The master we follow while BACKUP.
+    master: Option<Ipv4Addr>,
+    epoch: u32,
+    seq: u64,
+    next_probe_id: u64,
+    probes: HashMap<u64, Purpose>,
+    /// The takeover probe of the current "master is silent" episode and its result.
+    takeover_probe: Option<u64>,
+    takeover_result: Option<ProbeResult>,
+    master_down_expired: bool,
+    health_failures: u32,
+    link_up: bool,
+    actions: Vec<Action>,
+    pub counters: Counters,
+}
+
+impl Machine {
+    /// A node starting at `now`. `epoch` must differ between process starts (random).
+    pub fn new(p: Params, epoch: u32, now: Instant) -> Machine {
+        let mut m = Machine {
+            p,
+            state: State::Init,
+            timers: Timers::default(),
+            peers: HashMap::new(),
+            master: None,
+            epoch,
+            seq: 0,
+            next_probe_id: 1,
+            probes: HashMap::new(),
+            takeover_probe: None,
+            takeover_result: None,
+            master_down_expired: false,
+            health_failures: 0,
+            link_up: true,
+            actions: Vec::new(),
+            counters: Counters::default(),
+        };
+        // A VIP left behind by a crash of this node must go before anything else.
+        m.actions.push(Action::UnbindVip);
+        m.enter_backup(now, "startup".to_string());
+        m.timers.set(Timer::Heartbeat, now);
+        m
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.p
+    }
+
+    /// The earliest deadline; the driver sleeps until then (or until an event).
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// The next action to perform, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() {
+            None
+        } else {
+            Some(self.actions.remove(0))
+        }
+    }
+
+    /// All pending actions at once.
+    pub fn drain_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn rank(&self) -> (u8, Ipv4Addr) {
+        (self.p.priority, self.p.node)
+    }
+
+    fn peer_dead_interval(&self, peer: &Peer) -> Duration {
+        peer.interval.max(Duration::from_millis(1)) * self.p.dead_count
+    }
+
+    fn peer_alive(&self, peer: &Peer, now: Instant) -> bool {
+        now.saturating_duration_since(peer.last_seen) < self.peer_dead_interval(peer)
+    }
+
+    /// A live node (BACKUP or MASTER) that outranks this one, if any.
+    fn better_live_candidate(&self, now: Instant) -> Option<Ipv4Addr> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| matches!(p.state, WireState::Backup | WireState::Master))
+            .filter(|(_, p)| self.peer_alive(p, now))
+            .filter(|(addr, p)| (p.priority, **addr) > self.rank())
+            .map(|(a, _)| *a)
+            .max()
+    }
+
+    fn heartbeat(&mut self, state: WireState) -> Heartbeat {
+        self.seq += 1;
+        Heartbeat {
+            state,
+            priority: self.p.priority,
+            flags: u8::from(self.p.preempt),
+            node: self.p.node,
+            vip: self.p.vip,
+            epoch: self.epoch,
+            seq: self.seq,
+            interval_ms: self.p.interval.as_millis().min(u16::MAX as u128) as u16,
+            auth_type: 0,
+            auth: Vec::new(),
+        }
+    }
+
+    fn wire_state(&self) -> WireState {
+        match self.state {
+            State::Master => WireState::Master,
+            State::Fault => WireState::Fault,
+            State::Stopped => WireState::Resign,
+            State::Init | State::Backup => WireState::Backup,
+        }
+    }
+
+    fn send_heartbeat_now(&mut self, now: Instant) {
+        let hb = self.heartbeat(self.wire_state());
+        self.actions.push(Action::SendHeartbeat(hb));
+        self.timers.set(Timer::Heartbeat, now + self.p.interval);
+    }
+
+    fn transition(&mut self, to: State, reason: String) {
+        let from = self.state;
+        self.state = to;
+        self.actions.push(Action::StateChanged { from, to, reason });
+    }
+
+    fn clear_episode(&mut self) {
+        self.timers.stop(Timer::Suspect);
+        self.timers.stop(Timer::MasterDown);
+        self.timers.stop(Timer::ProbeDeadline);
+        self.takeover_probe = None;
+        self.takeover_result = None;
+        self.master_down_expired = false;
+    }
+
+    /// Arm the "master is silent" timers counted from `from`.
+    fn arm_master_down(&mut self, from: Instant, dead: Duration, interval: Duration) {
+        self.clear_episode();
+        self.timers.set(Timer::MasterDown, from + dead);
+        if dead > interval {
+            self.timers.set(Timer::Suspect, from + dead - interval);
+        }
+    }
+
+    fn enter_backup(&mut self, now: Instant, reason: String) {
+        if self.state == State::Master {
+            self.actions.push(Action::UnbindVip);
+        }
+        self.timers.stop(Timer::GarpRefresh);
+        self.timers.stop(Timer::Health);
+        self.health_failures = 0;
+        if self.state != State::Backup {
+            self.transition(State::Backup, reason);
+        }
+        let dead = self.p.dead_interval();
+        self.arm_master_down(now, dead, self.p.interval);
+    }
+
+    fn enter_master(&mut self, now: Instant, reason: String) {
+        self.clear_episode();
+        self.master = None;
+        self.transition(State::Master, reason);
+        self.actions.push(Action::BindVip);
+        self.actions.push(Action::Garp);
+        // Tell everybody at once: a competing master yields sooner, and backups
+        // reset their dead timers.
+        self.send_heartbeat_now(now);
+        if let Some(r) = self.p.garp_refresh {
+            self.timers.set(Timer::GarpRefresh, now + r);
+        }
+        self.health_failures = 0;
+        if self.p.has_targets {
+            self.timers.set(Timer::Health, now + self.p.probe_interval);
+        }
+    }
+
+    fn enter_fault(&mut self, now: Instant, reason: String) {
+        if self.state == State::Master {
+            self.actions.push(Action::UnbindVip);
+        }
+        self.clear_episode();
+        self.master = None;
+        self.timers.stop(Timer::GarpRefresh);
+        self.transition(State::Fault, reason);
+        self.send_heartbeat_now(now);
+        self.timers.set(Timer::Health, now + self.p.probe_interval);
+    }
+
+    fn start_probe(&mut self, now: Instant, purpose: Purpose, peer: Option<Ipv4Addr>) -> u64 {
+        let id = self.next_probe_id;
+        self.next_probe_id += 1;
+        self.probes.insert(id, purpose);
+        self.actions.push(Action::Probe { id, peer });
+        if purpose == Purpose::Takeover {
+            // Two timeouts (connect, then round trip) plus slack.
+            // The driver bounds every probe by `probe_timeout`; this is the net below it.
+            self.timers.set(
+                Timer::ProbeDeadline,
+                now + self.p.probe_timeout + Duration::from_millis(100),
+            );
+        }
+        id
+    }
+
+    /// Which peer to check before a takeover: the master we lost, else the configured
+    /// peer, else the best other node we have heard.
+    fn probe_peer(&self) -> Option<Ipv4Addr> {
+        self.master.or(self.p.peer).or_else(|| {
+            self.peers
+                .iter()
+                .max_by_key(|(a, p)| (p.priority, **a))
+                .map(|(a, _)| *a)
+        })
+    }
+
+    /// A heartbeat datagram arrived (already decoded).
+    pub fn handle_heartbeat(&mut self, now: Instant, hb: &Heartbeat) {
+        if hb.node == self.p.node {
+            self.counters.own += 1;
+            return;
+        }
+        if hb.vip != self.p.vip {
+            self.counters.other_group += 1;
+            return;
+        }
+        if let Some(peer) = self.peers.get(&hb.node)
+            && peer.epoch == hb.epoch
+            && hb.seq <= peer.seq
+        {
+            self.counters.stale += 1;
+            return;
+        }
+        self.counters.received += 1;
+        let interval = Duration::from_millis(u64::from(hb.interval_ms.max(1)));
+        self.peers.insert(
+            hb.node,
+            Peer {
+                priority: hb.priority,
+                state: hb.state,
+                epoch: hb.epoch,
+                seq: hb.seq,
+                last_seen: now,
+                interval,
+            },
+        );
+        let theirs = (hb.priority, hb.node);
+        match (self.state, hb.state) {
+            (State::Master, WireState::Master) => {
+                if theirs > self.rank() {
+                    self.master = Some(hb.node);
+                    self.enter_backup(
+                        now,
+                        format!(
+                            "higher-ranked master {} (priority {}) heard",
+                            hb.node, hb.priority
+                        ),
+                    );
+                    self.follow(now, hb.node, interval);
+                } else {
+                    // Make the other master yield as fast as possible.
+                    self.send_heartbeat_now(now);
+                }
+            }
+            (State::Backup, WireState::Master) => {
+                if self.p.preempt && theirs < self.rank() {
+                    self.enter_master(
+                        now,
+                        format!(
+                            "preempting lower-ranked master {} (priority {})",
+                            hb.node, hb.priority
+                        ),
+                    );
+                } else {
+                    self.follow(now, hb.node, interval);
+                }
+            }
+            (State::Backup, WireState::Resign) => {
+                self.peers.remove(&hb.node);
+                if self.master == Some(hb.node) || self.master.is_none() {
+                    self.master = None;
+                    match self.better_live_candidate(now) {
+                        None => self.enter_master(now, format!("master {} resigned", hb.node)),
+                        Some(_) => {
+                            // The better node takes over; wait for it.
+                            let dead = self.p.dead_interval();
+                            self.arm_master_down(now, dead, self.p.interval);
+                        }
+                    }
+                }
+            }
+            (_, WireState::Resign) => {
+                self.peers.remove(&hb.node);
+            }
+            _ => {}
+        }
+    }
+
+    fn follow(&mut self, now: Instant, master: Ipv4Addr, interval: Duration) {
+        self.master = Some(master);
+        let dead = interval * self.p.dead_count;
+        self.arm_master_down(now, dead, interval);
+    }
+
+    /// Call when [`Machine::next_timeout`] has passed (calling early is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for t in self.timers.expired(now) {
+            match t {
+                Timer::Heartbeat => self.send_heartbeat_now(now),
+                Timer::GarpRefresh => {
+                    if self.state == State::Master {
+                        self.actions.push(Action::GarpRefresh);
+                        if let Some(r) = self.p.garp_refresh {
+                            self.timers.set(Timer::GarpRefresh, now + r);
+                        }
+                    }
+                }
+                Timer::Suspect => {
+                    if self.state == State::Backup && self.takeover_probe.is_none() {
+                        let peer = self.probe_peer();
+                        self.takeover_probe = Some(self.start_probe(now, Purpose::Takeover, peer));
+                    }
+                }
+                Timer::MasterDown => {
+                    if self.state == State::Backup {
+                        self.master_down_expired = true;
+                        if self.takeover_probe.is_none() {
+                            let peer = self.probe_peer();
+                            self.takeover_probe =
+                                Some(self.start_probe(now, Purpose::Takeover, peer));
+                        } else if self.takeover_result.is_some() {
+                            self.decide_takeover(now);
+                        }
+                    }
+                }
+                Timer::ProbeDeadline => {
+                    if let Some(id) = self.takeover_probe
+                        && self.takeover_result.is_none()
+                    {
+                        // The probe never reported: no evidence that the peer is
+                        // alive, and none that this node can reach its targets.
+                        self.probes.remove(&id);
+                        self.takeover_result = Some(ProbeResult {
+                            id,
+                            peer: PeerCheck::Dead,
+                            targets_ok: self.p.has_targets.then_some(false),
+                        });
+                        if self.master_down_expired {
+                            self.decide_takeover(now);
+                        }
+                    }
+                }
+                Timer::Health => {
+                    if matches!(self.state, State::Master | State::Fault) {
+                        self.start_probe(now, Purpose::Health, None);
+                        self.timers.set(Timer::Health, now + self.p.probe_interval);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A probe started by [`Action::Probe`] finished.
+    pub fn handle_probe(&mut self, now: Instant, r: ProbeResult) {
+        let Some(purpose) = self.probes.remove(&r.id) else {
+            return; // superseded
+        };
+        match purpose {
+            Purpose::Takeover => {
+                if self.takeover_probe == Some(r.id) && self.state == State::Backup {
+                    self.takeover_result = Some(r);
+                    self.timers.stop(Timer::ProbeDeadline);
+                    if self.master_down_expired {
+                        self.decide_takeover(now);
+                    }
+                }
+            }
+            Purpose::Health => match (self.state, r.targets_ok) {
+                (State::Master, Some(false)) => {
+                    self.health_failures += 1;
+                    if self.health_failures >= 2 {
+                        self.enter_fault(now, "no probe target answers (twice in a row)".into());
+                    }
+                }
+                (State::Master, _) => self.health_failures = 0,
+                (State::Fault, Some(true) | None) if self.link_up => {
+                    self.enter_backup(now, "probe targets answer again".into());
+                }
+                _ => {}
+            },
+        }
+    }
+
+    /// The master has been silent for the dead interval and the probe is in.
+    fn decide_takeover(&mut self, now: Instant) {
+        let Some(r) = self.takeover_result.take() else {
+            return;
+        };
+        let dead = self.p.dead_interval();
+        let lost = match self.master {
+            Some(m) => format!("master {m} silent for {dead:?}"),
+            None => format!("no master heard within {dead:?}"),
+        };
+        if r.targets_ok == Some(false) {
+            self.enter_fault(
+                now,
+                format!("{lost} and no probe target answers: this node is cut off"),
+            );
+            return;
+        }
+        if self.better_live_candidate(now).is_some() {
+            // A better node is still heard: the election is its to win.
+            self.arm_master_down(now, dead, self.p.interval);
+            return;
+        }
+        let reevaluate = |m: &mut Machine, now: Instant| {
+            m.clear_episode();
+            m.timers.set(Timer::MasterDown, now + m.p.probe_interval);
+        };
+        let why = match r.peer {
+            PeerCheck::Alive {
+                state: WireState::Master,
+                node,
+                ..
+            } => {
+                self.master = Some(node);
+                tracing::warn!(
+                    peer = %node,
+                    "heartbeats from master {node} lost but it answers the echo check as MASTER: staying BACKUP (no split brain)"
+                );
+                return reevaluate(self, now);
+            }
+            PeerCheck::Alive {
+                state,
+                priority,
+                node,
+            } if (priority, node) > self.rank() && state != WireState::Fault => {
+                tracing::warn!(
+                    peer = %node,
+                    "heartbeats from {node} lost but it answers the echo check and outranks this node: leaving the VIP to it"
+                );
+                return reevaluate(self, now);
+            }
+            PeerCheck::Alive { node, state, .. } => {
+                format!("{lost}; peer {node} answers as {state:?} and ranks lower")
+            }
+            PeerCheck::Dead => format!("{lost} and its echo check failed"),
+            PeerCheck::Unknown => lost,
+        };
+        self.enter_master(now, why);
+    }
+
+    /// The interface's link went up or down.
+    pub fn handle_link(&mut self, now: Instant, up: bool) {
+        if self.link_up == up {
+            return;
+        }
+        self.link_up = up;
+        match (up, self.state) {
+            (false, State::Master | State::Backup) => self.enter_fault(now, "link down".into()),
+            (true, State::Fault) => self.enter_backup(now, "link up".into()),
+            _ => {}
+        }
+    }
+
+    /// Someone removed the VIP from the interface.
+    pub fn handle_vip_removed(&mut self, _now: Instant) {
+        if self.state == State::Master {
+            tracing::warn!("VIP removed by someone else while MASTER: restoring it");
+            self.actions.push(Action::BindVip);
+            self.actions.push(Action::Garp);
+        }
+    }
+
+    /// The VIP appeared on the interface.
+    pub fn handle_vip_added(&mut self, _now: Instant) {
+        if !matches!(self.state, State::Master) {
+            tracing::warn!(state = %self.state, "VIP added by someone else while not MASTER: removing it");
+            self.actions.push(Action::UnbindVip);
+        }
+    }
+
+    /// Graceful stop: release the VIP first, then tell the peers.
+    pub fn shutdown(&mut self, now: Instant) {
+        if self.state == State::Stopped {
+            return;
+        }
+        if self.state == State::Master {
+            self.actions.push(Action::UnbindVip);
+        }
+        self.transition(State::Stopped, "shutdown requested".into());
+        let hb = self.heartbeat(WireState::Resign);
+        self.actions.push(Action::SendHeartbeat(hb));
+        self.timers = Timers::default();
+        let _ = now;
+    }
+
+    /// The state and rank the echo service reports to a peer that asks.
+    pub fn echo_status(&self) -> (WireState, u8, Ipv4Addr) {
+        (self.wire_state(), self.p.priority, self.p.node)
+    }
+
+    #[cfg(test)]
+    fn timer(&self, t: Timer) -> Option<Instant> {
+        self.timers.get(t)
+    }
+}
+
+#[cfg(test)]
+mod tests;

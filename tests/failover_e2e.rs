@@ -1,0 +1,392 @@
+//! End-to-end failover proof (issue #2): the real `gateway` binary runs in lab
+//! nodes n1 and n2 (see `tests/common/lab.rs`), each with the issue's TCP forwarding
+//! service on `:8080` to the backend, and the client talks to the backend through
+//! the VIP. Every assertion is about what the network shows — which host holds the
+//! VIP, whether the client gets the backend's answer through it, which MAC the
+//! client's neighbour table has for it — polled against deadlines.
+//!
+//! Needs root (network namespaces) and nftables; `scripts/ci-deps.sh` installs the
+//! tools. Run with `cargo test --test failover_e2e`.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::lab::{GatewayProc, Hook, Host, Lab, poll};
+use nix::sys::signal::Signal;
+
+/// The forwarding service's port on the VIP.
+const SERVICE_PORT: u16 = 8080;
+/// The heartbeat port (the port of the default `broadcast.binding`, 224.3.2.2:7654).
+const HEARTBEAT_PORT: u16 = 7654;
+/// Generous bounds: these tests prove behaviour, `scripts/bench-failover.sh`
+/// measures speed. CI machines can be slow and busy.
+const ELECTION: Duration = Duration::from_secs(10);
+const FAILOVER: Duration = Duration::from_secs(10);
+/// How long "nothing changes" is watched: many times the default dead interval
+/// (3 missed heartbeats of 100 ms).
+const STABLE: Duration = Duration::from_secs(3);
+
+/// A config with `floating_ip:` made of `fields` (YAML lines at two spaces' indent,
+/// `enabled: true` is added) and the issue's forwarding service.
+fn config(lab: &Lab, fields: &[String]) -> String {
+    let mut s = String::from("floating_ip:\n  enabled: true\n");
+    for f in fields {
+        s.push_str("  ");
+        s.push_str(f);
+        s.push('\n');
+    }
+    s.push_str(&lab.forward_service_yaml());
+    s
+}
+
+/// `priority` and `peer_ip` for `host`, plus `extra`.
+fn node_config(lab: &Lab, host: Host, priority: u8, extra: &[&str]) -> String {
+    let mut fields = vec![
+        format!("priority: {priority}"),
+        format!("peer_ip: {}", lab.ip(host.peer())),
+    ];
+    fields.extend(extra.iter().map(|s| s.to_string()));
+    config(lab, &fields)
+}
+
+/// Start both nodes at once with the same config; wait for exactly one VIP holder
+/// and for the client to reach the backend through it. Returns (n1, n2, master).
+fn start_both(lab: &Lab, cfg: &str) -> (GatewayProc, GatewayProc, Host) {
+    let vip = lab.default_vip();
+    let g1 = lab.spawn_gateway(Host::N1, cfg);
+    let g2 = lab.spawn_gateway(Host::N2, cfg);
+    let master = lab
+        .wait_single_holder(vip, ELECTION)
+        .unwrap_or_else(|| panic!("no single VIP holder: {:?}", lab.vip_holders(vip)));
+    let took = lab
+        .wait_client_reaches(vip, SERVICE_PORT, ELECTION)
+        .unwrap_or_else(|e| panic!("client cannot reach the service on the VIP: {e}"));
+    eprintln!(
+        "{}: master {master}, service answered after {took:?}",
+        lab.name()
+    );
+    (g1, g2, master)
+}
+
+/// Start n1 with `cfg1`, wait until it is master, then start n2 with `cfg2` and
+/// check that n1 stays the only holder.
+fn start_n1_then_n2(lab: &Lab, cfg1: &str, cfg2: &str) -> (GatewayProc, GatewayProc) {
+    let vip = lab.default_vip();
+    let g1 = lab.spawn_gateway(Host::N1, cfg1);
+    assert!(
+        lab.wait_holders(vip, &[Host::N1], ELECTION),
+        "n1 alone did not take the VIP: {:?}",
+        lab.vip_holders(vip)
+    );
+    let mut g2 = lab.spawn_gateway(Host::N2, cfg2);
+    if let Err(seen) = lab.holders_stay(vip, &[Host::N1], Duration::from_secs(1)) {
+        panic!("n2 joining disturbed the master: holders {seen:?}");
+    }
+    assert!(g2.is_running(), "n2's daemon exited:\n{}", g2.log());
+    (g1, g2)
+}
+
+fn assert_reaches(lab: &Lab, vip: Ipv4Addr, what: &str) -> Duration {
+    lab.wait_client_reaches(vip, SERVICE_PORT, FAILOVER)
+        .unwrap_or_else(|e| panic!("{what}: the client does not reach the service on the VIP: {e}"))
+}
+
+/// (1) `floating_ip: {enabled: true}` alone, both nodes started at the same moment:
+/// exactly one of them holds the derived VIP (.234), and it serves.
+#[test]
+fn simultaneous_start_elects_exactly_one_master() {
+    let lab = Lab::new("e2e-start");
+    let vip = lab.default_vip();
+    let cfg = format!(
+        "floating_ip: {{enabled: true}}\n{}",
+        lab.forward_service_yaml()
+    );
+    let (_g1, _g2, master) = start_both(&lab, &cfg);
+    if let Err(seen) = lab.holders_stay(vip, &[master], STABLE) {
+        panic!("the election did not settle: holders {seen:?}");
+    }
+    assert!(lab.client_reaches(vip, SERVICE_PORT, Duration::from_secs(2)));
+    // The VIP carries the interface's prefix (/24 here).
+    let on_master = lab.addrs(master);
+    assert!(
+        on_master
+            .iter()
+            .any(|(i, a, p)| i == "eth0" && *a == vip && *p == 24),
+        "{on_master:?}"
+    );
+}
+
+/// (2) The master's host dies (every process killed, link down): the backup takes
+/// over, the client reaches the service on the VIP again, and the client's existing
+/// neighbour entry for the VIP now carries the new master's MAC (gratuitous ARP).
+#[test]
+fn node_death_moves_vip_and_client_arp() {
+    let lab = Lab::new("e2e-death");
+    let vip = lab.default_vip();
+    let cfg = config(&lab, &[]);
+    let (_g1, _g2, master) = start_both(&lab, &cfg);
+    let backup = master.peer();
+    // start_both made the client connect: it has a neighbour entry for the VIP.
+    assert_eq!(
+        lab.client_neigh_mac(vip),
+        Some(lab.host_mac(master)),
+        "before the failure the client resolves the VIP to the master"
+    );
+    let backup_mac = lab.host_mac(backup);
+
+    let t0 = Instant::now();
+    lab.kill_node(master);
+    let took = assert_reaches(&lab, vip, "after the master's death");
+    eprintln!(
+        "node death: service back after {took:?} ({:?} since the kill)",
+        t0.elapsed()
+    );
+    // The dead node's downed interface still lists the address; what counts is that
+    // the survivor holds it.
+    assert!(
+        lab.vip_holders(vip).contains(&backup),
+        "{:?}",
+        lab.vip_holders(vip)
+    );
+    let mac = poll(Duration::from_secs(3), || {
+        lab.client_neigh_mac(vip).filter(|m| *m == backup_mac)
+    });
+    assert!(
+        mac.is_some(),
+        "client's neighbour entry for the VIP is {:?}, the new master's MAC is {backup_mac}",
+        lab.client_neigh_mac(vip)
+    );
+}
+
+/// (3) `kill -9` of the master's daemon, its host staying up: the backup takes
+/// over (the stale VIP is still on the old master's interface, nobody removed it);
+/// when the killed daemon starts again it removes that stale VIP, so only the new
+/// master holds it.
+#[test]
+fn daemon_crash_fails_over_and_restart_removes_stale_vip() {
+    let lab = Lab::new("e2e-crash");
+    let vip = lab.default_vip();
+    let cfg = config(&lab, &[]);
+    let (g1, g2, master) = start_both(&lab, &cfg);
+    let backup = master.peer();
+    let (mut dead, _alive) = if master == Host::N1 {
+        (g1, g2)
+    } else {
+        (g2, g1)
+    };
+
+    dead.kill9();
+    assert!(
+        poll(FAILOVER, || lab
+            .vip_holders(vip)
+            .contains(&backup)
+            .then_some(()))
+        .is_some(),
+        "the backup did not take the VIP after kill -9 of the master: {:?}",
+        lab.vip_holders(vip)
+    );
+    assert_reaches(&lab, vip, "after kill -9 of the master");
+    let backup_mac = lab.host_mac(backup);
+    assert!(
+        poll(Duration::from_secs(3), || {
+            lab.client_neigh_mac(vip).filter(|m| *m == backup_mac)
+        })
+        .is_some(),
+        "client still resolves the VIP to {:?}",
+        lab.client_neigh_mac(vip)
+    );
+
+    let mut restarted = lab.spawn_gateway(master, &cfg);
+    assert!(
+        lab.wait_holders(vip, &[backup], FAILOVER),
+        "the restarted daemon did not remove its stale VIP: holders {:?}",
+        lab.vip_holders(vip)
+    );
+    // preempt is off by default: it stays backup and the service stays where it is.
+    if let Err(seen) = lab.holders_stay(vip, &[backup], STABLE) {
+        panic!("after the restart: holders {seen:?}");
+    }
+    assert!(restarted.is_running(), "{}", restarted.log());
+    assert_reaches(&lab, vip, "after the old master's restart");
+}
+
+/// (4) SIGTERM on the master: it releases the VIP and resigns, the backup takes
+/// over, the stopped node keeps no VIP, and the daemon exits 0.
+#[test]
+fn sigterm_switches_over() {
+    let lab = Lab::new("e2e-sigterm");
+    let vip = lab.default_vip();
+    let cfg = config(&lab, &[]);
+    let (g1, g2, master) = start_both(&lab, &cfg);
+    let backup = master.peer();
+    let (mut stopping, _alive) = if master == Host::N1 {
+        (g1, g2)
+    } else {
+        (g2, g1)
+    };
+
+    let t0 = Instant::now();
+    stopping.signal(Signal::SIGTERM);
+    let took = assert_reaches(&lab, vip, "after SIGTERM on the master");
+    eprintln!("graceful stop: service back after {took:?}");
+    let status = stopping
+        .wait_exit(Duration::from_secs(5))
+        .expect("the master did not exit within 5 s of SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        stopping.log()
+    );
+    assert!(
+        lab.wait_holders(vip, &[backup], FAILOVER),
+        "holders after the switchover: {:?}",
+        lab.vip_holders(vip)
+    );
+    assert!(
+        !lab.vip_holders(vip).contains(&master),
+        "the stopped node kept the VIP"
+    );
+    eprintln!("switchover complete {:?} after SIGTERM", t0.elapsed());
+}
+
+/// (5a) `preempt: false` (the default): the higher-priority node comes back and
+/// stays BACKUP — no second interruption.
+#[test]
+fn returning_master_without_preempt_stays_backup() {
+    let lab = Lab::new("e2e-nopreempt");
+    let vip = lab.default_vip();
+    let cfg1 = node_config(&lab, Host::N1, 200, &[]);
+    let cfg2 = node_config(&lab, Host::N2, 100, &[]);
+    let (mut g1, _g2) = start_n1_then_n2(&lab, &cfg1, &cfg2);
+
+    g1.signal(Signal::SIGTERM);
+    assert!(
+        g1.wait_exit(Duration::from_secs(5)).is_some(),
+        "n1 did not stop"
+    );
+    assert!(
+        lab.wait_holders(vip, &[Host::N2], FAILOVER),
+        "{:?}",
+        lab.vip_holders(vip)
+    );
+    assert_reaches(&lab, vip, "after n1 stopped");
+
+    let mut back = lab.spawn_gateway(Host::N1, &cfg1);
+    if let Err(seen) = lab.holders_stay(vip, &[Host::N2], STABLE) {
+        panic!("without preempt the returning n1 must stay backup; holders {seen:?}");
+    }
+    assert!(back.is_running(), "n1's daemon exited:\n{}", back.log());
+    assert_reaches(&lab, vip, "with n1 back as backup");
+}
+
+/// (5b) `preempt: true`: the returning higher-priority node takes the VIP back,
+/// and at the end exactly one node holds it.
+#[test]
+fn returning_master_with_preempt_takes_vip_back() {
+    let lab = Lab::new("e2e-preempt");
+    let vip = lab.default_vip();
+    let cfg1 = node_config(&lab, Host::N1, 200, &["preempt: true"]);
+    let cfg2 = node_config(&lab, Host::N2, 100, &["preempt: true"]);
+    let (mut g1, _g2) = start_n1_then_n2(&lab, &cfg1, &cfg2);
+
+    g1.signal(Signal::SIGTERM);
+    assert!(
+        g1.wait_exit(Duration::from_secs(5)).is_some(),
+        "n1 did not stop"
+    );
+    assert!(
+        lab.wait_holders(vip, &[Host::N2], FAILOVER),
+        "{:?}",
+        lab.vip_holders(vip)
+    );
+
+    let _back = lab.spawn_gateway(Host::N1, &cfg1);
+    assert!(
+        lab.wait_holders(vip, &[Host::N1], FAILOVER),
+        "with preempt the returning n1 (priority 200) must take the VIP back: {:?}",
+        lab.vip_holders(vip)
+    );
+    if let Err(seen) = lab.holders_stay(vip, &[Host::N1], STABLE) {
+        panic!("after the preemption: holders {seen:?}");
+    }
+    assert_reaches(&lab, vip, "after the preemption");
+}
+
+/// (6a) The backup stops hearing the master's heartbeats (nftables in n2 drops UDP
+/// to the heartbeat port from n1) while ICMP and TCP still pass: the backup's echo
+/// probe (TCP 61111) finds the peer's daemon alive, so it does not take the VIP.
+#[test]
+fn lost_heartbeats_with_live_peer_keep_one_master() {
+    let lab = Lab::new("e2e-hbloss");
+    let vip = lab.default_vip();
+    let cfg1 = node_config(&lab, Host::N1, 200, &[]);
+    let cfg2 = node_config(&lab, Host::N2, 100, &[]);
+    let (_g1, mut g2) = start_n1_then_n2(&lab, &cfg1, &cfg2);
+
+    lab.nft_drop(
+        Host::N2,
+        Hook::Input,
+        &format!("ip saddr {} udp dport {HEARTBEAT_PORT}", lab.ip(Host::N1)),
+    );
+    assert!(lab.ping(Host::N2, lab.ip(Host::N1)), "ICMP must still pass");
+    if let Err(seen) = lab.holders_stay(vip, &[Host::N1], STABLE) {
+        panic!(
+            "heartbeats lost but the peer alive: exactly n1 must hold the VIP; holders {seen:?}"
+        );
+    }
+    assert!(g2.is_running(), "n2's daemon exited:\n{}", g2.log());
+    assert_reaches(&lab, vip, "during the heartbeat loss");
+}
+
+/// (6b) The backup is cut off from everything (nftables drops all traffic in and
+/// out of its interface), then the master dies: the cut-off node cannot reach its
+/// peer nor its probe target (the backend), so it goes FAULT and never holds the VIP.
+/// When its network comes back it recovers and, the master being dead, takes over.
+#[test]
+fn cut_off_backup_goes_fault_and_takes_no_vip() {
+    let lab = Lab::new("e2e-cutoff");
+    let vip = lab.default_vip();
+    let probe = format!("probe: {{targets: [{}]}}", lab.ip(Host::Backend));
+    let cfg1 = node_config(&lab, Host::N1, 200, &[&probe]);
+    let cfg2 = node_config(&lab, Host::N2, 100, &[&probe]);
+    let (_g1, mut g2) = start_n1_then_n2(&lab, &cfg1, &cfg2);
+
+    lab.nft_drop(Host::N2, Hook::Input, "iifname \"eth0\"");
+    lab.nft_drop(Host::N2, Hook::Output, "oifname \"eth0\"");
+    assert!(
+        !lab.ping(Host::N2, lab.ip(Host::Backend)),
+        "n2 is not cut off"
+    );
+    lab.kill_node(Host::N1);
+
+    // n1's downed interface still lists the VIP; n2 must never get it.
+    let end = Instant::now() + STABLE;
+    while Instant::now() < end {
+        let holders = lab.vip_holders(vip);
+        assert!(
+            !holders.contains(&Host::N2),
+            "the cut-off node took the VIP: holders {holders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(g2.is_running(), "n2's daemon exited:\n{}", g2.log());
+    assert!(
+        g2.wait_log("to=FAULT", Duration::from_secs(2)),
+        "n2 never logged a change to FAULT:\n{}",
+        g2.log()
+    );
+
+    // Network back: n2 sees its probe target again, hears no master, takes over.
+    lab.nft_flush(Host::N2);
+    assert!(
+        poll(FAILOVER, || lab
+            .vip_holders(vip)
+            .contains(&Host::N2)
+            .then_some(()))
+        .is_some(),
+        "n2 did not recover from FAULT and take the VIP once its network was back"
+    );
+    assert_reaches(&lab, vip, "after n2 recovered");
+}

@@ -1,0 +1,155 @@
+//! Failover behaviours beyond the six scenarios of `failover_e2e.rs`: the VIP removed
+//! behind the daemon's back, notify hooks, garbage on the heartbeat port, unicast
+//! heartbeats to `peer_ip` when broadcast is lost, and a link that goes down under a
+//! master. Same lab, same rule: assert on what the network shows.
+
+mod common;
+
+use std::time::Duration;
+
+use common::lab::{Hook, Host, Lab, poll};
+use nix::sys::signal::Signal;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn cfg(lab: &Lab, host: Host, priority: u8, extra: &str) -> String {
+    format!(
+        "floating_ip:\n  enabled: true\n  priority: {priority}\n  peer_ip: {}\n{extra}",
+        lab.ip(host.peer())
+    )
+}
+
+#[test]
+fn vip_removed_by_someone_else_is_restored() {
+    let lab = Lab::new("x-restore");
+    let vip = lab.default_vip();
+    let _g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, ""));
+    assert!(
+        lab.wait_holders(vip, &[Host::N1], WAIT),
+        "{:?}",
+        lab.vip_holders(vip)
+    );
+    lab.ip_cmd(
+        Host::N1,
+        &["addr", "del", &format!("{vip}/24"), "dev", "eth0"],
+    );
+    assert!(
+        lab.wait_holders(vip, &[Host::N1], Duration::from_secs(2)),
+        "VIP not restored: {:?}",
+        lab.vip_holders(vip)
+    );
+}
+
+#[test]
+fn notify_hooks_run_with_state_in_environment() {
+    let lab = Lab::new("x-notify");
+    let vip = lab.default_vip();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("states");
+    let extra = format!(
+        "  notify:\n    master: \"echo master-hook >> {0}\"\n    any: \"echo $GATEWAY_PREVIOUS_STATE-$GATEWAY_STATE-$GATEWAY_VIP >> {0}\"\n",
+        out.display()
+    );
+    let g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, &extra));
+    assert!(lab.wait_holders(vip, &[Host::N1], WAIT));
+    let text = poll(WAIT, || {
+        let t = std::fs::read_to_string(&out).unwrap_or_default();
+        t.contains(&format!("BACKUP-MASTER-{vip}")).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("hooks did not run:\n{}", g1.log()));
+    assert!(text.contains("INIT-BACKUP"), "{text}");
+    assert!(text.contains("master-hook"), "{text}");
+}
+
+#[test]
+fn garbage_on_the_heartbeat_port_is_dropped_and_counted() {
+    let lab = Lab::new("x-garbage");
+    let vip = lab.default_vip();
+    let mut g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, ""));
+    assert!(lab.wait_holders(vip, &[Host::N1], WAIT));
+    // Random datagrams, a truncated heartbeat and a wrong version, from the client.
+    let n1 = lab.ip(Host::N1);
+    lab.in_netns(Host::Client, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut hb = b"GWHB\x01\x02\x64\x00".to_vec();
+        hb.extend_from_slice(&[0u8; 24]);
+        let mut v9 = hb.clone();
+        v9[4] = 9;
+        for _ in 0..50 {
+            s.send_to(b"hello", (n1, 7654)).unwrap();
+            s.send_to(&hb[..20], (n1, 7654)).unwrap();
+            s.send_to(&v9, (n1, 7654)).unwrap();
+        }
+    })
+    .unwrap();
+    if let Err(seen) = lab.holders_stay(vip, &[Host::N1], Duration::from_secs(1)) {
+        panic!("garbage disturbed the master: {seen:?}");
+    }
+    assert!(g1.is_running());
+    g1.signal(Signal::SIGTERM);
+    assert!(g1.wait_exit(WAIT).is_some());
+    let log = g1.log();
+    let malformed = log
+        .lines()
+        .find(|l| l.contains("failover stopped"))
+        .and_then(|l| l.split("malformed=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no counters in log:\n{log}"));
+    assert!(malformed >= 150, "malformed={malformed}\n{log}");
+}
+
+#[test]
+fn unicast_heartbeats_to_peer_ip_survive_lost_broadcast() {
+    let lab = Lab::new("x-unicast");
+    let vip = lab.default_vip();
+    // Broadcast heartbeats never arrive at n2; unicast ones do.
+    let bcast = format!("ip daddr {} udp dport 7654", {
+        let o = lab.ip(Host::N1).octets();
+        std::net::Ipv4Addr::new(o[0], o[1], o[2], 255)
+    });
+    lab.nft_drop(Host::N2, Hook::Input, &bcast);
+    lab.nft_drop(Host::N1, Hook::Input, &bcast);
+    let _g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, ""));
+    assert!(lab.wait_holders(vip, &[Host::N1], WAIT));
+    // The echo port is closed too, so only heartbeats keep n2 from taking over.
+    lab.nft_drop(Host::N2, Hook::Output, "tcp dport 61111");
+    let g2 = lab.spawn_gateway(Host::N2, &cfg(&lab, Host::N2, 100, ""));
+    if let Err(seen) = lab.holders_stay(vip, &[Host::N1], Duration::from_secs(2)) {
+        panic!(
+            "n2 took the VIP although unicast heartbeats flow: {seen:?}\n{}",
+            g2.log()
+        );
+    }
+}
+
+#[test]
+fn master_link_down_goes_fault_and_backup_takes_over() {
+    let lab = Lab::new("x-linkdown");
+    let vip = lab.default_vip();
+    let g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, ""));
+    assert!(lab.wait_holders(vip, &[Host::N1], WAIT));
+    let _g2 = lab.spawn_gateway(Host::N2, &cfg(&lab, Host::N2, 100, ""));
+    std::thread::sleep(Duration::from_millis(500));
+    lab.link_down(Host::N1);
+    assert!(
+        lab.wait_holders(vip, &[Host::N2], WAIT),
+        "{:?}",
+        lab.vip_holders(vip)
+    );
+    assert!(
+        g1.wait_log("to=FAULT reason=link down", WAIT),
+        "{}",
+        g1.log()
+    );
+    // Link back: n1 returns as BACKUP (no preemption) and n2 keeps the VIP.
+    lab.link_up(Host::N1);
+    assert!(
+        g1.wait_log("to=BACKUP reason=link up", WAIT),
+        "{}",
+        g1.log()
+    );
+    if let Err(seen) = lab.holders_stay(vip, &[Host::N2], Duration::from_secs(1)) {
+        panic!("{seen:?}");
+    }
+}
