@@ -9,6 +9,7 @@
 #   keepalived      bench: the comparison
 #   tcpdump, curl   debugging a failing lab by hand
 #   python3         bench: the connect prober
+#   curl, openssl   handler tests: curl as HTTP/SOCKS client, openssl s_client as TLS client
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" -ne 0 ]; then
@@ -17,9 +18,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    iproute2 nftables iputils-ping iputils-arping socat tcpdump keepalived curl python3 \
+    iproute2 nftables iputils-ping iputils-arping socat tcpdump keepalived curl openssl python3 \
     >/dev/null
-for tool in ip nft ping arping socat keepalived python3; do
+for tool in ip nft ping arping socat keepalived python3 curl openssl ss; do
     command -v "$tool" >/dev/null || { echo "ci-deps.sh: $tool missing after install" >&2; exit 1; }
 done
 echo "ci-deps.sh: ok"

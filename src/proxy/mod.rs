@@ -31,12 +31,14 @@
 
 pub mod balance;
 pub mod discovery;
+pub mod handler;
 pub mod health;
 pub mod listen;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod udp;
 
 use std::collections::HashMap;

@@ -466,6 +466,8 @@ mod sim {
         pub prio: Vec<u8>,
         pub preempt: Vec<bool>,
         targets: bool,
+        /// Whether a probe may never report (a broken driver); `heal` ends that.
+        lossy_probes: bool,
     }
 
     impl Sim {
@@ -484,6 +486,7 @@ mod sim {
                 prio: s.priorities.clone(),
                 preempt: s.preempt.clone(),
                 targets: s.targets,
+                lossy_probes: true,
             };
             for _ in 0..n {
                 sim.nodes.push(Node {
@@ -578,7 +581,7 @@ mod sim {
                         // The driver reports within the probe timeout; now and then a
                         // probe never reports, to exercise the machine's deadline.
                         let d = self.jitter() * 30;
-                        if d < Duration::from_millis(150) {
+                        if d < Duration::from_millis(150) || !self.lossy_probes {
                             self.schedule(
                                 self.now + d,
                                 Ev::Probe(
@@ -592,7 +595,12 @@ mod sim {
                             );
                         }
                     }
-                    Action::Garp | Action::GarpRefresh | Action::StateChanged { .. } => {}
+                    Action::StateChanged { from, to, reason } => {
+                        if std::env::var_os("SIM_TRACE").is_some() {
+                            eprintln!("{:?} node{i} {from}->{to}: {reason}", self.now);
+                        }
+                    }
+                    Action::Garp | Action::GarpRefresh => {}
                 }
             }
         }
@@ -631,6 +639,7 @@ mod sim {
 
         /// Heal everything (links, cuts, drops) without restarting anybody.
         pub fn heal(&mut self) {
+            self.lossy_probes = false;
             for i in 0..self.nodes.len() {
                 self.apply(&Op::CutOff(i, false));
                 self.apply(&Op::Link(i, true));
@@ -722,7 +731,11 @@ mod sim {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+        // PROPTEST_CASES=20000 for a deeper search than CI's 400.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400),
+            .. ProptestConfig::default()
+        })]
 
         /// Whatever happened, once the network heals and heartbeats flow there is
         /// exactly one master, it is the only VIP holder, and while nothing changes

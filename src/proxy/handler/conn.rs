@@ -1,0 +1,385 @@
+//! A stream with a read buffer we can look into.
+//!
+//! Proxy protocols are parsed from a buffer (httparse wants the whole head in one
+//! slice, SOCKS is read field by field), and whatever arrived behind the parsed part
+//! (the first bytes of a tunnelled TLS handshake, a pipelined request, the start of a
+//! body) must not be lost. [`BufConn`] keeps those bytes and hands them on: to the
+//! body copier, or to the target before a tunnel starts relaying. The auto handler
+//! uses it to look at the first byte and then give the untouched stream to the
+//! protocol it picked.
+
+use std::any::Any;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::HandlerError;
+
+use crate::proxy::relay::{RelayOpts, relay_tcp, relay_with};
+
+/// Read granularity; also the size a body copy moves per write.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Longest line accepted in chunked framing (chunk size + extensions, trailers).
+const MAX_LINE: usize = 8 * 1024;
+
+pub struct BufConn<S> {
+    io: S,
+    buf: BytesMut,
+}
+
+/// Why a framed body copy stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("reading: {0}")]
+    Read(std::io::Error),
+    #[error("writing: {0}")]
+    Write(std::io::Error),
+    #[error("connection closed mid-body")]
+    Eof,
+    #[error("bad chunked framing: {0}")]
+    Framing(&'static str),
+}
+
+impl<S> BufConn<S> {
+    pub fn new(io: S) -> Self {
+        Self {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// The underlying stream (for writing; reading past the buffer loses order).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    /// The stream and the bytes read from it but not consumed.
+    pub fn into_parts(self) -> (S, BytesMut) {
+        (self.io, self.buf)
+    }
+
+    /// Bytes received but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.buf.advance(n.min(self.buf.len()));
+    }
+}
+
+impl<S: AsyncRead + Unpin> BufConn<S> {
+    /// Read once more into the buffer; `Ok(0)` means end of stream. Cancel safe: a
+    /// read either completes into the buffer or leaves it untouched.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        self.io.read_buf(&mut self.buf).await
+    }
+
+    /// Make sure at least `n` bytes are buffered.
+    pub async fn fill_to(&mut self, n: usize) -> std::io::Result<()> {
+        while self.buf.len() < n {
+            if self.fill().await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Take exactly `n` bytes.
+    pub async fn take(&mut self, n: usize) -> std::io::Result<BytesMut> {
+        self.fill_to(n).await?;
+        Ok(self.buf.split_to(n))
+    }
+
+    pub async fn take_u8(&mut self) -> std::io::Result<u8> {
+        self.fill_to(1).await?;
+        Ok(self.buf.get_u8())
+    }
+
+    /// Read up to and including a NUL byte (SOCKS4 user id, 4a host name), at most
+    /// `max` bytes; the NUL is not returned.
+    pub async fn take_until_nul(&mut self, max: usize) -> Result<BytesMut, HandlerError> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == 0) {
+                let mut field = self.buf.split_to(i + 1);
+                field.truncate(i);
+                return Ok(field);
+            }
+            if self.buf.len() >= max {
+                return Err(HandlerError::BadRequest(format!(
+                    "field longer than {max} bytes"
+                )));
+            }
+            if self.fill().await? == 0 {
+                return Err(HandlerError::Client(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+        }
+    }
+
+    /// Copy exactly `n` bytes (buffered first, then from the stream) to `w`.
+    pub async fn copy_exact<W>(&mut self, mut n: u64, w: &mut W) -> Result<(), CopyError>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        while n > 0 {
+            if self.buf.is_empty() && self.fill().await.map_err(CopyError::Read)? == 0 {
+                return Err(CopyError::Eof);
+            }
+            let take = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            w.write_all(&self.buf[..take])
+                .await
+                .map_err(CopyError::Write)?;
+            self.buf.advance(take);
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Copy everything until the stream ends (an HTTP/1.0-style body).
+    pub async fn copy_to_eof<W>(&mut self, w: &mut W) -> Result<(), CopyError>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if !self.buf.is_empty() {
+                w.write_all(&self.buf).await.map_err(CopyError::Write)?;
+                self.buf.clear();
+            }
+            if self.fill().await.map_err(CopyError::Read)? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Copy one chunked body verbatim (sizes, extensions, data, trailers), parsing
+    /// only as much as needed to find where it ends. Nothing is buffered beyond one
+    /// read, so a gigabyte upload streams through in constant memory.
+    pub async fn copy_chunked<W>(&mut self, w: &mut W) -> Result<(), CopyError>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            let line = self.take_line().await?;
+            let size = parse_chunk_size(&line)?;
+            w.write_all(&line).await.map_err(CopyError::Write)?;
+            if size == 0 {
+                // Trailer section: header lines up to an empty line.
+                loop {
+                    let line = self.take_line().await?;
+                    w.write_all(&line).await.map_err(CopyError::Write)?;
+                    if line.as_ref() == b"\r\n" || line.as_ref() == b"\n" {
+                        return Ok(());
+                    }
+                }
+            }
+            self.copy_exact(size, w).await?;
+            let crlf = self.take_line().await?;
+            if crlf.as_ref() != b"\r\n" && crlf.as_ref() != b"\n" {
+                return Err(CopyError::Framing("chunk data not followed by CRLF"));
+            }
+            w.write_all(&crlf).await.map_err(CopyError::Write)?;
+        }
+    }
+
+    /// One line including its terminator.
+    async fn take_line(&mut self) -> Result<BytesMut, CopyError> {
+        let mut searched = 0;
+        loop {
+            if let Some(i) = self.buf[searched..].iter().position(|&b| b == b'\n') {
+                return Ok(self.buf.split_to(searched + i + 1));
+            }
+            searched = self.buf.len();
+            if searched > MAX_LINE {
+                return Err(CopyError::Framing("line too long"));
+            }
+            if self.fill().await.map_err(CopyError::Read)? == 0 {
+                return Err(CopyError::Eof);
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> BufConn<S> {
+    pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(data).await
+    }
+}
+
+impl<S: 'static> BufConn<S> {
+    /// The underlying socket when the stream is plain TCP (not TLS), for socket
+    /// options and zero-copy relaying.
+    pub fn as_tcp(&self) -> Option<&TcpStream> {
+        (&self.io as &dyn Any).downcast_ref::<TcpStream>()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + 'static> BufConn<S> {
+    /// Hand the connection over to a tunnel: bytes the client sent behind its
+    /// request go to the target first, then both directions are relayed until
+    /// both sides are done. A plain TCP client is relayed with `splice(2)`
+    /// ([`relay_tcp`]); anything else (TLS) is copied.
+    pub async fn tunnel(
+        &mut self,
+        target: &mut TcpStream,
+        opts: &RelayOpts,
+    ) -> std::io::Result<(u64, u64)> {
+        if !self.buf.is_empty() {
+            target.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        // The handlers are generic over the stream; the zero-copy path needs to
+        // know it holds a TcpStream, which `Any` answers at run time.
+        if let Some(tcp) = (&mut self.io as &mut dyn Any).downcast_mut::<TcpStream>() {
+            return relay_tcp(tcp, target, opts).await;
+        }
+        relay_with(&mut self.io, target, opts).await
+    }
+}
+
+/// `1a;ext=1\r\n` → 26.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, CopyError> {
+    let end = line
+        .iter()
+        .position(|&b| b == b';' || b == b'\r' || b == b'\n')
+        .unwrap_or(line.len());
+    let digits = line[..end].trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(CopyError::Framing("bad chunk size"));
+    }
+    let mut size = 0u64;
+    for &d in digits {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return Err(CopyError::Framing("bad chunk size")),
+        };
+        size = size * 16 + u64::from(v);
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn chunked(input: &[u8]) -> Result<(Vec<u8>, Vec<u8>), CopyError> {
+        let mut c = BufConn::new(input);
+        let mut out = Vec::new();
+        c.copy_chunked(&mut out).await?;
+        Ok((out, c.buffered().to_vec()))
+    }
+
+    #[tokio::test]
+    async fn chunked_copies_verbatim_and_stops_at_the_end() {
+        let body = b"5;x=y\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nT: 1\r\n\r\n";
+        let mut input = body.to_vec();
+        input.extend_from_slice(b"GET /next");
+        let (out, rest) = chunked(&input).await.unwrap();
+        assert_eq!(out, body);
+        assert_eq!(rest, b"GET /next");
+    }
+
+    #[tokio::test]
+    async fn chunked_rejects_bad_framing() {
+        assert!(matches!(
+            chunked(b"zz\r\n").await,
+            Err(CopyError::Framing(_))
+        ));
+        assert!(matches!(
+            chunked(b"3\r\nabcX\r\n").await,
+            Err(CopyError::Framing(_))
+        ));
+        assert!(matches!(chunked(b"5\r\nab").await, Err(CopyError::Eof)));
+        assert!(matches!(
+            chunked(b"ffffffffffffffffff\r\n").await,
+            Err(CopyError::Framing(_))
+        ));
+    }
+
+    /// Hands out at most `step` bytes per read, so framing is split everywhere.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self
+                .step
+                .min(buf.remaining())
+                .min(self.data.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.data[start..start + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn chunked_roundtrip_any_split(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+            sizes in proptest::collection::vec(1usize..700, 1..20),
+            step in 1usize..40,
+            ext in proptest::bool::ANY,
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                wire.extend_from_slice(format!("{n:X}").as_bytes());
+                if ext { wire.extend_from_slice(b";name=value"); }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let mut input = wire.clone();
+            input.extend_from_slice(b"NEXT");
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (out, left) = rt.block_on(async {
+                let mut c = BufConn::new(Trickle { data: input, pos: 0, step });
+                let mut out = Vec::new();
+                c.copy_chunked(&mut out).await.unwrap();
+                let mut left = Vec::new();
+                c.copy_to_eof(&mut left).await.unwrap();
+                (out, left)
+            });
+            proptest::prop_assert_eq!(out, wire);
+            proptest::prop_assert_eq!(left, b"NEXT".to_vec());
+        }
+
+        #[test]
+        fn chunked_garbage_never_panics(input in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut c = BufConn::new(&input[..]);
+                let mut out = Vec::new();
+                let _ = c.copy_chunked(&mut out).await;
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn exact_copy_leaves_the_rest() {
+        let mut c = BufConn::new(&b"0123456789"[..]);
+        let mut out = Vec::new();
+        c.copy_exact(4, &mut out).await.unwrap();
+        assert_eq!(out, b"0123");
+        assert_eq!(c.take(2).await.unwrap().as_ref(), b"45");
+    }
+}

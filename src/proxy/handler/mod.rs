@@ -1,0 +1,486 @@
+//! Handlers: what a service does with a connection once the listener accepted it.
+//!
+//! A listener (TCP, TLS, ...) produces a byte stream; a handler speaks a proxy
+//! protocol on it, learns where the client wants to go, reaches that target through
+//! the [`Router`](crate::proxy::router::Router) and then moves bytes. This module
+//! holds the three proxy handlers of GOST's model:
+//!
+//! * [`http::HttpHandler`] — an HTTP/1.x forward proxy: absolute-URI requests are
+//!   forwarded (keep-alive, bodies streamed), `CONNECT host:port` opens a tunnel.
+//! * [`socks::Socks5Handler`] — SOCKS5 (RFC 1928) CONNECT and UDP ASSOCIATE, with
+//!   RFC 1929 username/password; [`socks::Socks4Handler`] — SOCKS4 and 4a CONNECT.
+//! * [`auto::AutoHandler`] — one port for all of them: the first byte decides.
+//!
+//! # Using a handler
+//!
+//! Every handler is built once per service from its options (the YAML `handler:`
+//! section minus `type`, i.e. `{auth, metadata}`) and a router, and then serves each
+//! accepted connection:
+//!
+//! ```no_run
+//! # async fn demo(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use gateway::proxy::handler::{ConnInfo, http::{HttpHandler, HttpHandlerOptions}};
+//! use gateway::proxy::router::Router;
+//!
+//! let handler = Arc::new(HttpHandler::new(HttpHandlerOptions::default(), Router::default()));
+//! loop {
+//!     let (stream, peer) = listener.accept().await?;
+//!     let conn = ConnInfo { peer, local: stream.local_addr()? };
+//!     let handler = handler.clone();
+//!     tokio::spawn(async move {
+//!         // The handler has already counted and logged the outcome.
+//!         let _ = handler.handle(stream, conn).await;
+//!     });
+//! }
+//! # }
+//! ```
+//!
+//! `handle` is generic over the stream, so a TLS listener passes its
+//! `tokio_rustls::server::TlsStream` exactly like a plain `TcpStream`.
+//! [`ProxyHandler`] wraps the four handlers in one type for a service loop that
+//! dispatches on `handler.type`.
+//!
+//! The option structs deserialize the YAML `handler:` section without its `type`
+//! key, so a service config can hold them in an internally tagged enum:
+//!
+//! ```
+//! # use serde::Deserialize;
+//! # use gateway::proxy::handler::{http::HttpHandlerOptions, socks::Socks5HandlerOptions};
+//! #[derive(Deserialize)]
+//! #[serde(tag = "type")]
+//! enum Handler {
+//!     #[serde(rename = "http")]
+//!     Http(HttpHandlerOptions),
+//!     #[serde(rename = "socks5", alias = "socks")]
+//!     Socks5(Socks5HandlerOptions),
+//! }
+//! let h: Handler = serde_yaml_ng::from_str("type: socks5\nmetadata: {udp: true}").unwrap();
+//! assert!(matches!(h, Handler::Socks5(o) if o.metadata.udp));
+//! // deny_unknown_fields still applies inside the tagged enum:
+//! assert!(serde_yaml_ng::from_str::<Handler>("type: http\nmetadata: {udp: true}").is_err());
+//! ```
+//!
+//! # Failure policy
+//!
+//! Nothing a client or a target sends can panic a handler. Every connection ends
+//! with one [`HandlerError`] (or success), and [`HandlerStats::record`] turns that
+//! outcome into exactly one counter increment, so the counters add up: `connections
+//! = completed + bad_request + auth_failed + handshake_timeout + target_failed +
+//! client_error + upstream_error + unsupported`. The stream is dropped when `handle`
+//! returns, which closes it; no task outlives the connection.
+
+pub mod auto;
+pub mod conn;
+pub mod http;
+pub mod socks;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::config::FieldError;
+use crate::config::auth::AuthConfig;
+use crate::config::service::DurationStr;
+use crate::proxy::relay::RelayOpts;
+
+/// Any of the proxy handlers, for a service loop that does not care which: build
+/// one per service from its `handler.type`, then `handle` every connection.
+pub enum ProxyHandler {
+    Http(http::HttpHandler),
+    Socks5(socks::Socks5Handler),
+    Socks4(socks::Socks4Handler),
+    // Boxed: it holds the other three, and the enum should stay small.
+    Auto(Box<auto::AutoHandler>),
+}
+
+impl ProxyHandler {
+    pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match self {
+            ProxyHandler::Http(h) => h.handle(stream, conn).await,
+            ProxyHandler::Socks5(h) => h.handle(stream, conn).await,
+            ProxyHandler::Socks4(h) => h.handle(stream, conn).await,
+            ProxyHandler::Auto(h) => h.handle(stream, conn).await,
+        }
+    }
+
+    /// Build the handler of one service from the pieces of its `handler:`
+    /// section: `type`, `auth` and `metadata` (absent means all defaults).
+    /// `field` is the section's path for errors, e.g. `services[2].handler`.
+    /// `type` names follow GOST: `http`, `socks5` (alias `socks`), `socks4`
+    /// (alias `socks4a`), `auto`.
+    pub fn from_parts(
+        kind: &str,
+        auth: Option<AuthConfig>,
+        metadata: Option<&serde_yaml_ng::Value>,
+        router: crate::proxy::router::Router,
+        field: &str,
+    ) -> Result<ProxyHandler, FieldError> {
+        fn meta<T: serde::de::DeserializeOwned + Default>(
+            v: Option<&serde_yaml_ng::Value>,
+            field: &str,
+        ) -> Result<T, FieldError> {
+            match v {
+                None | Some(serde_yaml_ng::Value::Null) => Ok(T::default()),
+                Some(v) => serde_yaml_ng::from_value(v.clone())
+                    .map_err(|e| FieldError::new(format!("{field}.metadata"), e.to_string())),
+            }
+        }
+        Ok(match kind {
+            "http" => {
+                let o = http::HttpHandlerOptions {
+                    auth,
+                    metadata: meta(metadata, field)?,
+                };
+                o.validate(field)?;
+                ProxyHandler::Http(http::HttpHandler::new(o, router))
+            }
+            "socks5" | "socks" => {
+                let o = socks::Socks5HandlerOptions {
+                    auth,
+                    metadata: meta(metadata, field)?,
+                };
+                o.validate(field)?;
+                ProxyHandler::Socks5(socks::Socks5Handler::new(o, router))
+            }
+            "socks4" | "socks4a" => {
+                let o = socks::Socks4HandlerOptions {
+                    auth,
+                    metadata: meta(metadata, field)?,
+                };
+                o.validate(field)?;
+                ProxyHandler::Socks4(socks::Socks4Handler::new(o, router))
+            }
+            "auto" => {
+                let o = auto::AutoHandlerOptions {
+                    auth,
+                    metadata: meta(metadata, field)?,
+                };
+                o.validate(field)?;
+                ProxyHandler::Auto(Box::new(auto::AutoHandler::new(o, router)))
+            }
+            other => {
+                return Err(FieldError::new(
+                    format!("{field}.type"),
+                    format!(
+                        "{other:?} is not a proxy handler: expected http, socks5, socks, socks4, socks4a or auto"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// Config-time check of a `handler:` section (unknown or malformed
+    /// `metadata` keys, bounds), without starting anything.
+    pub fn validate_parts(
+        kind: &str,
+        auth: Option<&AuthConfig>,
+        metadata: Option<&serde_yaml_ng::Value>,
+        field: &str,
+    ) -> Result<(), FieldError> {
+        let router = crate::proxy::router::Router::default();
+        Self::from_parts(kind, auth.cloned(), metadata, router, field).map(drop)
+    }
+
+    /// Idle timeouts and byte counter for tunnels (CONNECT, SOCKS, upgrades):
+    /// the service's `client_idle_timeout` / `backend_idle_timeout`.
+    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
+        match self {
+            ProxyHandler::Http(h) => h.set_relay_opts(opts),
+            ProxyHandler::Socks5(h) => h.set_relay_opts(opts),
+            ProxyHandler::Socks4(h) => h.set_relay_opts(opts),
+            ProxyHandler::Auto(h) => h.set_relay_opts(opts),
+        }
+    }
+
+    pub fn stats(&self) -> &std::sync::Arc<HandlerStats> {
+        match self {
+            ProxyHandler::Http(h) => h.stats(),
+            ProxyHandler::Socks5(h) => h.stats(),
+            ProxyHandler::Socks4(h) => h.stats(),
+            ProxyHandler::Auto(h) => h.stats(),
+        }
+    }
+}
+
+/// The two ends of an accepted connection, as the listener saw them.
+///
+/// `local` matters to SOCKS5 UDP ASSOCIATE: the relay socket is bound on the same
+/// address the client reached us on (the VIP), so the reply address is reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// Why a connection ended early. Each variant maps to one [`HandlerStats`] counter.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The client sent something that is not the protocol (garbage, bad framing,
+    /// oversized headers). The client got an error reply where the protocol has one.
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    /// The client did not finish its request within `readTimeout`.
+    #[error("client did not complete the handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// Missing or wrong credentials.
+    #[error("authentication failed")]
+    AuthFailed,
+    /// The target could not be reached (refused, unreachable, DNS, timeout).
+    #[error("cannot reach {target}: {source}")]
+    Target { target: String, source: io::Error },
+    /// The target was reached but misbehaved (reset, garbage response, no response).
+    #[error("upstream {target}: {message}")]
+    Upstream { target: String, message: String },
+    /// A valid request for something this handler does not do (SOCKS BIND, ...).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The client's side of the connection failed (reset, broken pipe).
+    #[error("client i/o: {0}")]
+    Client(#[from] io::Error),
+}
+
+/// Per-handler counters, shared by every connection of one service. Plain atomics:
+/// cheap to bump on the hot path, read by the metrics exporter with [`snapshot`].
+///
+/// [`snapshot`]: HandlerStats::snapshot
+#[derive(Debug, Default)]
+pub struct HandlerStats {
+    /// Connections handed to the handler.
+    pub connections: AtomicU64,
+    /// Connections currently being served (a gauge).
+    pub active: AtomicU64,
+    /// HTTP requests and SOCKS commands received (several per keep-alive connection).
+    pub requests: AtomicU64,
+    /// Connections that ended normally.
+    pub completed: AtomicU64,
+    pub bad_request: AtomicU64,
+    pub handshake_timeout: AtomicU64,
+    pub auth_failed: AtomicU64,
+    pub target_failed: AtomicU64,
+    pub upstream_error: AtomicU64,
+    pub unsupported: AtomicU64,
+    pub client_error: AtomicU64,
+    /// SOCKS5 UDP associations opened.
+    pub udp_associations: AtomicU64,
+    /// UDP datagrams relayed client → target and target → client.
+    pub udp_datagrams_out: AtomicU64,
+    pub udp_datagrams_in: AtomicU64,
+    /// UDP datagrams dropped (malformed header, fragments, unknown sender, bad target).
+    pub udp_dropped: AtomicU64,
+}
+
+/// A point-in-time copy of [`HandlerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub connections: u64,
+    pub active: u64,
+    pub requests: u64,
+    pub completed: u64,
+    pub bad_request: u64,
+    pub handshake_timeout: u64,
+    pub auth_failed: u64,
+    pub target_failed: u64,
+    pub upstream_error: u64,
+    pub unsupported: u64,
+    pub client_error: u64,
+    pub udp_associations: u64,
+    pub udp_datagrams_out: u64,
+    pub udp_datagrams_in: u64,
+    pub udp_dropped: u64,
+}
+
+impl HandlerStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connections: g(&self.connections),
+            active: g(&self.active),
+            requests: g(&self.requests),
+            completed: g(&self.completed),
+            bad_request: g(&self.bad_request),
+            handshake_timeout: g(&self.handshake_timeout),
+            auth_failed: g(&self.auth_failed),
+            target_failed: g(&self.target_failed),
+            upstream_error: g(&self.upstream_error),
+            unsupported: g(&self.unsupported),
+            client_error: g(&self.client_error),
+            udp_associations: g(&self.udp_associations),
+            udp_datagrams_out: g(&self.udp_datagrams_out),
+            udp_datagrams_in: g(&self.udp_datagrams_in),
+            udp_dropped: g(&self.udp_dropped),
+        }
+    }
+
+    /// Count the outcome of one connection (exactly one counter moves).
+    pub fn record(&self, outcome: &Result<(), HandlerError>) {
+        let counter = match outcome {
+            Ok(()) => &self.completed,
+            Err(HandlerError::BadRequest(_)) => &self.bad_request,
+            Err(HandlerError::HandshakeTimeout(_)) => &self.handshake_timeout,
+            Err(HandlerError::AuthFailed) => &self.auth_failed,
+            Err(HandlerError::Target { .. }) => &self.target_failed,
+            Err(HandlerError::Upstream { .. }) => &self.upstream_error,
+            Err(HandlerError::Unsupported(_)) => &self.unsupported,
+            Err(HandlerError::Client(_)) => &self.client_error,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mark a connection as started; the guard keeps `active` right on every exit
+    /// path, including a task that is cancelled (dropped) mid-connection.
+    pub(crate) fn start(&self) -> ActiveGuard<'_> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(&self.active)
+    }
+}
+
+pub(crate) struct ActiveGuard<'a>(&'a AtomicU64);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Log one finished connection at a level that matches how interesting it is:
+/// client mistakes are routine (debug), target failures are worth an operator's
+/// look (info), success is trace.
+pub(crate) fn log_outcome(kind: &str, conn: &ConnInfo, outcome: &Result<(), HandlerError>) {
+    match outcome {
+        Ok(()) => tracing::trace!(handler = kind, peer = %conn.peer, "connection done"),
+        Err(e @ (HandlerError::Target { .. } | HandlerError::Upstream { .. })) => {
+            tracing::info!(handler = kind, peer = %conn.peer, "{e}")
+        }
+        Err(e) => tracing::debug!(handler = kind, peer = %conn.peer, "{e}"),
+    }
+}
+
+/// GOST's default `readTimeout` for handshakes.
+pub fn default_read_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+/// serde adapter: a Go-style duration (`"15s"`, `"500ms"`, a bare number of
+/// seconds), parsed by the config's [`DurationStr`], as a plain `Duration`.
+pub fn deserialize_go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    DurationStr::deserialize(d).map(|d| d.0)
+}
+
+/// Timeouts must be positive: a zero `readTimeout` would refuse every client.
+pub(crate) fn validate_timeout(value: Duration, field: String) -> Result<(), FieldError> {
+    if value.is_zero() {
+        return Err(FieldError::new(
+            field,
+            "expected a positive duration like \"15s\"",
+        ));
+    }
+    Ok(())
+}
+
+/// Format `host:port` for the router, bracketing IPv6 literals.
+pub(crate) fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Compare credentials without an early exit on the first differing byte, so the
+/// time taken does not tell an attacker how much of a guess was right.
+pub(crate) fn credentials_match(
+    auth: &crate::config::auth::AuthConfig,
+    user: &[u8],
+    pass: &[u8],
+) -> bool {
+    fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+        let mut diff = a.len() ^ b.len();
+        for (i, x) in a.iter().enumerate() {
+            diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+        }
+        diff == 0
+    }
+    let u = ct_eq(auth.username.as_bytes(), user);
+    let p = ct_eq(auth.password.expose().as_bytes(), pass);
+    u & p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_via_config_parser() {
+        #[derive(Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "deserialize_go_duration")]
+            d: Duration,
+        }
+        let t: T = serde_yaml_ng::from_str("d: 1m30s").unwrap();
+        assert_eq!(t.d, Duration::from_secs(90));
+        let t: T = serde_yaml_ng::from_str("d: 2").unwrap();
+        assert_eq!(t.d, Duration::from_secs(2));
+        assert!(serde_yaml_ng::from_str::<T>("d: 5 parsecs").is_err());
+        assert!(validate_timeout(Duration::ZERO, "x".into()).is_err());
+    }
+
+    #[test]
+    fn handlers_from_config_parts() {
+        let router = crate::proxy::router::Router::default();
+        let v: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str("{udp: true, udpBufferSize: 8192}").unwrap();
+        let h = ProxyHandler::from_parts("socks", None, Some(&v), router.clone(), "s[0].handler");
+        assert!(matches!(h, Ok(ProxyHandler::Socks5(_))));
+        // `udp` is not an http option: the error names the section.
+        let e = ProxyHandler::from_parts("http", None, Some(&v), router.clone(), "s[0].handler")
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "s[0].handler.metadata");
+        assert!(e.message.contains("udp"), "{}", e.message);
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str("{readTimeout: 0s}").unwrap();
+        let e = ProxyHandler::from_parts("auto", None, Some(&v), router.clone(), "h")
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "h.metadata.readTimeout");
+        let e = ProxyHandler::from_parts("tcp", None, None, router.clone(), "h")
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "h.type");
+        assert!(matches!(
+            ProxyHandler::from_parts("socks4a", None, None, router, "h"),
+            Ok(ProxyHandler::Socks4(_))
+        ));
+    }
+
+    #[test]
+    fn host_port_joining() {
+        assert_eq!(join_host_port("example.com", 80), "example.com:80");
+        assert_eq!(join_host_port("::1", 443), "[::1]:443");
+        assert_eq!(join_host_port("[::1]", 443), "[::1]:443");
+    }
+
+    #[test]
+    fn credentials() {
+        let a = crate::config::auth::AuthConfig {
+            username: "user".into(),
+            password: crate::config::auth::Secret("pass".into()),
+        };
+        assert!(credentials_match(&a, b"user", b"pass"));
+        assert!(!credentials_match(&a, b"user", b"pas"));
+        assert!(!credentials_match(&a, b"user", b"passs"));
+        assert!(!credentials_match(&a, b"usex", b"pass"));
+        assert!(!credentials_match(&a, b"", b""));
+    }
+}

@@ -1,0 +1,457 @@
+//! The `socks5`, `socks4` and `auto` handlers with curl and hand-rolled SOCKS
+//! clients (curl has no UDP ASSOCIATE) on loopback.
+
+mod handlers_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::config::auth::{AuthConfig, Secret};
+use gateway::proxy::handler::auto::{AutoHandler, AutoHandlerOptions};
+use gateway::proxy::handler::socks::{Socks4Handler, Socks5Handler, Socks5HandlerOptions};
+use gateway::proxy::router::Router;
+use handlers_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+async fn socks5(opts: Socks5HandlerOptions) -> (SocketAddr, Arc<Socks5Handler>) {
+    let handler = Arc::new(Socks5Handler::new(opts, Router::default()));
+    let h = handler.clone();
+    let addr = spawn_proxy(move |s, c| {
+        let h = h.clone();
+        async move {
+            let _ = h.handle(s, c).await;
+        }
+    })
+    .await;
+    (addr, handler)
+}
+
+async fn auto(opts: AutoHandlerOptions) -> (SocketAddr, Arc<AutoHandler>) {
+    let handler = Arc::new(AutoHandler::new(opts, Router::default()));
+    let h = handler.clone();
+    let addr = spawn_proxy(move |s, c| {
+        let h = h.clone();
+        async move {
+            let _ = h.handle(s, c).await;
+        }
+    })
+    .await;
+    (addr, handler)
+}
+
+fn alice() -> AuthConfig {
+    AuthConfig {
+        username: "alice".into(),
+        password: Secret("s3cret".into()),
+    }
+}
+
+fn with_udp() -> Socks5HandlerOptions {
+    serde_yaml_ng::from_str("metadata: {udp: true, readTimeout: 2s}").unwrap()
+}
+
+/// Greeting with no auth, then a request; returns the stream and the reply.
+async fn request(proxy: SocketAddr, cmd: u8, addr: &[u8]) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).await.unwrap();
+    assert_eq!(m, [5, 0]);
+    let mut req = vec![5, cmd, 0];
+    req.extend_from_slice(addr);
+    s.write_all(&req).await.unwrap();
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await.unwrap();
+    let rest = match head[3] {
+        1 => 6,
+        4 => 18,
+        t => panic!("reply atyp {t}"),
+    };
+    let mut tail = vec![0u8; rest];
+    s.read_exact(&mut tail).await.unwrap();
+    let mut reply = head.to_vec();
+    reply.extend_from_slice(&tail);
+    (s, reply)
+}
+
+fn ipv4_addr(a: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(v4) = a else {
+        panic!("v4 expected")
+    };
+    let mut out = vec![1];
+    out.extend_from_slice(&v4.ip().octets());
+    out.extend_from_slice(&v4.port().to_be_bytes());
+    out
+}
+
+fn reply_addr(reply: &[u8]) -> SocketAddr {
+    assert_eq!(reply[3], 1);
+    let ip = std::net::Ipv4Addr::new(reply[4], reply[5], reply[6], reply[7]);
+    SocketAddr::new(ip.into(), u16::from_be_bytes([reply[8], reply[9]]))
+}
+
+#[tokio::test]
+async fn curl_connect_ipv4_domain_ipv6() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let (p, handler) = socks5(Socks5HandlerOptions::default()).await;
+    // --socks5: curl resolves, sends IPv4. --socks5-hostname: sends the name.
+    let r = curl(&[
+        "--socks5",
+        &p.to_string(),
+        &format!("http://{}/hello", origin.addr),
+    ])
+    .await;
+    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    let r = curl(&[
+        "--socks5-hostname",
+        &p.to_string(),
+        &format!("http://localhost:{}/hello", origin.addr.port()),
+    ])
+    .await;
+    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let o6 = spawn_origin("[::1]:0").await;
+        let r = curl(&[
+            "--socks5",
+            &p.to_string(),
+            &format!("http://[::1]:{}/hello", o6.addr.port()),
+        ])
+        .await;
+        assert_eq!(r.text(), "hello", "{}", r.stderr);
+    }
+    wait_for(Duration::from_secs(5), || {
+        handler.stats().snapshot().active == 0
+    })
+    .await;
+    let s = handler.stats().snapshot();
+    assert!(s.completed >= 2 && s.completed == s.connections, "{s:?}");
+}
+
+#[tokio::test]
+async fn curl_user_password() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let (p, handler) = socks5(Socks5HandlerOptions {
+        auth: Some(alice()),
+        ..Default::default()
+    })
+    .await;
+    let url = format!("http://{}/hello", origin.addr);
+    let r = curl(&[
+        "--socks5",
+        &p.to_string(),
+        "--proxy-user",
+        "alice:s3cret",
+        &url,
+    ])
+    .await;
+    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    let r = curl(&[
+        "--socks5",
+        &p.to_string(),
+        "--proxy-user",
+        "alice:nope",
+        &url,
+    ])
+    .await;
+    assert_ne!(r.status, Some(0));
+    // No credentials: curl offers only "no auth", which we refuse (0xFF).
+    let r = curl(&["--socks5", &p.to_string(), &url]).await;
+    assert_ne!(r.status, Some(0));
+    let mut s = TcpStream::connect(p).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).await.unwrap();
+    assert_eq!(m, [5, 0xFF]);
+    wait_for(Duration::from_secs(5), || {
+        handler.stats().snapshot().auth_failed == 3
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reply_codes() {
+    let (p, handler) = socks5(Socks5HandlerOptions::default()).await;
+    // Refused → 0x05.
+    let dead = closed_port().await;
+    let (_, reply) = request(p, 1, &ipv4_addr(dead)).await;
+    assert_eq!(reply[1], 0x05);
+    // Unresolvable name (RFC 6761 `.invalid`) → 0x04 host unreachable; 0x06
+    // where no resolver answers and the lookup runs into the connect timeout.
+    let host = b"no-such-host.invalid";
+    let mut name = vec![3, host.len() as u8];
+    name.extend_from_slice(host);
+    name.extend_from_slice(&80u16.to_be_bytes());
+    let (_, reply) = request(p, 1, &name).await;
+    assert!(matches!(reply[1], 0x04 | 0x06), "reply {:#04x}", reply[1]);
+    // BIND → 0x07; UDP ASSOCIATE while udp is off → 0x07.
+    let (_, reply) = request(p, 2, &ipv4_addr(dead)).await;
+    assert_eq!(reply[1], 0x07);
+    let (_, reply) = request(p, 3, &[1, 0, 0, 0, 0, 0, 0]).await;
+    assert_eq!(reply[1], 0x07);
+    // Unknown address type → 0x08.
+    let (_, reply) = request(p, 1, &[9, 1, 2, 3, 4, 0, 80]).await;
+    assert_eq!(reply[1], 0x08);
+    // Success → 0x00 and BND.ADDR is the proxy's local end towards the target.
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let (mut s, reply) = request(p, 1, &ipv4_addr(origin.addr)).await;
+    assert_eq!(reply[1], 0x00);
+    assert_eq!(reply_addr(&reply).ip(), origin.addr.ip());
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.ends_with("hello"), "{resp}");
+    // The tunnel lasts until both halves are closed: close ours.
+    drop(s);
+
+    wait_for(Duration::from_secs(5), || {
+        handler.stats().snapshot().active == 0
+    })
+    .await;
+    let s = handler.stats().snapshot();
+    assert_eq!(s.target_failed, 2, "{s:?}");
+    assert_eq!(s.unsupported, 2, "{s:?}");
+    assert_eq!(s.bad_request, 1, "{s:?}");
+    assert_eq!(s.completed, 1, "{s:?}");
+}
+
+#[tokio::test]
+async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
+    let echo = spawn_udp_echo("127.0.0.1:0").await;
+    let (p, handler) = socks5(with_udp()).await;
+    let (control, reply) = request(p, 3, &[1, 0, 0, 0, 0, 0, 0]).await;
+    assert_eq!(reply[1], 0x00);
+    let relay = reply_addr(&reply);
+    assert_eq!(
+        relay.ip(),
+        p.ip(),
+        "relay bound where the client reached us"
+    );
+
+    // The control connection has TCP keepalive on the proxy's side (so a vanished
+    // client frees the relay); `ss -o` shows the keepalive timer once no
+    // retransmission timer is pending.
+    let ss = || {
+        std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established"])
+            .arg(format!("( sport = :{} )", p.port()))
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    if ss().is_some() {
+        let mut seen = String::new();
+        for _ in 0..50 {
+            seen = ss().unwrap_or_default();
+            if seen.contains("timer:(keepalive") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        assert!(seen.contains("timer:(keepalive"), "{seen}");
+    }
+
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 2048];
+
+    // IPv4 destination.
+    let mut dgram = vec![0, 0, 0];
+    dgram.extend_from_slice(&ipv4_addr(echo));
+    dgram.extend_from_slice(b"ping");
+    client.send_to(&dgram, relay).await.unwrap();
+    let (n, from) = tokio::time::timeout(Duration::from_secs(3), client.recv_from(&mut buf))
+        .await
+        .expect("udp reply")
+        .unwrap();
+    assert_eq!(from, relay);
+    let mut expect = vec![0, 0, 0];
+    expect.extend_from_slice(&ipv4_addr(echo));
+    expect.extend_from_slice(b"echo:ping");
+    assert_eq!(&buf[..n], &expect[..]);
+
+    // Domain destination.
+    let mut dgram = vec![0, 0, 0, 3, 9];
+    dgram.extend_from_slice(b"localhost");
+    dgram.extend_from_slice(&echo.port().to_be_bytes());
+    dgram.extend_from_slice(b"by-name");
+    client.send_to(&dgram, relay).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), client.recv_from(&mut buf))
+        .await
+        .expect("udp reply")
+        .unwrap();
+    assert!(buf[..n].ends_with(b"echo:by-name"));
+
+    // A fragment and a stranger's datagram are dropped.
+    let mut frag = vec![0, 0, 1];
+    frag.extend_from_slice(&ipv4_addr(echo));
+    frag.extend_from_slice(b"frag");
+    client.send_to(&frag, relay).await.unwrap();
+    let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    stranger.send_to(b"inject", relay).await.unwrap();
+    wait_for(Duration::from_secs(3), || {
+        handler.stats().snapshot().udp_dropped == 2
+    })
+    .await;
+    let s = handler.stats().snapshot();
+    assert_eq!(
+        (s.udp_associations, s.udp_datagrams_out, s.udp_datagrams_in),
+        (1, 2, 2),
+        "{s:?}"
+    );
+
+    // Closing the control connection closes the relay socket: the kernel answers
+    // a datagram to it with port unreachable, which shows as ECONNREFUSED.
+    drop(control);
+    wait_for(Duration::from_secs(3), || {
+        handler.stats().snapshot().active == 0
+    })
+    .await;
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    probe.connect(relay).await.unwrap();
+    probe.send(b"anyone?").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(3), probe.recv(&mut buf)).await;
+    match r {
+        Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+        other => panic!("relay still answers: {other:?}"),
+    }
+    assert_eq!(handler.stats().snapshot().completed, 1);
+}
+
+#[tokio::test]
+async fn stalled_handshake_times_out() {
+    let opts: Socks5HandlerOptions =
+        serde_yaml_ng::from_str("metadata: {readTimeout: 300ms}").unwrap();
+    let (p, handler) = socks5(opts).await;
+    let mut s = TcpStream::connect(p).await.unwrap();
+    s.write_all(&[5, 2]).await.unwrap(); // promises two methods, sends one
+    s.write_all(&[0]).await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0))), "{r:?}");
+    wait_for(Duration::from_secs(2), || {
+        handler.stats().snapshot().handshake_timeout == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn socks4_and_4a() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let handler = Arc::new(Socks4Handler::new(Default::default(), Router::default()));
+    let h = handler.clone();
+    let p = spawn_proxy(move |s, c| {
+        let h = h.clone();
+        async move {
+            let _ = h.handle(s, c).await;
+        }
+    })
+    .await;
+    let r = curl(&[
+        "--socks4",
+        &p.to_string(),
+        &format!("http://{}/hello", origin.addr),
+    ])
+    .await;
+    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    let r = curl(&[
+        "--socks4a",
+        &p.to_string(),
+        &format!("http://localhost:{}/hello", origin.addr.port()),
+    ])
+    .await;
+    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    let dead = closed_port().await;
+    let r = curl(&["--socks4", &p.to_string(), &format!("http://{dead}/")]).await;
+    assert_ne!(r.status, Some(0));
+    wait_for(Duration::from_secs(5), || {
+        handler.stats().snapshot().active == 0
+    })
+    .await;
+    let s = handler.stats().snapshot();
+    assert_eq!((s.completed, s.target_failed), (2, 1), "{s:?}");
+}
+
+#[tokio::test]
+async fn auto_detects_all_protocols_on_one_port() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let (p, handler) = auto(AutoHandlerOptions::default()).await;
+    let url = format!("http://{}/hello", origin.addr);
+    let host_url = format!("http://localhost:{}/hello", origin.addr.port());
+    let proxy = p.to_string();
+    for args in [
+        vec!["-x", &format!("http://{proxy}"), &url],
+        vec!["-p", "-x", &format!("http://{proxy}"), &url],
+        vec!["--socks5", &proxy, &url],
+        vec!["--socks5-hostname", &proxy, &host_url],
+        vec!["--socks4", &proxy, &url],
+        vec!["--socks4a", &proxy, &host_url],
+    ] {
+        let r = curl(&args).await;
+        assert_eq!(r.text(), "hello", "{args:?}: {}", r.stderr);
+    }
+    // Garbage goes to HTTP, which says 400.
+    let reply = raw_exchange(p, b"\x00\x01\x02\x03\r\n\r\n").await;
+    assert!(reply.starts_with(b"HTTP/1.1 400"), "{reply:?}");
+    wait_for(Duration::from_secs(5), || {
+        handler.stats().snapshot().active == 0
+    })
+    .await;
+    let s = handler.stats().snapshot();
+    assert_eq!(
+        (s.connections, s.completed, s.bad_request),
+        (7, 6, 1),
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn auto_with_auth_applies_to_every_protocol() {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let (p, handler) = auto(AutoHandlerOptions {
+        auth: Some(alice()),
+        ..Default::default()
+    })
+    .await;
+    let url = format!("http://{}/hello", origin.addr);
+    let proxy = p.to_string();
+    let r = curl(&["-x", &format!("http://{proxy}"), "-U", "alice:s3cret", &url]).await;
+    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    let r = curl(&["--socks5", &proxy, "--proxy-user", "alice:s3cret", &url]).await;
+    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    // SOCKS4 cannot carry a password: refused when one is configured.
+    let r = curl(&["--socks4", &proxy, "--proxy-user", "alice", &url]).await;
+    assert_ne!(r.status, Some(0));
+    let r = curl(&[
+        "-x",
+        &format!("http://{proxy}"),
+        &url,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .await;
+    assert_eq!(r.text(), "407");
+    wait_for(Duration::from_secs(5), || {
+        handler.stats().snapshot().active == 0
+    })
+    .await;
+    assert_eq!(handler.stats().snapshot().auth_failed, 2);
+}
+
+#[test]
+fn options_validation() {
+    let o: Socks5HandlerOptions =
+        serde_yaml_ng::from_str("metadata: {udpBufferSize: 100}").unwrap();
+    let e = o.validate("services[3].handler").unwrap_err();
+    assert_eq!(e.field, "services[3].handler.metadata.udpBufferSize");
+    assert!(serde_yaml_ng::from_str::<Socks5HandlerOptions>("metadata: {bind: true}").is_err());
+    let o: AutoHandlerOptions = serde_yaml_ng::from_str(
+        "auth: {username: a, password: b}\nmetadata: {udp: true, header: {X: y}}",
+    )
+    .unwrap();
+    assert!(o.validate("h").is_ok());
+}
