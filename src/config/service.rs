@@ -585,7 +585,9 @@ impl<'de> Deserialize<'de> for DurationStr {
 }
 
 /// Handler types this build knows.
-pub const HANDLER_TYPES: &[&str] = &["tcp", "udp", "http", "socks5", "socks", "auto"];
+pub const HANDLER_TYPES: &[&str] = &[
+    "tcp", "udp", "http", "socks5", "socks", "socks4", "socks4a", "auto",
+];
 /// Listener types this build knows.
 pub const LISTENER_TYPES: &[&str] = &["tcp", "udp", "tls"];
 
@@ -732,9 +734,33 @@ impl ServiceConfig {
                 ),
             ));
         }
+        if !forwarding {
+            // Proxy handlers find their target in each request; the forwarding
+            // options have nothing to act on, so they are refused, not ignored.
+            let h = &self.handler.kind;
+            let misplaced = [
+                (
+                    "forwarder",
+                    self.forwarder.is_some(),
+                    "the request names the target",
+                ),
+                (
+                    "proxy_protocol",
+                    self.proxy_protocol.is_some(),
+                    "it applies to tcp forwarding",
+                ),
+            ];
+            if let Some((f, _, why)) = misplaced.iter().find(|m| m.1) {
+                return Err(FieldError::new(
+                    at(f),
+                    format!("not used by the {h} handler ({why}): expected no {f}"),
+                ));
+            }
+        }
         if let Some(fwd) = &self.forwarder {
             fwd.validate(&at("forwarder"))?;
         }
+        crate::proxy::dispatch::validate(self, i)?;
         if let Some(access) = &self.access {
             access
                 .parse_rules()

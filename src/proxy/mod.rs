@@ -31,6 +31,7 @@
 
 pub mod balance;
 pub mod discovery;
+pub mod dispatch;
 pub mod handler;
 pub mod health;
 pub mod listen;
@@ -175,6 +176,14 @@ impl ServiceSet {
     /// The counters of a service.
     pub fn stats(&self, service: &str) -> Option<StatsSnapshot> {
         self.running.get(service).map(|r| r.stats.snapshot())
+    }
+
+    /// The counters of a proxy handler (`http`, `socks5`, `socks4`, `auto`).
+    pub fn handler_stats(&self, service: &str) -> Option<handler::StatsSnapshot> {
+        self.running
+            .get(service)
+            .and_then(|r| r.handler_stats.as_ref())
+            .map(|s| s.snapshot())
     }
 
     /// The balancer of a forwarding service (node state, for status and tests).

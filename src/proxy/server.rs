@@ -22,20 +22,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::ProxyError;
-use super::balance::{Balancer, Node};
-use super::relay::{RelayOpts, relay_tcp};
+use super::balance::{ActiveGuard, Balancer, Node};
+use super::handler::{ConnInfo, HandlerStats, ProxyHandler};
+use super::relay::{RelayOpts, relay_tcp, relay_with};
 use super::router::Router;
-use super::{discovery, health, listen, proxy_protocol, udp};
+use super::{discovery, dispatch, health, listen, proxy_protocol, tls, udp};
 use crate::config::service::{
-    AccessPolicy, AccessRule, DiscoveryKind, HealthcheckKind, ServiceConfig, Strategy,
-    default_backend_connection_timeout, parse_listen_addr,
+    AccessPolicy, AccessRule, DiscoveryKind, ForwarderConfig, HealthcheckKind, ServiceConfig,
+    Strategy, default_backend_connection_timeout, parse_listen_addr,
 };
 
 /// Counters of one service. Everything that ends a connection early is counted
@@ -173,7 +176,20 @@ pub(crate) struct Ctx {
     pub config: ServiceConfig,
     /// "No node" can happen for every client of a dead pool; log it once a second.
     pub no_node_log: LogLimiter,
+    /// Limit of a `tls` listener's handshake (`client_idle_timeout`, else 10 s).
+    pub handshake_timeout: Duration,
+    /// Limit of a connection to a node, TLS handshake included.
+    pub connect_timeout: Duration,
+    /// `http`, `socks5`, `socks4`, `auto`: the handler; `None` for forwarding.
+    pub proxy: Option<ProxyHandler>,
+    /// A `tls` listener's acceptor.
+    pub tls: Option<TlsAcceptor>,
+    /// The forwarder's `tls`: connect to nodes over TLS.
+    pub backend_tls: Option<tls::TlsClient>,
 }
+
+/// Handshake limit of a `tls` listener without `client_idle_timeout`.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Lets one log line through per second and counts the ones held back, so a
 /// flood of identical failures costs one line a second, with the count.
@@ -244,6 +260,8 @@ pub(crate) struct Running {
     local_addr: Option<SocketAddr>,
     pub stats: Arc<ServiceStats>,
     pub balancer: Option<Arc<Balancer>>,
+    /// The proxy handler's own counters (`http`, `socks5`, `socks4`, `auto`).
+    pub handler_stats: Option<Arc<HandlerStats>>,
     stop: CancellationToken,
     kill: CancellationToken,
     tracker: TaskTracker,
@@ -268,14 +286,29 @@ impl Running {
         };
         let addr = parse_listen_addr(&cfg.addr).map_err(&fail)?;
         let udp_listener = cfg.listener.kind == "udp";
-        match (cfg.handler.kind.as_str(), cfg.listener.kind.as_str()) {
-            ("tcp", "tcp") | ("udp", "udp") => {}
-            (h, l) => {
-                return Err(fail(format!(
-                    "handler {h:?} on listener {l:?} is not available in this build"
-                )));
+        let connect_timeout = cfg
+            .backend_connection_timeout
+            .get()
+            .unwrap_or_else(default_backend_connection_timeout);
+        let router = Router::new(connect_timeout, cfg.interface.as_deref());
+        // Everything that can fail is built before the socket is bound.
+        let proxy = dispatch::proxy_handler(cfg, router.clone())
+            .map_err(|e| fail(format!("{}: {}", e.field, e.message)))?;
+        let tls = match (&cfg.listener.kind[..], &cfg.listener.tls) {
+            ("tls", Some(t)) => {
+                Some(tls::acceptor(t).map_err(|e| fail(format!("listener.tls.{e}")))?)
             }
-        }
+            ("tls", None) => {
+                return Err(fail("a tls listener needs tls: {certFile, keyFile}".into()));
+            }
+            _ => None,
+        };
+        let backend_tls = match cfg.forwarder.as_ref().and_then(|f| f.tls.as_ref()) {
+            Some(t) => {
+                Some(tls::TlsClient::new(t).map_err(|e| fail(format!("forwarder.tls.{e}")))?)
+            }
+            None => None,
+        };
         let bound = match reuse {
             Some(b) => b,
             None if udp_listener => Bound::Udp(Arc::new(
@@ -290,16 +323,27 @@ impl Running {
         let tracker = TaskTracker::new();
         let stats = Arc::new(ServiceStats::default());
 
-        let fwd = cfg
-            .forwarder
-            .as_ref()
-            .ok_or_else(|| fail("a forwarding service needs a forwarder".into()))?;
+        // Proxy handlers reach their targets through the router: their balancer is
+        // empty and nothing runs for it.
+        let empty_forwarder = ForwarderConfig {
+            nodes: Vec::new(),
+            selector: Default::default(),
+            healthcheck: None,
+            discovery: None,
+            tls: None,
+        };
+        let fwd = match (&cfg.forwarder, &proxy) {
+            (Some(f), None) => f,
+            (None, Some(_)) => &empty_forwarder,
+            (None, None) => return Err(fail("a forwarding service needs a forwarder".into())),
+            (Some(_), Some(_)) => {
+                return Err(fail(format!(
+                    "handler {:?} does not take a forwarder",
+                    cfg.handler.kind
+                )));
+            }
+        };
         let balancer = Arc::new(Balancer::new(&fwd.selector, &fwd.nodes));
-        let connect_timeout = cfg
-            .backend_connection_timeout
-            .get()
-            .unwrap_or_else(default_backend_connection_timeout);
-        let router = Router::new(connect_timeout, cfg.interface.as_deref());
         let access = match &cfg.access {
             Some(a) => Some(Access {
                 default: a.default,
@@ -358,7 +402,17 @@ impl Running {
             tracker: tracker.clone(),
             config: cfg.clone(),
             no_node_log: LogLimiter::default(),
+            handshake_timeout: cfg
+                .client_idle_timeout
+                .get()
+                .unwrap_or(TLS_HANDSHAKE_TIMEOUT),
+            connect_timeout,
+            proxy,
+            tls,
+            backend_tls,
         });
+        let is_proxy = ctx.proxy.is_some();
+        let handler_stats = ctx.proxy.as_ref().map(|h| h.stats().clone());
         let local = bound.local_addr().ok();
         match &bound {
             Bound::Tcp(l) => {
@@ -376,7 +430,8 @@ impl Running {
             bound: Mutex::new(Some(bound)),
             local_addr: local,
             stats,
-            balancer: Some(balancer),
+            balancer: (!is_proxy).then_some(balancer),
+            handler_stats,
             stop,
             kill,
             tracker,
@@ -504,31 +559,127 @@ async fn serve_tcp(
             inc(&ctx.stats.killed);
             debug!(service = %ctx.name, %peer, "connection cut at end of grace period");
         }
-        _ = forward(client, peer, &ctx) => {}
+        _ = serve(client, peer, &ctx) => {}
     }
 }
 
-async fn forward(client: TcpStream, peer: SocketAddr, ctx: &Ctx) {
+/// TLS termination if the listener wants it, then the handler.
+async fn serve(client: TcpStream, peer: SocketAddr, ctx: &Ctx) {
     let _ = client.set_nodelay(true);
-    let Some((node, backend)) = ctx.connect_node(peer).await else {
-        return;
+    let local = client.local_addr().unwrap_or(peer);
+    let Some(acceptor) = &ctx.tls else {
+        return match &ctx.proxy {
+            Some(h) => proxy(h, client, peer, local, ctx).await,
+            None => forward_tcp(client, peer, local, ctx).await,
+        };
     };
+    let stream = match tls::accept_with_timeout(acceptor, client, ctx.handshake_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            inc(&ctx.stats.errors);
+            debug!(service = %ctx.name, %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    match &ctx.proxy {
+        Some(h) => proxy(h, stream, peer, local, ctx).await,
+        None => forward_stream(stream, peer, local, ctx).await,
+    }
+}
+
+/// An HTTP/SOCKS connection: the handler counts and logs the details.
+async fn proxy<S>(h: &ProxyHandler, stream: S, peer: SocketAddr, local: SocketAddr, ctx: &Ctx)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match h.handle(stream, ConnInfo { peer, local }).await {
+        Ok(()) => inc(&ctx.stats.completed),
+        Err(_) => inc(&ctx.stats.errors),
+    }
+}
+
+/// The connection to a node, after the PROXY header and the TLS handshake.
+enum Backend {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Pick and connect a node, send the PROXY header, start TLS if configured.
+async fn open_backend(
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: &Ctx,
+) -> Option<(ActiveGuard, Backend)> {
+    let (node, backend) = ctx.connect_node(peer).await?;
     let guard = node.acquire();
     if let Some(v) = &ctx.proxy_protocol {
-        let dst = client.local_addr().unwrap_or(peer);
-        let header = proxy_protocol::header(v, peer, dst);
+        let header = proxy_protocol::header(v, peer, local);
         if let Err(e) = write_all_tcp(&backend, &header, ctx.backend_idle).await {
             inc(&ctx.stats.errors);
             debug!(service = %ctx.name, node = node.label(), error = %e, "sending PROXY header failed");
-            return;
+            return None;
         }
     }
-    let opts = RelayOpts {
+    let Some(client) = &ctx.backend_tls else {
+        return Some((guard, Backend::Plain(backend)));
+    };
+    let host = node.addr().rsplit_once(':').map_or(node.addr(), |(h, _)| h);
+    match tokio::time::timeout(ctx.connect_timeout, client.connect(backend, host)).await {
+        Ok(Ok(s)) => Some((guard, Backend::Tls(Box::new(s)))),
+        Ok(Err(e)) => {
+            inc(&ctx.stats.errors);
+            node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+            warn!(service = %ctx.name, node = node.label(), error = %e, "TLS handshake with node failed");
+            None
+        }
+        Err(_) => {
+            inc(&ctx.stats.errors);
+            node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+            warn!(service = %ctx.name, node = node.label(), "TLS handshake with node timed out");
+            None
+        }
+    }
+}
+
+fn relay_opts(ctx: &Ctx, guard: &ActiveGuard) -> RelayOpts {
+    RelayOpts {
         a_idle: ctx.client_idle,
         b_idle: ctx.backend_idle,
         counter: Some(guard.node().byte_counter()),
+    }
+}
+
+/// Forward a plain TCP client: splice when the node side is plain TCP too.
+async fn forward_tcp(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
+    let Some((guard, backend)) = open_backend(peer, local, ctx).await else {
+        return;
     };
-    match relay_tcp(&client, &backend, &opts).await {
+    let opts = relay_opts(ctx, &guard);
+    let result = match backend {
+        Backend::Plain(b) => relay_tcp(&client, &b, &opts).await,
+        Backend::Tls(mut b) => relay_with(&mut client, &mut *b, &opts).await,
+    };
+    report(ctx, peer, guard.node(), result);
+}
+
+/// Forward a client stream that is not a plain socket (TLS-terminated).
+async fn forward_stream<S>(mut client: S, peer: SocketAddr, local: SocketAddr, ctx: &Ctx)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some((guard, backend)) = open_backend(peer, local, ctx).await else {
+        return;
+    };
+    let opts = relay_opts(ctx, &guard);
+    let result = match backend {
+        Backend::Plain(mut b) => relay_with(&mut client, &mut b, &opts).await,
+        Backend::Tls(mut b) => relay_with(&mut client, &mut *b, &opts).await,
+    };
+    report(ctx, peer, guard.node(), result);
+}
+
+fn report(ctx: &Ctx, peer: SocketAddr, node: &Node, result: std::io::Result<(u64, u64)>) {
+    match result {
         Ok((up, down)) => {
             inc(&ctx.stats.completed);
             debug!(service = %ctx.name, %peer, node = node.label(), up, down, "connection done");
