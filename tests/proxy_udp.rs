@@ -305,3 +305,38 @@ async fn udp_probe_health_check() {
     }
     set.shutdown(Duration::from_secs(1)).await;
 }
+
+/// On a UDP service `max_connections` bounds the sessions alive at once.
+#[tokio::test]
+async fn max_connections_bounds_sessions() {
+    let a = udp_backend("a").await;
+    let set = ServiceSet::start(&services(&udp_svc(
+        "m",
+        &[&a],
+        "  client_idle_timeout: 300ms\n  max_connections: 1\n",
+    )))
+    .unwrap();
+    let to = set.local_addr("m").unwrap();
+    let (c1, c2) = (
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    );
+    assert!(ask(&c1, to, "1").await.is_some());
+    assert!(
+        ask(&c2, to, "2").await.is_none(),
+        "second session must be refused"
+    );
+    assert_eq!(set.stats("m").unwrap().over_limit, 1);
+    assert!(
+        ask(&c1, to, "3").await.is_some(),
+        "the existing session goes on"
+    );
+    // Once the first session idles out, there is room again.
+    assert!(
+        wait_for(Duration::from_secs(2), || set.stats("m").unwrap().active
+            == 0)
+        .await
+    );
+    assert!(ask(&c2, to, "4").await.is_some());
+    set.shutdown(Duration::from_secs(1)).await;
+}

@@ -781,6 +781,17 @@ impl ServiceConfig {
             }
         }
         if udp {
+            if let Some(hc) = self.forwarder.as_ref().and_then(|f| f.healthcheck.as_ref())
+                && (hc.kind == HealthcheckKind::Ping
+                    || (hc.kind == HealthcheckKind::Probe
+                        && hc.probe_protocol == ProbeProtocol::Tcp))
+            {
+                // As in gobetween: a TCP check says nothing about a UDP port.
+                return Err(FieldError::new(
+                    at("forwarder.healthcheck"),
+                    "a TCP check on a UDP service: expected kind: exec, or kind: probe with probe_protocol: udp",
+                ));
+            }
             let u = self.udp.clone().unwrap_or_default();
             // gobetween 0.6+: without any of these, sessions would never end.
             if u.max_requests == 0
@@ -1063,6 +1074,16 @@ services:
                 "services: [{name: t, addr: \":1\", handler: {type: tcp}, listener: {type: tcp}, forwarder: {nodes: [{addr: \"a:1\"}], healthcheck: {kind: exec}}}]",
                 "services[0].forwarder.healthcheck.exec_command",
                 "command",
+            ),
+            (
+                "services: [{name: u, addr: \":1\", handler: {type: udp}, listener: {type: udp}, udp: {max_requests: 1}, forwarder: {nodes: [{addr: \"a:1\"}], healthcheck: {kind: ping}}}]",
+                "services[0].forwarder.healthcheck",
+                "probe_protocol: udp",
+            ),
+            (
+                "services: [{name: h, addr: \":1\", handler: {type: http}, listener: {type: tcp}, proxy_protocol: {version: \"1\"}}]",
+                "services[0].proxy_protocol",
+                "not used by the http handler",
             ),
         ];
         for (yaml, field, msg) in cases {

@@ -103,6 +103,13 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<Ctx>, stop: Cancellatio
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        // max_connections bounds the sessions alive at once.
+        let max = ctx.config.max_connections as u64;
+        if max > 0 && ctx.stats.active.load(Ordering::Relaxed) >= max {
+            inc(&ctx.stats.over_limit);
+            inc(&ctx.stats.udp_dropped);
+            continue;
+        }
         let Some((node, backend)) = open_backend(&ctx, &cfg, client).await else {
             inc(&ctx.stats.udp_dropped);
             continue;
