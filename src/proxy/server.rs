@@ -15,6 +15,13 @@
 //! The listening socket is held in an `Arc` so that a reload that changes a
 //! service but not its address can hand the very same socket to the new version:
 //! no re-bind, no window in which new clients are refused.
+//!
+//! What a TCP connection goes through, in order: access rules and
+//! `max_connections` at accept; the TLS handshake if the listener is `tls`; then
+//! either the proxy handler (`http`, `socks5`, `socks4`, `auto`), which finds its
+//! target in the request, or forwarding: a node from the balancer, the PROXY
+//! header, TLS towards the node if the forwarder has `tls`, and the relay —
+//! `splice(2)` when both ends are plain sockets, pooled-buffer copying otherwise.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -309,15 +316,6 @@ impl Running {
             }
             None => None,
         };
-        let bound = match reuse {
-            Some(b) => b,
-            None if udp_listener => Bound::Udp(Arc::new(
-                listen::bind_udp(addr).map_err(|e| fail(format!("cannot bind udp {addr}: {e}")))?,
-            )),
-            None => Bound::Tcp(Arc::new(
-                listen::bind_tcp(addr).map_err(|e| fail(format!("cannot bind tcp {addr}: {e}")))?,
-            )),
-        };
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -354,6 +352,16 @@ impl Running {
             None => None,
         };
 
+        // Last: everything above can fail without a socket to clean up.
+        let bound = match reuse {
+            Some(b) => b,
+            None if udp_listener => Bound::Udp(Arc::new(
+                listen::bind_udp(addr).map_err(|e| fail(format!("cannot bind udp {addr}: {e}")))?,
+            )),
+            None => Bound::Tcp(Arc::new(
+                listen::bind_tcp(addr).map_err(|e| fail(format!("cannot bind tcp {addr}: {e}")))?,
+            )),
+        };
         // Background work of the forwarder: health, discovery, bandwidth sampling.
         if let Some(hc) = &fwd.healthcheck
             && hc.kind != HealthcheckKind::None
@@ -487,6 +495,7 @@ async fn accept_loop(
     limit: Option<Arc<Semaphore>>,
     stop: CancellationToken,
 ) {
+    let accept_log = LogLimiter::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -498,7 +507,9 @@ async fn accept_loop(
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: the queue keeps the client waiting; pause
                 // instead of spinning on an error that repeats at once.
-                warn!(service = %ctx.name, error = %e, "accept failed");
+                if let Some(suppressed) = accept_log.permit() {
+                    warn!(service = %ctx.name, error = %e, suppressed, "accept failed");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
