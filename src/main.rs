@@ -204,6 +204,8 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
     });
 
     let mut current = loaded;
+    let mut was_master = false;
+    let mut status = failover.as_ref().map(|(_, rx)| rx.clone());
     let failover_ended = loop {
         let failover_done = async {
             match failover.as_mut() {
@@ -211,7 +213,26 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
+        let status_changed = async {
+            match status.as_mut() {
+                Some(rx) => rx
+                    .changed()
+                    .await
+                    .ok()
+                    .map(|()| rx.borrow_and_update().clone()),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            Some(st) = status_changed => {
+                // Connections clients made to the VIP here die once it moves: cut
+                // them now instead of letting them idle out.
+                let master = st.state == State::Master;
+                if was_master && !master {
+                    gateway::proxy::cut::cut(st.vip.into());
+                }
+                was_master = master;
+            }
             _ = term.recv() => { tracing::info!("SIGTERM received: shutting down"); break None; }
             _ = int.recv() => { tracing::info!("SIGINT received: shutting down"); break None; }
             _ = hup.recv() => reload(&cli.config, &mut current, &mut services),
@@ -235,6 +256,10 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
             None => Ok(()),
         },
     };
+    if let Some(fip) = &current.floating_ip {
+        // The VIP is released by now; what was accepted on it cannot finish.
+        gateway::proxy::cut::cut(fip.vip.into());
+    }
     services.shutdown(Duration::from_secs(cli.grace)).await;
     result
 }

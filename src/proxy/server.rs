@@ -536,7 +536,11 @@ async fn accept_loop(
         };
         inc(&ctx.stats.accepted);
         let c = ctx.clone();
-        ctx.tracker.spawn(serve_tcp(sock, peer, c, permit));
+        let local = sock.local_addr().ok().map(|a| a.ip());
+        ctx.tracker.spawn(super::cut::until_cut(
+            local,
+            serve_tcp(sock, peer, c, permit),
+        ));
     }
     debug!(service = %ctx.name, "accept loop ended");
 }
