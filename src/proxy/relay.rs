@@ -18,6 +18,11 @@
 //! `EAGAIN`. The pipe is drained completely before the next read, so a splice
 //! *into* the pipe never blocks on a full pipe.
 //!
+//! A direction starts by copying and switches to splice once one read fills a
+//! whole 16 KiB buffer (HAProxy's `splice-auto` idea): for a short request or
+//! response, `read` + `write` is fewer system calls and no pipe, while a bulk
+//! transfer moves everything after its first 16 KiB without copying.
+//!
 //! Pipes cost two file descriptors and some kernel memory each, so a direction
 //! holds one only while data flows: when its socket has nothing more to give, the
 //! (then empty) pipe goes back to a small pool. An idle connection holds none. If
@@ -206,7 +211,10 @@ struct Direction<'a> {
     /// An empty pipe kept between chunks while data keeps coming.
     #[cfg(target_os = "linux")]
     spare: Option<splice::Pipe>,
+    /// Splice now (else copy).
     splice: bool,
+    /// Switch to splice once a read fills a whole buffer (a bulk transfer).
+    splice_later: bool,
     total: u64,
     timer: Option<Pin<Box<Sleep>>>,
     waiting: Waiting,
@@ -230,7 +238,8 @@ impl<'a> Direction<'a> {
             in_flight: InFlight::None,
             #[cfg(target_os = "linux")]
             spare: None,
-            splice: cfg!(target_os = "linux") && splice,
+            splice: false,
+            splice_later: cfg!(target_os = "linux") && splice,
             total: 0,
             timer: None,
             waiting: Waiting::Nothing,
@@ -389,6 +398,14 @@ impl<'a> Direction<'a> {
             match self.src.try_read(&mut buf.0[..]) {
                 Ok(0) => return self.finish(),
                 Ok(n) => {
+                    if self.splice_later && n == BUF_SIZE {
+                        // More was waiting than a buffer holds: a bulk transfer,
+                        // where zero copy pays. Small exchanges (requests, short
+                        // responses) stay on plain reads and writes, which cost
+                        // fewer system calls than socket → pipe → socket.
+                        self.splice = true;
+                        self.splice_later = false;
+                    }
                     self.in_flight = InFlight::Buf {
                         buf,
                         off: 0,

@@ -536,10 +536,11 @@ async fn accept_loop(
         };
         inc(&ctx.stats.accepted);
         let c = ctx.clone();
-        let local = sock.local_addr().ok().map(|a| a.ip());
+        // One getsockname serves both the cut registry and the handler.
+        let local = sock.local_addr().unwrap_or(peer);
         ctx.tracker.spawn(super::cut::until_cut(
-            local,
-            serve_tcp(sock, peer, c, permit),
+            Some(local.ip()),
+            serve_tcp(sock, peer, local, c, permit),
         ));
     }
     debug!(service = %ctx.name, "accept loop ended");
@@ -564,6 +565,7 @@ impl Drop for ActiveCount {
 async fn serve_tcp(
     client: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     ctx: Arc<Ctx>,
     _permit: Option<OwnedSemaphorePermit>,
 ) {
@@ -574,14 +576,13 @@ async fn serve_tcp(
             inc(&ctx.stats.killed);
             debug!(service = %ctx.name, %peer, "connection cut at end of grace period");
         }
-        _ = serve(client, peer, &ctx) => {}
+        _ = serve(client, peer, local, &ctx) => {}
     }
 }
 
 /// TLS termination if the listener wants it, then the handler.
-async fn serve(client: TcpStream, peer: SocketAddr, ctx: &Ctx) {
-    let _ = client.set_nodelay(true);
-    let local = client.local_addr().unwrap_or(peer);
+/// (`TCP_NODELAY` is inherited from the listening socket.)
+async fn serve(client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
     let Some(acceptor) = &ctx.tls else {
         return match &ctx.proxy {
             Some(h) => proxy(h, client, peer, local, ctx).await,
