@@ -278,3 +278,65 @@ async fn transparent_keeps_client_source_address() {
     assert_eq!((&buf[..n], from), (&b"a:hi"[..], to));
     set.shutdown(Duration::from_secs(1)).await;
 }
+
+/// UDP probe health check: a node that answers stays, a closed port leaves.
+#[tokio::test]
+async fn udp_probe_health_check() {
+    let a = udp_backend("a").await;
+    let closed = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let yaml = format!(
+        "services:\n- name: hc\n  addr: \"127.0.0.1:0\"\n  handler: {{type: udp}}\n  listener: {{type: udp}}\n  client_idle_timeout: 1s\n  forwarder:\n    nodes: [{{name: a, addr: \"{}\"}}, {{name: closed, addr: \"{closed}\"}}]\n    healthcheck: {{kind: probe, probe_protocol: udp, probe_send: \"PING\", probe_recv: \"a:PING\", interval: 100ms, timeout: 300ms}}\n",
+        a.addr
+    );
+    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let bal = set.balancer("hc").unwrap();
+    assert!(wait_for(Duration::from_secs(3), || !bal.nodes()[1].is_healthy()).await);
+    assert!(bal.nodes()[0].is_healthy());
+    // Every session now goes to a.
+    for _ in 0..3 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(
+            ask(&c, set.local_addr("hc").unwrap(), "q").await.as_deref(),
+            Some("a:q")
+        );
+    }
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+/// On a UDP service `max_connections` bounds the sessions alive at once.
+#[tokio::test]
+async fn max_connections_bounds_sessions() {
+    let a = udp_backend("a").await;
+    let set = ServiceSet::start(&services(&udp_svc(
+        "m",
+        &[&a],
+        "  client_idle_timeout: 300ms\n  max_connections: 1\n",
+    )))
+    .unwrap();
+    let to = set.local_addr("m").unwrap();
+    let (c1, c2) = (
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    );
+    assert!(ask(&c1, to, "1").await.is_some());
+    assert!(
+        ask(&c2, to, "2").await.is_none(),
+        "second session must be refused"
+    );
+    assert_eq!(set.stats("m").unwrap().over_limit, 1);
+    assert!(
+        ask(&c1, to, "3").await.is_some(),
+        "the existing session goes on"
+    );
+    // Once the first session idles out, there is room again.
+    assert!(
+        wait_for(Duration::from_secs(2), || set.stats("m").unwrap().active
+            == 0)
+        .await
+    );
+    assert!(ask(&c2, to, "4").await.is_some());
+    set.shutdown(Duration::from_secs(1)).await;
+}

@@ -124,6 +124,11 @@ pub struct HandlerConfig {
     /// field is recognised so that the error says so instead of "unknown field".
     #[serde(default)]
     pub chain: Option<String>,
+    /// GOST's per-handler options (`readTimeout`, `udp`, `header`, ...). Their shape
+    /// depends on `type`, so they are kept as YAML here and checked against the
+    /// handler's own option struct (which rejects unknown keys) at validation.
+    #[serde(default)]
+    pub metadata: Option<serde_yaml_ng::Value>,
 }
 
 /// How connections arrive: `type` and, for `tls`, the certificate.
@@ -348,12 +353,15 @@ pub struct DiscoveryConfig {
     #[serde(default)]
     pub srv_lookup_pattern: Option<String>,
     /// srv: `udp` (default) or `tcp`.
-    #[serde(default)]
+    #[serde(default = "default_srv_dns_protocol")]
     pub srv_dns_protocol: ProbeProtocol,
 }
 
 pub fn default_discovery_interval() -> DurationStr {
     DurationStr(Duration::from_secs(2))
+}
+pub fn default_srv_dns_protocol() -> ProbeProtocol {
+    ProbeProtocol::Udp
 }
 pub fn default_discovery_timeout() -> DurationStr {
     DurationStr(Duration::from_secs(2))
@@ -577,7 +585,9 @@ impl<'de> Deserialize<'de> for DurationStr {
 }
 
 /// Handler types this build knows.
-pub const HANDLER_TYPES: &[&str] = &["tcp", "udp", "http", "socks5", "socks", "auto"];
+pub const HANDLER_TYPES: &[&str] = &[
+    "tcp", "udp", "http", "socks5", "socks", "socks4", "socks4a", "auto",
+];
 /// Listener types this build knows.
 pub const LISTENER_TYPES: &[&str] = &["tcp", "udp", "tls"];
 
@@ -608,7 +618,9 @@ pub fn validate_services(services: &[ServiceConfig]) -> Result<(), FieldError> {
         } else {
             "tcp"
         };
-        if !addrs.insert((proto, s.addr.clone())) {
+        // Port 0 (any free port) can be given to any number of services.
+        let any_port = parse_listen_addr(&s.addr).is_ok_and(|a| a.port() == 0);
+        if !any_port && !addrs.insert((proto, s.addr.clone())) {
             return Err(FieldError::new(
                 format!("services[{i}].addr"),
                 format!(
@@ -704,6 +716,15 @@ impl ServiceConfig {
             }
         }
         let forwarding = matches!(self.handler.kind.as_str(), "tcp" | "udp");
+        if forwarding && self.handler.metadata.is_some() {
+            return Err(FieldError::new(
+                at("handler.metadata"),
+                format!(
+                    "the {} handler has no metadata options: expected none (timeouts and limits are service fields, e.g. client_idle_timeout)",
+                    self.handler.kind
+                ),
+            ));
+        }
         if forwarding && self.forwarder.is_none() {
             return Err(FieldError::new(
                 at("forwarder"),
@@ -713,9 +734,33 @@ impl ServiceConfig {
                 ),
             ));
         }
+        if !forwarding {
+            // Proxy handlers find their target in each request; the forwarding
+            // options have nothing to act on, so they are refused, not ignored.
+            let h = &self.handler.kind;
+            let misplaced = [
+                (
+                    "forwarder",
+                    self.forwarder.is_some(),
+                    "the request names the target",
+                ),
+                (
+                    "proxy_protocol",
+                    self.proxy_protocol.is_some(),
+                    "it applies to tcp forwarding",
+                ),
+            ];
+            if let Some((f, _, why)) = misplaced.iter().find(|m| m.1) {
+                return Err(FieldError::new(
+                    at(f),
+                    format!("not used by the {h} handler ({why}): expected no {f}"),
+                ));
+            }
+        }
         if let Some(fwd) = &self.forwarder {
             fwd.validate(&at("forwarder"))?;
         }
+        crate::proxy::dispatch::validate(self, i)?;
         if let Some(access) = &self.access {
             access
                 .parse_rules()
@@ -736,6 +781,17 @@ impl ServiceConfig {
             }
         }
         if udp {
+            if let Some(hc) = self.forwarder.as_ref().and_then(|f| f.healthcheck.as_ref())
+                && (hc.kind == HealthcheckKind::Ping
+                    || (hc.kind == HealthcheckKind::Probe
+                        && hc.probe_protocol == ProbeProtocol::Tcp))
+            {
+                // As in gobetween: a TCP check says nothing about a UDP port.
+                return Err(FieldError::new(
+                    at("forwarder.healthcheck"),
+                    "a TCP check on a UDP service: expected kind: exec, or kind: probe with probe_protocol: udp",
+                ));
+            }
             let u = self.udp.clone().unwrap_or_default();
             // gobetween 0.6+: without any of these, sessions would never end.
             if u.max_requests == 0
@@ -1018,6 +1074,16 @@ services:
                 "services: [{name: t, addr: \":1\", handler: {type: tcp}, listener: {type: tcp}, forwarder: {nodes: [{addr: \"a:1\"}], healthcheck: {kind: exec}}}]",
                 "services[0].forwarder.healthcheck.exec_command",
                 "command",
+            ),
+            (
+                "services: [{name: u, addr: \":1\", handler: {type: udp}, listener: {type: udp}, udp: {max_requests: 1}, forwarder: {nodes: [{addr: \"a:1\"}], healthcheck: {kind: ping}}}]",
+                "services[0].forwarder.healthcheck",
+                "probe_protocol: udp",
+            ),
+            (
+                "services: [{name: h, addr: \":1\", handler: {type: http}, listener: {type: tcp}, proxy_protocol: {version: \"1\"}}]",
+                "services[0].proxy_protocol",
+                "not used by the http handler",
             ),
         ];
         for (yaml, field, msg) in cases {

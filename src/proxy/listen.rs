@@ -55,6 +55,16 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 mod tests {
     use super::*;
 
+    /// Accepted sockets inherit TCP_NODELAY from the listener, so the accept path
+    /// does not set it again.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let l = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let (_c, a) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
+        assert!(a.unwrap().0.nodelay().unwrap());
+    }
+
     /// 192.0.2.1 (TEST-NET-1) is on no interface: only IP_FREEBIND makes this bind work.
     #[tokio::test]
     async fn binds_non_local_address() {

@@ -32,6 +32,7 @@
 pub mod balance;
 pub mod cut;
 pub mod discovery;
+pub mod dispatch;
 pub mod handler;
 pub mod health;
 pub mod listen;
@@ -98,7 +99,7 @@ impl ServiceSet {
             return Err(ProxyError::NoRuntime);
         }
         // Sockets of services about to be replaced or removed, for reuse.
-        let mut sockets: HashMap<(bool, String), Bound> = HashMap::new();
+        let mut sockets: HashMap<(bool, String, String), Bound> = HashMap::new();
         for r in self.running.values() {
             let keep = services.iter().any(|s| s == &r.config);
             if !keep && let Some(b) = r.bound() {
@@ -176,6 +177,14 @@ impl ServiceSet {
     /// The counters of a service.
     pub fn stats(&self, service: &str) -> Option<StatsSnapshot> {
         self.running.get(service).map(|r| r.stats.snapshot())
+    }
+
+    /// The counters of a proxy handler (`http`, `socks5`, `socks4`, `auto`).
+    pub fn handler_stats(&self, service: &str) -> Option<handler::StatsSnapshot> {
+        self.running
+            .get(service)
+            .and_then(|r| r.handler_stats.as_ref())
+            .map(|s| s.snapshot())
     }
 
     /// The balancer of a forwarding service (node state, for status and tests).

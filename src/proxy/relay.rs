@@ -12,22 +12,32 @@
 //! Copying through user space costs two copies per byte (kernel → buffer →
 //! kernel). `splice(2)` moves pages between a socket and a pipe without copying
 //! them, so [`relay_tcp`] moves `socket → pipe → socket` and the payload never
-//! enters this process. The sockets stay non-blocking and stay registered with
-//! tokio: readiness comes from `TcpStream::readable()` / `writable()`, and each
-//! `splice` runs inside `try_io`, which clears tokio's readiness flag when the
-//! kernel says `EAGAIN`. The pipe is drained completely before the next read, so
-//! a splice *into* the pipe never blocks on a full pipe.
+//! enters this process. The sockets stay non-blocking and registered with tokio:
+//! readiness comes from `poll_read_ready` / `poll_write_ready`, and each `splice`
+//! runs inside `try_io`, which clears tokio's readiness flag when the kernel says
+//! `EAGAIN`. The pipe is drained completely before the next read, so a splice
+//! *into* the pipe never blocks on a full pipe.
 //!
-//! Pipes cost two file descriptors each, so they are taken lazily (an idle
-//! connection holds none) and returned, empty, to a small pool when a direction
-//! ends. If the kernel refuses `splice` for a socket (`EINVAL`, e.g. a socket type
-//! it does not support), the direction falls back to copying.
+//! A direction starts by copying and switches to splice once one read fills a
+//! whole 16 KiB buffer (HAProxy's `splice-auto` idea): for a short request or
+//! response, `read` + `write` is fewer system calls and no pipe, while a bulk
+//! transfer moves everything after its first 16 KiB without copying.
 //!
-//! ## Copying
+//! Pipes cost two file descriptors and some kernel memory each, so a direction
+//! holds one only while data flows: when its socket has nothing more to give, the
+//! (then empty) pipe goes back to a small pool. An idle connection holds none. If
+//! the kernel refuses `splice` for a socket (`EINVAL`, a socket type it does not
+//! support), the direction falls back to copying.
 //!
-//! The copying path (non-Linux, the fallback, and [`relay`] for any
-//! `AsyncRead + AsyncWrite`, e.g. TLS streams) uses 16 KiB buffers from a pool, also
-//! taken only once data arrives.
+//! ## Small idle connections
+//!
+//! Each direction is a hand-written state machine ([`Direction`]) rather than an
+//! `async fn`: a few words of state instead of nested futures, so ten thousand
+//! idle connections cost little more than their sockets. The copying path takes a
+//! 16 KiB buffer from a pool per chunk and gives it back once written.
+//!
+//! [`relay`] / [`relay_with`] are the generic versions for any
+//! `AsyncRead + AsyncWrite` (TLS streams): pooled buffers, same half-close.
 //!
 //! ## Idle timeouts
 //!
@@ -37,14 +47,18 @@
 //! window (a stalled client) uses the receiving side's timeout. Expiry ends the
 //! connection with `ErrorKind::TimedOut`.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// Options of one relayed connection. `a` is the client side, `b` the backend.
 #[derive(Debug, Clone, Default)]
@@ -94,13 +108,17 @@ where
 {
     let mut buf: Option<PooledBuf> = None;
     let mut total = 0u64;
+    let (mut rt, mut wt) = (
+        IdleTimer::new(read_idle, "read"),
+        IdleTimer::new(write_idle, "write"),
+    );
     loop {
         let b = buf.get_or_insert_with(PooledBuf::get);
-        let n = idle(read_idle, "read", src.read(&mut b.0[..])).await?;
+        let n = rt.wait(src.read(&mut b.0[..])).await?;
         if n == 0 {
             break;
         }
-        idle(write_idle, "write", dst.write_all(&b.0[..n])).await?;
+        wt.wait(dst.write_all(&b.0[..n])).await?;
         total += n as u64;
         if let Some(c) = counter {
             c.fetch_add(n as u64, Ordering::Relaxed);
@@ -114,37 +132,297 @@ where
 /// Relay two TCP sockets: splice(2) on Linux, pooled-buffer copying elsewhere.
 /// Returns (a→b, b→a) byte counts.
 pub async fn relay_tcp(a: &TcpStream, b: &TcpStream, opts: &RelayOpts) -> io::Result<(u64, u64)> {
-    let counter = opts.counter.as_deref();
-    tokio::try_join!(
-        tcp_direction(a, b, opts.a_idle, opts.b_idle, counter),
-        tcp_direction(b, a, opts.b_idle, opts.a_idle, counter),
-    )
+    relay_tcp_mode(a, b, opts, SPLICE_ENABLED.load(Ordering::Relaxed)).await
 }
 
-async fn tcp_direction(
-    src: &TcpStream,
-    dst: &TcpStream,
+async fn relay_tcp_mode(
+    a: &TcpStream,
+    b: &TcpStream,
+    opts: &RelayOpts,
+    splice: bool,
+) -> io::Result<(u64, u64)> {
+    let counter = opts.counter.as_deref();
+    let mut up = Direction::new(a, b, opts.a_idle, opts.b_idle, counter, splice);
+    let mut down = Direction::new(b, a, opts.b_idle, opts.a_idle, counter, splice);
+    let (mut up_done, mut down_done) = (None, None);
+    std::future::poll_fn(|cx| {
+        if up_done.is_none() {
+            match up.poll(cx) {
+                Poll::Ready(Ok(n)) => up_done = Some(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if down_done.is_none() {
+            match down.poll(cx) {
+                Poll::Ready(Ok(n)) => down_done = Some(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        match (up_done, down_done) {
+            (Some(u), Some(d)) => Poll::Ready(Ok((u, d))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+static SPLICE_ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turn zero-copy relaying on or off for connections relayed from now on (on by
+/// default). Off is the copying path everywhere: an escape hatch if a kernel
+/// misbehaves, and the baseline the benchmark compares against.
+pub fn set_splice(enabled: bool) {
+    SPLICE_ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Bytes read from the source and not yet written to the destination.
+enum InFlight {
+    None,
+    #[cfg(target_os = "linux")]
+    Pipe {
+        pipe: splice::Pipe,
+        left: usize,
+    },
+    Buf {
+        buf: PooledBuf,
+        off: usize,
+        len: usize,
+    },
+}
+
+/// What the idle timer is currently measuring.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Nothing,
+    Read,
+    Write,
+}
+
+/// One direction of a TCP relay, `src → dst`, as a state machine.
+struct Direction<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    counter: Option<&'a AtomicU64>,
     read_idle: Option<Duration>,
     write_idle: Option<Duration>,
-    counter: Option<&AtomicU64>,
-) -> io::Result<u64> {
+    in_flight: InFlight,
+    /// An empty pipe kept between chunks while data keeps coming.
     #[cfg(target_os = "linux")]
-    {
-        match splice::direction(src, dst, read_idle, write_idle, counter).await {
-            Ok(n) => return finish(dst, n),
-            Err(splice::SpliceError::Unsupported) => {
-                tracing::debug!("splice unsupported for this socket pair; copying");
-            }
-            Err(splice::SpliceError::Io(e)) => return Err(e),
+    spare: Option<splice::Pipe>,
+    /// Splice now (else copy).
+    splice: bool,
+    /// Switch to splice once a read fills a whole buffer (a bulk transfer).
+    splice_later: bool,
+    total: u64,
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: Waiting,
+}
+
+impl<'a> Direction<'a> {
+    fn new(
+        src: &'a TcpStream,
+        dst: &'a TcpStream,
+        read_idle: Option<Duration>,
+        write_idle: Option<Duration>,
+        counter: Option<&'a AtomicU64>,
+        splice: bool,
+    ) -> Self {
+        Direction {
+            src,
+            dst,
+            counter,
+            read_idle,
+            write_idle,
+            in_flight: InFlight::None,
+            #[cfg(target_os = "linux")]
+            spare: None,
+            splice: false,
+            splice_later: cfg!(target_os = "linux") && splice,
+            total: 0,
+            timer: None,
+            waiting: Waiting::Nothing,
         }
     }
-    let n = copy_tcp(src, dst, read_idle, write_idle, counter).await?;
-    finish(dst, n)
+
+    fn moved(&mut self, n: usize) {
+        self.total += n as u64;
+        if let Some(c) = self.counter {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        self.waiting = Waiting::Nothing;
+    }
+
+    /// Not ready: arm the idle timer for this wait (from when it began) and
+    /// report a timeout if it has run out.
+    fn pending(&mut self, cx: &mut Context<'_>, what: Waiting) -> Poll<io::Result<u64>> {
+        let limit = if what == Waiting::Read {
+            self.read_idle
+        } else {
+            self.write_idle
+        };
+        let Some(d) = limit else {
+            return Poll::Pending;
+        };
+        if self.waiting != what {
+            let deadline = Instant::now() + d;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.waiting = what;
+        }
+        if let Some(t) = &mut self.timer
+            && t.as_mut().poll(cx).is_ready()
+        {
+            let verb = if what == Waiting::Read {
+                "read"
+            } else {
+                "write"
+            };
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("idle for {d:?} waiting to {verb}"),
+            )));
+        }
+        Poll::Pending
+    }
+
+    /// The source ended: pass the EOF on and give the pipe back.
+    fn finish(&mut self) -> Poll<io::Result<u64>> {
+        #[cfg(target_os = "linux")]
+        if let Some(p) = self.spare.take() {
+            p.put();
+        }
+        Poll::Ready(shutdown_write(self.dst).map(|()| self.total))
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        loop {
+            // 1. Write out what was read.
+            match &mut self.in_flight {
+                InFlight::None => {}
+                #[cfg(target_os = "linux")]
+                InFlight::Pipe { pipe, left } => {
+                    if *left == 0 {
+                        if let InFlight::Pipe { pipe, .. } =
+                            std::mem::replace(&mut self.in_flight, InFlight::None)
+                        {
+                            self.spare = Some(pipe);
+                        }
+                        continue;
+                    }
+                    match self.dst.poll_write_ready(cx) {
+                        Poll::Pending => return self.pending(cx, Waiting::Write),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let (dst, want) = (self.dst, *left);
+                    match dst.try_io(Interest::WRITABLE, || splice::to_socket(pipe, dst, want)) {
+                        Ok(m) => {
+                            *left -= m;
+                            self.moved(m);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // Bytes stuck in the pipe: it is closed with `self`, never pooled.
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    continue;
+                }
+                InFlight::Buf { buf, off, len } => {
+                    if *off == *len {
+                        // The buffer goes back to the pool.
+                        self.in_flight = InFlight::None;
+                        continue;
+                    }
+                    match self.dst.poll_write_ready(cx) {
+                        Poll::Pending => return self.pending(cx, Waiting::Write),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    match self.dst.try_write(&buf.0[*off..*len]) {
+                        Ok(m) => {
+                            *off += m;
+                            self.moved(m);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    continue;
+                }
+            }
+            // 2. Read more.
+            match self.src.poll_read_ready(cx) {
+                Poll::Pending => {
+                    // Nothing to read: an idle direction holds no pipe.
+                    #[cfg(target_os = "linux")]
+                    if let Some(p) = self.spare.take() {
+                        p.put();
+                    }
+                    return self.pending(cx, Waiting::Read);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            #[cfg(target_os = "linux")]
+            if self.splice {
+                let pipe = match self.spare.take() {
+                    Some(p) => p,
+                    None => match splice::Pipe::get() {
+                        Ok(p) => p,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    },
+                };
+                let src = self.src;
+                match src.try_io(Interest::READABLE, || splice::from_socket(src, &pipe)) {
+                    Ok(0) => {
+                        pipe.put();
+                        return self.finish();
+                    }
+                    Ok(n) => {
+                        self.in_flight = InFlight::Pipe { pipe, left: n };
+                        self.waiting = Waiting::Nothing;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.spare = Some(pipe),
+                    Err(e) if self.total == 0 && splice::is_unsupported(&e) => {
+                        tracing::debug!(error = %e, "splice unsupported for this socket; copying");
+                        pipe.put();
+                        self.splice = false;
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
+            let mut buf = PooledBuf::get();
+            match self.src.try_read(&mut buf.0[..]) {
+                Ok(0) => return self.finish(),
+                Ok(n) => {
+                    if self.splice_later && n == BUF_SIZE {
+                        // More was waiting than a buffer holds: a bulk transfer,
+                        // where zero copy pays. Small exchanges (requests, short
+                        // responses) stay on plain reads and writes, which cost
+                        // fewer system calls than socket → pipe → socket.
+                        self.splice = true;
+                        self.splice_later = false;
+                    }
+                    self.in_flight = InFlight::Buf {
+                        buf,
+                        off: 0,
+                        len: n,
+                    };
+                    self.waiting = Waiting::Nothing;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }
 
 /// Half-close `dst` after its source ended: the peer reads EOF, the other
 /// direction stays open.
-fn finish(dst: &TcpStream, n: u64) -> io::Result<u64> {
+fn shutdown_write(dst: &TcpStream) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: shutdown(2) on a descriptor we borrow for the duration of the call.
     let r = unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
@@ -155,58 +433,52 @@ fn finish(dst: &TcpStream, n: u64) -> io::Result<u64> {
             return Err(e);
         }
     }
-    Ok(n)
+    Ok(())
 }
 
-async fn copy_tcp(
-    src: &TcpStream,
-    dst: &TcpStream,
-    read_idle: Option<Duration>,
-    write_idle: Option<Duration>,
-    counter: Option<&AtomicU64>,
-) -> io::Result<u64> {
-    let mut buf: Option<PooledBuf> = None;
-    let mut total = 0u64;
-    loop {
-        idle(read_idle, "read", src.readable()).await?;
-        let b = buf.get_or_insert_with(PooledBuf::get);
-        let n = match src.try_read(&mut b.0[..]) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut off = 0;
-        while off < n {
-            idle(write_idle, "write", dst.writable()).await?;
-            match dst.try_write(&b.0[off..n]) {
-                Ok(m) => off += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        total += n as u64;
-        if let Some(c) = counter {
-            c.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Await `fut`, failing with `TimedOut` after `limit` (if any).
-async fn idle<F: std::future::Future<Output = io::Result<T>>, T>(
+/// An idle timer reused across waits of the generic relay. The `Sleep` is boxed
+/// and created on first use, so a relay without idle timeouts carries none.
+struct IdleTimer {
     limit: Option<Duration>,
     what: &'static str,
-    fut: F,
-) -> io::Result<T> {
-    match limit {
-        None => fut.await,
-        Some(d) => match tokio::time::timeout(d, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(limit: Option<Duration>, what: &'static str) -> IdleTimer {
+        IdleTimer {
+            limit,
+            what,
+            sleep: None,
+        }
+    }
+
+    /// Await `fut`, failing with `TimedOut` if it takes longer than the limit.
+    async fn wait<F, T>(&mut self, fut: F) -> io::Result<T>
+    where
+        F: Future<Output = io::Result<T>>,
+    {
+        let Some(d) = self.limit else {
+            return fut.await;
+        };
+        let deadline = Instant::now() + d;
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                s.as_mut().reset(deadline);
+                s
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        tokio::select! {
+            biased;
+            r = fut => r,
+            _ = sleep.as_mut() => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("idle for {d:?} waiting to {what}"),
+                format!("idle for {d:?} waiting to {}", self.what),
             )),
-        },
+        }
     }
 }
 
@@ -241,42 +513,27 @@ mod splice {
     use std::io;
     use std::os::fd::{AsFd, OwnedFd};
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Duration;
 
     use nix::errno::Errno;
     use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
-    use tokio::io::Interest;
     use tokio::net::TcpStream;
-
-    use super::idle;
 
     /// Bytes asked for per splice; also the pipe size we ask the kernel for.
     const CHUNK: usize = 256 * 1024;
-    const PIPE_POOL_MAX: usize = 256;
+    /// Pipes kept for reuse (two descriptors each): enough for this many
+    /// directions moving data at the same instant without creating pipes.
+    const PIPE_POOL_MAX: usize = 512;
 
     static PIPE_POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 
-    pub(super) enum SpliceError {
-        /// The kernel does not splice this socket: copy instead.
-        Unsupported,
-        Io(io::Error),
-    }
-
-    impl From<io::Error> for SpliceError {
-        fn from(e: io::Error) -> Self {
-            SpliceError::Io(e)
-        }
-    }
-
     /// A non-blocking pipe. Only an empty pipe goes back to the pool.
-    struct Pipe {
+    pub(super) struct Pipe {
         r: OwnedFd,
         w: OwnedFd,
     }
 
     impl Pipe {
-        fn get() -> io::Result<Pipe> {
+        pub(super) fn get() -> io::Result<Pipe> {
             if let Some(p) = PIPE_POOL.lock().ok().and_then(|mut p| p.pop()) {
                 return Ok(p);
             }
@@ -287,7 +544,8 @@ mod splice {
             Ok(Pipe { r, w })
         }
 
-        fn put(self) {
+        /// Return an empty pipe to the pool.
+        pub(super) fn put(self) {
             if let Ok(mut p) = PIPE_POOL.lock()
                 && p.len() < PIPE_POOL_MAX
             {
@@ -300,58 +558,17 @@ mod splice {
         SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
     }
 
-    pub(super) async fn direction(
-        src: &TcpStream,
-        dst: &TcpStream,
-        read_idle: Option<Duration>,
-        write_idle: Option<Duration>,
-        counter: Option<&AtomicU64>,
-    ) -> Result<u64, SpliceError> {
-        let mut pipe: Option<Pipe> = None;
-        let mut total = 0u64;
-        loop {
-            idle(read_idle, "read", src.readable()).await?;
-            let p = match &pipe {
-                Some(p) => p,
-                None => pipe.insert(Pipe::get()?),
-            };
-            let read = src.try_io(Interest::READABLE, || {
-                splice(src.as_fd(), None, &p.w, None, CHUNK, flags()).map_err(io::Error::from)
-            });
-            let n = match read {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if total == 0 && is_unsupported(&e) => return Err(SpliceError::Unsupported),
-                Err(e) => return Err(e.into()),
-            };
-            let mut left = n;
-            while left > 0 {
-                idle(write_idle, "write", dst.writable()).await?;
-                let wrote = dst.try_io(Interest::WRITABLE, || {
-                    splice(&p.r, None, dst.as_fd(), None, left, flags()).map_err(io::Error::from)
-                });
-                match wrote {
-                    Ok(m) => {
-                        left -= m;
-                        total += m as u64;
-                        if let Some(c) = counter {
-                            c.fetch_add(m as u64, Ordering::Relaxed);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    // Bytes are stuck in the pipe: it is dropped (closed), not pooled.
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        if let Some(p) = pipe {
-            p.put();
-        }
-        Ok(total)
+    /// Socket → pipe; 0 is end of stream.
+    pub(super) fn from_socket(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
+        splice(src.as_fd(), None, &pipe.w, None, CHUNK, flags()).map_err(io::Error::from)
     }
 
-    fn is_unsupported(e: &io::Error) -> bool {
+    /// Pipe → socket, at most `len` bytes.
+    pub(super) fn to_socket(pipe: &Pipe, dst: &TcpStream, len: usize) -> io::Result<usize> {
+        splice(&pipe.r, None, dst.as_fd(), None, len, flags()).map_err(io::Error::from)
+    }
+
+    pub(super) fn is_unsupported(e: &io::Error) -> bool {
         matches!(
             e.raw_os_error().map(Errno::from_raw),
             Some(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP)
@@ -374,6 +591,15 @@ mod tests {
     /// client <-> (ps relay pb) <-> backend, with a half-close in the middle.
     #[tokio::test]
     async fn relays_both_ways_with_half_close() {
+        half_close_case(true).await;
+    }
+
+    #[tokio::test]
+    async fn copying_relays_both_ways_with_half_close() {
+        half_close_case(false).await;
+    }
+
+    async fn half_close_case(splice: bool) {
         let (mut client, ps) = pair().await;
         let (pb, mut backend) = pair().await;
         let counter = Arc::new(AtomicU64::new(0));
@@ -381,7 +607,7 @@ mod tests {
             counter: Some(counter.clone()),
             ..Default::default()
         };
-        let relay = tokio::spawn(async move { relay_tcp(&ps, &pb, &opts).await });
+        let relay = tokio::spawn(async move { relay_tcp_mode(&ps, &pb, &opts, splice).await });
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let p2 = payload.clone();
         let writer = tokio::spawn(async move {
@@ -430,5 +656,74 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert_eq!(relay.await.unwrap().unwrap(), (5, 0));
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod idle_tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn pipes() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// An idle relayed connection holds no pipe.
+    #[tokio::test]
+    async fn idle_connection_takes_no_pipe() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let before = pipes();
+        let mut relays = Vec::new();
+        let mut keep = Vec::new();
+        for _ in 0..20 {
+            let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+            let (client, ps) = (c.unwrap(), s.unwrap().0);
+            let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+            let (pb, backend) = (c.unwrap(), s.unwrap().0);
+            keep.push((client, backend));
+            relays.push(tokio::spawn(async move {
+                relay_tcp(&ps, &pb, &RelayOpts::default()).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Spurious first wakeups may each borrow a pooled pipe and give it back,
+        // so the pool may hold a few; 20 idle connections must not hold 40.
+        let now = pipes();
+        assert!(
+            now <= before + 16,
+            "{before} pipe fds before, {now} with 20 idle connections"
+        );
+        for r in relays {
+            r.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// The point of the hand-written state machine: a relayed connection's
+    /// relay state stays small.
+    #[tokio::test]
+    async fn relay_future_is_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let b = l.accept().await.unwrap().0;
+        let opts = RelayOpts::default();
+        let f = relay_tcp(&a, &b, &opts);
+        assert!(
+            std::mem::size_of_val(&f) <= 512,
+            "{}",
+            std::mem::size_of_val(&f)
+        );
     }
 }

@@ -15,6 +15,13 @@
 //! The listening socket is held in an `Arc` so that a reload that changes a
 //! service but not its address can hand the very same socket to the new version:
 //! no re-bind, no window in which new clients are refused.
+//!
+//! What a TCP connection goes through, in order: access rules and
+//! `max_connections` at accept; the TLS handshake if the listener is `tls`; then
+//! either the proxy handler (`http`, `socks5`, `socks4`, `auto`), which finds its
+//! target in the request, or forwarding: a node from the balancer, the PROXY
+//! header, TLS towards the node if the forwarder has `tls`, and the relay —
+//! `splice(2)` when both ends are plain sockets, pooled-buffer copying otherwise.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -22,20 +29,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::ProxyError;
-use super::balance::{Balancer, Node};
-use super::relay::{RelayOpts, relay_tcp};
+use super::balance::{ActiveGuard, Balancer, Node};
+use super::handler::{ConnInfo, HandlerStats, ProxyHandler};
+use super::relay::{RelayOpts, relay_tcp, relay_with};
 use super::router::Router;
-use super::{discovery, health, listen, proxy_protocol, udp};
+use super::{discovery, dispatch, health, listen, proxy_protocol, tls, udp};
 use crate::config::service::{
-    AccessPolicy, AccessRule, DiscoveryKind, HealthcheckKind, ServiceConfig, Strategy,
-    default_backend_connection_timeout, parse_listen_addr,
+    AccessPolicy, AccessRule, DiscoveryKind, ForwarderConfig, HealthcheckKind, ServiceConfig,
+    Strategy, default_backend_connection_timeout, parse_listen_addr,
 };
 
 /// Counters of one service. Everything that ends a connection early is counted
@@ -127,9 +137,16 @@ impl Bound {
     }
 }
 
-/// The key under which a listener can be reused: protocol and configured address.
-pub(crate) fn bound_key(cfg: &ServiceConfig) -> (bool, String) {
-    (cfg.listener.kind == "udp", cfg.addr.clone())
+/// The key under which a listener can be reused: protocol and configured address
+/// (plus the service name for port 0, where equal addresses are different sockets).
+pub(crate) fn bound_key(cfg: &ServiceConfig) -> (bool, String, String) {
+    let any_port = parse_listen_addr(&cfg.addr).is_ok_and(|a| a.port() == 0);
+    let name = if any_port {
+        cfg.name.clone()
+    } else {
+        String::new()
+    };
+    (cfg.listener.kind == "udp", cfg.addr.clone(), name)
 }
 
 /// gobetween's access list: first matching rule wins, else the default.
@@ -164,6 +181,53 @@ pub(crate) struct Ctx {
     pub kill: CancellationToken,
     pub tracker: TaskTracker,
     pub config: ServiceConfig,
+    /// "No node" can happen for every client of a dead pool; log it once a second.
+    pub no_node_log: LogLimiter,
+    /// Limit of a `tls` listener's handshake (`client_idle_timeout`, else 10 s).
+    pub handshake_timeout: Duration,
+    /// Limit of a connection to a node, TLS handshake included.
+    pub connect_timeout: Duration,
+    /// `http`, `socks5`, `socks4`, `auto`: the handler; `None` for forwarding.
+    pub proxy: Option<ProxyHandler>,
+    /// A `tls` listener's acceptor.
+    pub tls: Option<TlsAcceptor>,
+    /// The forwarder's `tls`: connect to nodes over TLS.
+    pub backend_tls: Option<tls::TlsClient>,
+}
+
+/// Handshake limit of a `tls` listener without `client_idle_timeout`.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lets one log line through per second and counts the ones held back, so a
+/// flood of identical failures costs one line a second, with the count.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimiter {
+    last_second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// `Some(n)` if a line may be logged now (`n` lines were held back since the
+    /// last one), `None` if this one should be dropped.
+    pub fn permit(&self) -> Option<u64> {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+            + 1;
+        let last = self.last_second.load(Ordering::Relaxed);
+        if last != now
+            && self
+                .last_second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 impl Ctx {
@@ -187,7 +251,9 @@ impl Ctx {
             }
         }
         inc(&self.stats.no_node);
-        warn!(service = %self.name, %client, tried = tried.len(), "no healthy node available; closing client connection");
+        if let Some(suppressed) = self.no_node_log.permit() {
+            warn!(service = %self.name, %client, tried = tried.len(), suppressed, "no healthy node available; closing client connection");
+        }
         None
     }
 }
@@ -201,6 +267,8 @@ pub(crate) struct Running {
     local_addr: Option<SocketAddr>,
     pub stats: Arc<ServiceStats>,
     pub balancer: Option<Arc<Balancer>>,
+    /// The proxy handler's own counters (`http`, `socks5`, `socks4`, `auto`).
+    pub handler_stats: Option<Arc<HandlerStats>>,
     stop: CancellationToken,
     kill: CancellationToken,
     tracker: TaskTracker,
@@ -225,38 +293,55 @@ impl Running {
         };
         let addr = parse_listen_addr(&cfg.addr).map_err(&fail)?;
         let udp_listener = cfg.listener.kind == "udp";
-        match (cfg.handler.kind.as_str(), cfg.listener.kind.as_str()) {
-            ("tcp", "tcp") | ("udp", "udp") => {}
-            (h, l) => {
-                return Err(fail(format!(
-                    "handler {h:?} on listener {l:?} is not available in this build"
-                )));
+        let connect_timeout = cfg
+            .backend_connection_timeout
+            .get()
+            .unwrap_or_else(default_backend_connection_timeout);
+        let router = Router::new(connect_timeout, cfg.interface.as_deref());
+        // Everything that can fail is built before the socket is bound.
+        let proxy = dispatch::proxy_handler(cfg, router.clone())
+            .map_err(|e| fail(format!("{}: {}", e.field, e.message)))?;
+        let tls = match (&cfg.listener.kind[..], &cfg.listener.tls) {
+            ("tls", Some(t)) => {
+                Some(tls::acceptor(t).map_err(|e| fail(format!("listener.tls.{e}")))?)
             }
-        }
-        let bound = match reuse {
-            Some(b) => b,
-            None if udp_listener => Bound::Udp(Arc::new(
-                listen::bind_udp(addr).map_err(|e| fail(format!("cannot bind udp {addr}: {e}")))?,
-            )),
-            None => Bound::Tcp(Arc::new(
-                listen::bind_tcp(addr).map_err(|e| fail(format!("cannot bind tcp {addr}: {e}")))?,
-            )),
+            ("tls", None) => {
+                return Err(fail("a tls listener needs tls: {certFile, keyFile}".into()));
+            }
+            _ => None,
+        };
+        let backend_tls = match cfg.forwarder.as_ref().and_then(|f| f.tls.as_ref()) {
+            Some(t) => {
+                Some(tls::TlsClient::new(t).map_err(|e| fail(format!("forwarder.tls.{e}")))?)
+            }
+            None => None,
         };
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
         let tracker = TaskTracker::new();
         let stats = Arc::new(ServiceStats::default());
 
-        let fwd = cfg
-            .forwarder
-            .as_ref()
-            .ok_or_else(|| fail("a forwarding service needs a forwarder".into()))?;
+        // Proxy handlers reach their targets through the router: their balancer is
+        // empty and nothing runs for it.
+        let empty_forwarder = ForwarderConfig {
+            nodes: Vec::new(),
+            selector: Default::default(),
+            healthcheck: None,
+            discovery: None,
+            tls: None,
+        };
+        let fwd = match (&cfg.forwarder, &proxy) {
+            (Some(f), None) => f,
+            (None, Some(_)) => &empty_forwarder,
+            (None, None) => return Err(fail("a forwarding service needs a forwarder".into())),
+            (Some(_), Some(_)) => {
+                return Err(fail(format!(
+                    "handler {:?} does not take a forwarder",
+                    cfg.handler.kind
+                )));
+            }
+        };
         let balancer = Arc::new(Balancer::new(&fwd.selector, &fwd.nodes));
-        let connect_timeout = cfg
-            .backend_connection_timeout
-            .get()
-            .unwrap_or_else(default_backend_connection_timeout);
-        let router = Router::new(connect_timeout, cfg.interface.as_deref());
         let access = match &cfg.access {
             Some(a) => Some(Access {
                 default: a.default,
@@ -267,6 +352,16 @@ impl Running {
             None => None,
         };
 
+        // Last: everything above can fail without a socket to clean up.
+        let bound = match reuse {
+            Some(b) => b,
+            None if udp_listener => Bound::Udp(Arc::new(
+                listen::bind_udp(addr).map_err(|e| fail(format!("cannot bind udp {addr}: {e}")))?,
+            )),
+            None => Bound::Tcp(Arc::new(
+                listen::bind_tcp(addr).map_err(|e| fail(format!("cannot bind tcp {addr}: {e}")))?,
+            )),
+        };
         // Background work of the forwarder: health, discovery, bandwidth sampling.
         if let Some(hc) = &fwd.healthcheck
             && hc.kind != HealthcheckKind::None
@@ -314,7 +409,18 @@ impl Running {
             kill: kill.clone(),
             tracker: tracker.clone(),
             config: cfg.clone(),
+            no_node_log: LogLimiter::default(),
+            handshake_timeout: cfg
+                .client_idle_timeout
+                .get()
+                .unwrap_or(TLS_HANDSHAKE_TIMEOUT),
+            connect_timeout,
+            proxy,
+            tls,
+            backend_tls,
         });
+        let is_proxy = ctx.proxy.is_some();
+        let handler_stats = ctx.proxy.as_ref().map(|h| h.stats().clone());
         let local = bound.local_addr().ok();
         match &bound {
             Bound::Tcp(l) => {
@@ -332,7 +438,8 @@ impl Running {
             bound: Mutex::new(Some(bound)),
             local_addr: local,
             stats,
-            balancer: Some(balancer),
+            balancer: (!is_proxy).then_some(balancer),
+            handler_stats,
             stop,
             kill,
             tracker,
@@ -388,6 +495,7 @@ async fn accept_loop(
     limit: Option<Arc<Semaphore>>,
     stop: CancellationToken,
 ) {
+    let accept_log = LogLimiter::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -399,7 +507,9 @@ async fn accept_loop(
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: the queue keeps the client waiting; pause
                 // instead of spinning on an error that repeats at once.
-                warn!(service = %ctx.name, error = %e, "accept failed");
+                if let Some(suppressed) = accept_log.permit() {
+                    warn!(service = %ctx.name, error = %e, suppressed, "accept failed");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
@@ -426,10 +536,11 @@ async fn accept_loop(
         };
         inc(&ctx.stats.accepted);
         let c = ctx.clone();
-        let local = sock.local_addr().ok().map(|a| a.ip());
+        // One getsockname serves both the cut registry and the handler.
+        let local = sock.local_addr().unwrap_or(peer);
         ctx.tracker.spawn(super::cut::until_cut(
-            local,
-            serve_tcp(sock, peer, c, permit),
+            Some(local.ip()),
+            serve_tcp(sock, peer, local, c, permit),
         ));
     }
     debug!(service = %ctx.name, "accept loop ended");
@@ -454,6 +565,7 @@ impl Drop for ActiveCount {
 async fn serve_tcp(
     client: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     ctx: Arc<Ctx>,
     _permit: Option<OwnedSemaphorePermit>,
 ) {
@@ -464,31 +576,126 @@ async fn serve_tcp(
             inc(&ctx.stats.killed);
             debug!(service = %ctx.name, %peer, "connection cut at end of grace period");
         }
-        _ = forward(client, peer, &ctx) => {}
+        _ = serve(client, peer, local, &ctx) => {}
     }
 }
 
-async fn forward(client: TcpStream, peer: SocketAddr, ctx: &Ctx) {
-    let _ = client.set_nodelay(true);
-    let Some((node, backend)) = ctx.connect_node(peer).await else {
-        return;
+/// TLS termination if the listener wants it, then the handler.
+/// (`TCP_NODELAY` is inherited from the listening socket.)
+async fn serve(client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
+    let Some(acceptor) = &ctx.tls else {
+        return match &ctx.proxy {
+            Some(h) => proxy(h, client, peer, local, ctx).await,
+            None => forward_tcp(client, peer, local, ctx).await,
+        };
     };
+    let stream = match tls::accept_with_timeout(acceptor, client, ctx.handshake_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            inc(&ctx.stats.errors);
+            debug!(service = %ctx.name, %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    match &ctx.proxy {
+        Some(h) => proxy(h, stream, peer, local, ctx).await,
+        None => forward_stream(stream, peer, local, ctx).await,
+    }
+}
+
+/// An HTTP/SOCKS connection: the handler counts and logs the details.
+async fn proxy<S>(h: &ProxyHandler, stream: S, peer: SocketAddr, local: SocketAddr, ctx: &Ctx)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match h.handle(stream, ConnInfo { peer, local }).await {
+        Ok(()) => inc(&ctx.stats.completed),
+        Err(_) => inc(&ctx.stats.errors),
+    }
+}
+
+/// The connection to a node, after the PROXY header and the TLS handshake.
+enum Backend {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Pick and connect a node, send the PROXY header, start TLS if configured.
+async fn open_backend(
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: &Ctx,
+) -> Option<(ActiveGuard, Backend)> {
+    let (node, backend) = ctx.connect_node(peer).await?;
     let guard = node.acquire();
     if let Some(v) = &ctx.proxy_protocol {
-        let dst = client.local_addr().unwrap_or(peer);
-        let header = proxy_protocol::header(v, peer, dst);
+        let header = proxy_protocol::header(v, peer, local);
         if let Err(e) = write_all_tcp(&backend, &header, ctx.backend_idle).await {
             inc(&ctx.stats.errors);
             debug!(service = %ctx.name, node = node.label(), error = %e, "sending PROXY header failed");
-            return;
+            return None;
         }
     }
-    let opts = RelayOpts {
+    let Some(client) = &ctx.backend_tls else {
+        return Some((guard, Backend::Plain(backend)));
+    };
+    let host = node.addr().rsplit_once(':').map_or(node.addr(), |(h, _)| h);
+    match tokio::time::timeout(ctx.connect_timeout, client.connect(backend, host)).await {
+        Ok(Ok(s)) => Some((guard, Backend::Tls(Box::new(s)))),
+        Ok(Err(e)) => {
+            inc(&ctx.stats.errors);
+            node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+            warn!(service = %ctx.name, node = node.label(), error = %e, "TLS handshake with node failed");
+            None
+        }
+        Err(_) => {
+            inc(&ctx.stats.errors);
+            node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+            warn!(service = %ctx.name, node = node.label(), "TLS handshake with node timed out");
+            None
+        }
+    }
+}
+
+fn relay_opts(ctx: &Ctx, guard: &ActiveGuard) -> RelayOpts {
+    RelayOpts {
         a_idle: ctx.client_idle,
         b_idle: ctx.backend_idle,
         counter: Some(guard.node().byte_counter()),
+    }
+}
+
+/// Forward a plain TCP client: splice when the node side is plain TCP too.
+async fn forward_tcp(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
+    let Some((guard, backend)) = open_backend(peer, local, ctx).await else {
+        return;
     };
-    match relay_tcp(&client, &backend, &opts).await {
+    let opts = relay_opts(ctx, &guard);
+    let result = match backend {
+        Backend::Plain(b) => relay_tcp(&client, &b, &opts).await,
+        Backend::Tls(mut b) => relay_with(&mut client, &mut *b, &opts).await,
+    };
+    report(ctx, peer, guard.node(), result);
+}
+
+/// Forward a client stream that is not a plain socket (TLS-terminated).
+async fn forward_stream<S>(mut client: S, peer: SocketAddr, local: SocketAddr, ctx: &Ctx)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some((guard, backend)) = open_backend(peer, local, ctx).await else {
+        return;
+    };
+    let opts = relay_opts(ctx, &guard);
+    let result = match backend {
+        Backend::Plain(mut b) => relay_with(&mut client, &mut b, &opts).await,
+        Backend::Tls(mut b) => relay_with(&mut client, &mut *b, &opts).await,
+    };
+    report(ctx, peer, guard.node(), result);
+}
+
+fn report(ctx: &Ctx, peer: SocketAddr, node: &Node, result: std::io::Result<(u64, u64)>) {
+    match result {
         Ok((up, down)) => {
             inc(&ctx.stats.completed);
             debug!(service = %ctx.name, %peer, node = node.label(), up, down, "connection done");
@@ -528,4 +735,34 @@ async fn write_all_tcp(
             "backend not reading",
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_lets_one_line_a_second_through() {
+        let l = LogLimiter::default();
+        assert_eq!(l.permit(), Some(0));
+        assert_eq!(l.permit(), None);
+        assert_eq!(l.permit(), None);
+        std::thread::sleep(Duration::from_millis(1050));
+        assert_eq!(l.permit(), Some(2));
+    }
+
+    #[test]
+    fn access_first_match_wins() {
+        let cfg = crate::config::service::AccessConfig {
+            default: AccessPolicy::Deny,
+            rules: vec!["deny 10.0.0.7".into(), "allow 10.0.0.0/8".into()],
+        };
+        let a = Access {
+            default: cfg.default,
+            rules: cfg.parse_rules().unwrap(),
+        };
+        assert!(a.allows("10.1.2.3".parse().unwrap()));
+        assert!(!a.allows("10.0.0.7".parse().unwrap()));
+        assert!(!a.allows("192.168.0.1".parse().unwrap()));
+    }
 }

@@ -103,6 +103,13 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<Ctx>, stop: Cancellatio
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        // max_connections bounds the sessions alive at once.
+        let max = ctx.config.max_connections as u64;
+        if max > 0 && ctx.stats.active.load(Ordering::Relaxed) >= max {
+            inc(&ctx.stats.over_limit);
+            inc(&ctx.stats.udp_dropped);
+            continue;
+        }
         let Some((node, backend)) = open_backend(&ctx, &cfg, client).await else {
             inc(&ctx.stats.udp_dropped);
             continue;
@@ -149,7 +156,9 @@ async fn open_backend(
         }
     }
     inc(&ctx.stats.no_node);
-    warn!(service = %ctx.name, %client, "no healthy node available; dropping datagram");
+    if let Some(suppressed) = ctx.no_node_log.permit() {
+        warn!(service = %ctx.name, %client, suppressed, "no healthy node available; dropping datagram");
+    }
     None
 }
 
@@ -210,7 +219,9 @@ async fn fire_and_forget(
     let Some(node) = ctx.balancer.pick(client.ip(), &[]) else {
         inc(&ctx.stats.no_node);
         inc(&ctx.stats.udp_dropped);
-        warn!(service = %ctx.name, %client, "no healthy node available; dropping datagram");
+        if let Some(suppressed) = ctx.no_node_log.permit() {
+            warn!(service = %ctx.name, %client, suppressed, "no healthy node available; dropping datagram");
+        }
         return;
     };
     let sent = if cfg.transparent {
@@ -274,7 +285,6 @@ impl Session {
         let mut last_client = Instant::now();
         let mut last_backend = Instant::now();
         let mut accepting = true;
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         let end = loop {
             let deadline = self.deadline(accepting, last_client, last_backend);
             tokio::select! {
@@ -304,27 +314,37 @@ impl Session {
                     // The receive loop stopped (drain): keep passing replies on.
                     None => accepting = false,
                 },
-                r = self.backend.recv(&mut buf) => match r {
-                    Ok(n) => {
-                        last_backend = Instant::now();
-                        responses += 1;
-                        counter.fetch_add(n as u64, Ordering::Relaxed);
-                        match self.listener.send_to(&buf[..n], self.client).await {
-                            Ok(_) => inc(&ctx.stats.udp_out),
+                r = self.backend.readable() => {
+                    let mut ended = None;
+                    // Drain every reply already queued; each one is passed on
+                    // without awaiting, so no datagram buffer lives in this task.
+                    loop {
+                        match self.pass_reply() {
+                            Ok(Some(n)) => {
+                                last_backend = Instant::now();
+                                responses += 1;
+                                counter.fetch_add(n as u64, Ordering::Relaxed);
+                                if self.cfg.max_responses > 0 && responses >= self.cfg.max_responses {
+                                    ended = Some(End::Done);
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
                             Err(e) => {
-                                inc(&ctx.stats.udp_dropped);
-                                debug!(service = %ctx.name, client = %self.client, error = %e, "send to client failed");
+                                // ECONNREFUSED: the node's port is closed (ICMP unreachable).
+                                self.node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+                                debug!(service = %ctx.name, node = self.node.label(), error = %e, "node receive error");
+                                ended = Some(End::Error);
+                                break;
                             }
                         }
-                        if self.cfg.max_responses > 0 && responses >= self.cfg.max_responses {
-                            break End::Done;
-                        }
                     }
-                    Err(e) => {
-                        // ECONNREFUSED: the node's port is closed (ICMP unreachable).
-                        self.node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
-                        debug!(service = %ctx.name, node = self.node.label(), error = %e, "node receive error");
+                    if let Err(e) = r {
+                        debug!(service = %ctx.name, error = %e, "node socket error");
                         break End::Error;
+                    }
+                    if let Some(end) = ended {
+                        break end;
                     }
                 },
             }
@@ -338,6 +358,26 @@ impl Session {
         });
         ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
         debug!(service = %ctx.name, client = %self.client, requests, responses, ?end, "udp session ended");
+    }
+
+    /// Move one queued reply from the node to the client. `Ok(None)`: none queued.
+    /// A reply the client's socket cannot take right now is dropped and counted,
+    /// as UDP would.
+    fn pass_reply(&self) -> io::Result<Option<usize>> {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let n = match self.backend.try_recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match self.listener.try_send_to(&buf[..n], self.client) {
+            Ok(_) => inc(&self.ctx.stats.udp_out),
+            Err(e) => {
+                inc(&self.ctx.stats.udp_dropped);
+                debug!(service = %self.ctx.name, client = %self.client, error = %e, "send to client failed");
+            }
+        }
+        Ok(Some(n))
     }
 
     fn no_timeouts(&self) -> bool {

@@ -1,0 +1,292 @@
+//! Service lifecycle: graceful drain on shutdown, reload (start/stop/replace with
+//! socket hand-over), discovery updating a running service.
+
+mod proxy_common;
+
+use std::time::{Duration, Instant};
+
+use gateway::proxy::ServiceSet;
+use proxy_common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn svc(name: &str, addr: &str, nodes: &str, extra: &str) -> String {
+    format!(
+        "- name: {name}\n  addr: \"{addr}\"\n  handler: {{type: tcp}}\n  listener: {{type: tcp}}\n  forwarder:\n    nodes: {nodes}\n{extra}"
+    )
+}
+
+async fn greet(s: &mut tokio::net::TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+async fn echo(s: &mut tokio::net::TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_then_cuts_after_grace() {
+    let a = Backend::start("a").await;
+    let yaml = format!(
+        "services:\n{}",
+        svc("d", "127.0.0.1:0", &nodes_yaml(&[&a]), "")
+    );
+    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let addr = set.local_addr("d").unwrap();
+    let mut finishing = connect_from(addr, None).await;
+    assert_eq!(greet(&mut finishing).await, "a");
+    let mut lingering = connect_from(addr, None).await;
+    assert_eq!(greet(&mut lingering).await, "a");
+
+    let t = Instant::now();
+    let shut = tokio::spawn(set.shutdown(Duration::from_millis(800)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The door is closed: new clients are refused, not left hanging.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // In-flight connections still work during the grace period and finish normally.
+    assert_eq!(echo(&mut finishing, b"still here").await, b"still here");
+    finishing.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    finishing.read_to_end(&mut rest).await.unwrap();
+    // The other one stays open past the grace period and is cut.
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), lingering.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "lingering connection not cut");
+    shut.await.unwrap();
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(750) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_returns_early_when_drained() {
+    let a = Backend::start("a").await;
+    let yaml = format!(
+        "services:\n{}",
+        svc("e", "127.0.0.1:0", &nodes_yaml(&[&a]), "")
+    );
+    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let mut c = connect_from(set.local_addr("e").unwrap(), None).await;
+    assert_eq!(greet(&mut c).await, "a");
+    let t = Instant::now();
+    let shut = tokio::spawn(set.shutdown(Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(c);
+    shut.await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn reload_starts_stops_and_replaces_without_rebinding() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
+    let p_keep = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let p_change = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let p_remove = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let p_new = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let keep = svc(
+        "keep",
+        &format!("127.0.0.1:{p_keep}"),
+        &nodes_yaml(&[&a]),
+        "",
+    );
+    let change_v1 = svc(
+        "change",
+        &format!("127.0.0.1:{p_change}"),
+        &nodes_yaml(&[&a]),
+        "",
+    );
+    let change_v2 = svc(
+        "change",
+        &format!("127.0.0.1:{p_change}"),
+        &nodes_yaml(&[&b]),
+        "",
+    );
+    let remove = svc(
+        "remove",
+        &format!("127.0.0.1:{p_remove}"),
+        &nodes_yaml(&[&a]),
+        "",
+    );
+    let new = svc("new", &format!("127.0.0.1:{p_new}"), &nodes_yaml(&[&b]), "");
+
+    let mut set =
+        ServiceSet::start(&services(&format!("services:\n{keep}{change_v1}{remove}"))).unwrap();
+    set.set_reload_grace(Duration::from_secs(5));
+    let at = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let mut held_keep = connect_from(at(p_keep), None).await;
+    assert_eq!(greet(&mut held_keep).await, "a");
+    let mut held_change = connect_from(at(p_change), None).await;
+    assert_eq!(greet(&mut held_change).await, "a");
+
+    set.reload(&services(&format!("services:\n{keep}{change_v2}{new}")))
+        .unwrap();
+    assert_eq!(set.names(), ["change", "keep", "new"]);
+    // Unchanged service: same instance (its counter survived).
+    assert_eq!(set.stats("keep").unwrap().accepted, 1);
+    // Changed service: same port, new nodes, and the old connection still works.
+    assert_eq!(which(at(p_change), None).await.as_deref(), Some("b"));
+    assert_eq!(echo(&mut held_change, b"old conn").await, b"old conn");
+    assert_eq!(echo(&mut held_keep, b"kept").await, b"kept");
+    // Removed service: refused. New service: serves.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(tokio::net::TcpStream::connect(at(p_remove)).await.is_err());
+    assert_eq!(which(at(p_new), None).await.as_deref(), Some("b"));
+
+    // A reload that cannot start a service changes nothing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = svc(
+        "bad",
+        &taken.local_addr().unwrap().to_string(),
+        &nodes_yaml(&[&a]),
+        "",
+    );
+    let e = set
+        .reload(&services(&format!("services:\n{keep}{bad}")))
+        .unwrap_err();
+    assert!(e.to_string().contains("\"bad\""), "{e}");
+    assert_eq!(set.names(), ["change", "keep", "new"]);
+    assert_eq!(which(at(p_new), None).await.as_deref(), Some("b"));
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn file_discovery_follows_the_file_and_keeps_last_good() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("nodes.txt");
+    std::fs::write(&list, format!("{}\n", a.addr)).unwrap();
+    let yaml = format!(
+        "services:\n{}",
+        svc(
+            "disc",
+            "127.0.0.1:0",
+            "[]",
+            &format!(
+                "    discovery: {{kind: file, file_path: \"{}\", interval: 100ms}}\n",
+                list.display()
+            )
+        )
+    );
+    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let addr = set.local_addr("disc").unwrap();
+    let bal = set.balancer("disc").unwrap();
+    assert!(wait_for(Duration::from_secs(2), || bal.nodes().len() == 1).await);
+    assert_eq!(which(addr, None).await.as_deref(), Some("a"));
+    // Rewrite as JSON with b only.
+    std::fs::write(
+        &list,
+        format!("[{{\"addr\": \"{}\", \"name\": \"b\"}}]", b.addr),
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(2), || bal
+            .nodes()
+            .first()
+            .is_some_and(|n| n.config.name == "b"))
+        .await
+    );
+    assert_eq!(which(addr, None).await.as_deref(), Some("b"));
+    // A broken file keeps the last good list.
+    std::fs::write(&list, "this is not a node list\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(bal.nodes().len(), 1);
+    assert_eq!(which(addr, None).await.as_deref(), Some("b"));
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn exec_discovery_and_setempty_policy() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::write(&out, format!("{} weight=2\n", a.addr)).unwrap();
+    let yaml = format!(
+        "services:\n{}",
+        svc(
+            "ex",
+            "127.0.0.1:0",
+            "[]",
+            &format!(
+                "    discovery: {{kind: exec, exec_command: [\"cat\", \"{}\"], interval: 100ms, failpolicy: setempty}}\n",
+                out.display()
+            )
+        )
+    );
+    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let bal = set.balancer("ex").unwrap();
+    assert!(wait_for(Duration::from_secs(2), || bal.nodes().len() == 1).await);
+    assert_eq!(bal.nodes()[0].config.weight, 2);
+    assert_eq!(
+        which(set.local_addr("ex").unwrap(), None).await.as_deref(),
+        Some("a")
+    );
+    std::fs::remove_file(&out).unwrap(); // cat fails → setempty
+    assert!(wait_for(Duration::from_secs(2), || bal.nodes().is_empty()).await);
+    assert_eq!(which(set.local_addr("ex").unwrap(), None).await, None);
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A one-shot DNS server on loopback answering any SRV query with one record.
+async fn fake_dns(target_port: u16) -> std::net::SocketAddr {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let mut m = buf[..n].to_vec();
+            m[2] = 0x81;
+            m[3] = 0x80;
+            m[7] = 1;
+            m.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 30]);
+            let target = b"\x09localhost\x00";
+            m.extend_from_slice(&((6 + target.len()) as u16).to_be_bytes());
+            m.extend_from_slice(&[0, 0, 0, 1]);
+            m.extend_from_slice(&target_port.to_be_bytes());
+            m.extend_from_slice(target);
+            let _ = s.send_to(&m, from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn srv_discovery() {
+    let a = Backend::start("a").await;
+    let dns = fake_dns(a.addr.port()).await;
+    let yaml = format!(
+        "services:\n{}",
+        svc(
+            "srv",
+            "127.0.0.1:0",
+            "[]",
+            &format!(
+                "    discovery: {{kind: srv, srv_lookup_server: \"{dns}\", srv_lookup_pattern: _web._tcp.lan, interval: 100ms}}\n"
+            )
+        )
+    );
+    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let bal = set.balancer("srv").unwrap();
+    assert!(wait_for(Duration::from_secs(2), || bal.nodes().len() == 1).await);
+    assert_eq!(
+        bal.nodes()[0].config.addr,
+        format!("localhost:{}", a.addr.port())
+    );
+    assert_eq!(
+        which(set.local_addr("srv").unwrap(), None).await.as_deref(),
+        Some("a")
+    );
+    set.shutdown(Duration::from_secs(1)).await;
+}
