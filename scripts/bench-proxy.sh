@@ -117,7 +117,7 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 HARD=$(ulimit -Hn)
 [ "$HARD" = unlimited ] && HARD=1048576
-FIT=$(( (HARD - 200) / 2 / 100 * 100 ))
+FIT=$(( (HARD - 300) / 2 / 100 * 100 ))
 IDLE_CONNS=${IDLE_CONNS:-10000}
 if [ "$IDLE_CONNS" -gt "$FIT" ]; then
     echo "bench-proxy.sh: open-files hard limit $HARD allows $FIT idle proxied connections, not $IDLE_CONNS; using $FIT" >&2
@@ -290,10 +290,14 @@ EOF
     cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn $((IDLE_CONNS + 100))
+    # HAProxy refuses to start if maxconn, plus two descriptors per splice pipe
+    # (maxpipes, default maxconn/4), does not fit the open-files limit.
+    ulimit-n $HARD
+    maxconn $((IDLE_CONNS + 50))
+    maxpipes 64
 defaults
     mode tcp
-    maxconn $((IDLE_CONNS + 100))
+    maxconn $((IDLE_CONNS + 50))
     option splice-auto
     timeout connect 5s
     timeout client 10m
@@ -319,7 +323,7 @@ worker_rlimit_nofile $HARD;
 daemon off;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx.err warn;
-events { worker_connections $((2 * IDLE_CONNS + 100)); }
+events { worker_connections $((2 * IDLE_CONNS + 50)); }
 stream {
     server { listen 127.0.0.1:$(port nginx 1) backlog=4096; proxy_pass 127.0.0.1:$b1; }
     server { listen 127.0.0.1:$(port nginx 2) backlog=4096; proxy_pass 127.0.0.1:$b2; }
