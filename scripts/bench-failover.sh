@@ -423,7 +423,7 @@ if out == "-":
 doc = f"""# Failover benchmark
 
 Produced by `scripts/bench-failover.sh` (run as root: `sudo scripts/bench-failover.sh`).
-Re-run it to refresh this file; it overwrites it.
+Re-run it to refresh this part; the proxy benchmark part below is kept.
 
 ## Method
 
@@ -477,7 +477,14 @@ Systems, fronting the same backend:
 {"## Failed trials" + chr(10) + chr(10) + chr(10).join(failures) if failures else ""}
 """
 os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+# scripts/bench-proxy.sh keeps its own part of this file between its markers: carry it over.
+kept = ""
+if os.path.exists(out):
+    old = open(out).read()
+    i = old.find("<!-- bench-proxy:begin")
+    if i >= 0:
+        kept = "\n" + old[i:]
 with open(out, "w") as f:
-    f.write(doc.rstrip() + "\n")
+    f.write(doc.rstrip() + "\n" + kept)
 print(f"wrote {out}")
 EOF

@@ -68,6 +68,7 @@ fi
 PY=$(python3 -c 'import sys; print(sys.executable)')
 
 WORK=$(mktemp -d /tmp/bench-proxy.XXXXXX)
+chmod 755 "$WORK" # nginx's workers (user nobody) serve the backend file from here
 PGIDS=()
 cleanup() {
     local g
@@ -364,15 +365,23 @@ measure() {
     result "$run" "$p" gbit_s "$v"
     $LOAD wrk -t1 -c50 -d"${WRK_SECS}s" -H "Connection: close" "http://127.0.0.1:$(port "$p" 2)/x" >"$WORK/wrk-conn-$run-$p.txt"
     result "$run" "$p" conn_s "$(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk-conn-$run-$p.txt")"
-    result "$run" "$p" conn_errors "$(awk '/Socket errors/ {e=0; for (i=4;i<=NF;i+=2) e+=$i; print e; f=1} END {if (!f) print 0}' "$WORK/wrk-conn-$run-$p.txt" | tr -d ,)"
+    # Socket errors and non-2xx answers both count: either means a broken exchange.
+    result "$run" "$p" conn_errors "$(awk '/Socket errors/ {gsub(",", ""); for (i=4;i<=NF;i+=2) e+=$i} /Non-2xx/ {e+=$NF} END {print e+0}' "$WORK/wrk-conn-$run-$p.txt")"
     $LOAD wrk -t1 -c10 -d"${WRK_SECS}s" --latency -s "$WORK/delay.lua" "http://127.0.0.1:$(port "$p" 2)/x" >"$WORK/wrk-lat-$run-$p.txt"
-    result "$run" "$p" p99_us "$("$PY" - "$WORK/wrk-lat-$run-$p.txt" <<'EOF'
+    read -r p99 p50 p90 bad <<<"$("$PY" - "$WORK/wrk-lat-$run-$p.txt" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
-m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-print(round(float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)], 1))
+def pct(p):
+    m = re.search(rf"^\s*{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    return round(float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)], 1)
+bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
+print(pct(99), pct(50), pct(90), bad.group(1) if bad else 0)
 EOF
 )"
+    result "$run" "$p" p99_us "$p99"
+    result "$run" "$p" p50_us "$p50"
+    result "$run" "$p" p90_us "$p90"
+    result "$run" "$p" lat_errors "$bad"
     result "$run" "$p" lat_req_s "$(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk-lat-$run-$p.txt")"
     if [ -n "$pid" ]; then
         result "$run" "$p" threads "$(for q in $(pids_of "$pid"); do ls "/proc/$q/task"; done | wc -l)"
@@ -429,6 +438,11 @@ FIGS = [  # metric, label, unit, format, better
     ("p99_us", "p99 latency", "µs", "{:.0f}", "lower"),
     ("mem_bytes_per_conn", "memory per idle connection", "bytes", "{:.0f}", "lower"),
 ]
+# Shown for context (the latency distribution below its tail); no target.
+CONTEXT = [
+    ("p50_us", "median latency", "µs", "{:.0f}", "lower"),
+    ("p90_us", "p90 latency", "µs", "{:.0f}", "lower"),
+]
 
 def mmm(xs, fmt):
     if not xs:
@@ -484,8 +498,8 @@ thr = {p: sorted({int(v) for v in val.get((p, 'threads'), {}).values()}) for p i
 L.append("- threads per proxy (all processes): " + ", ".join(f"{p} {'/'.join(map(str, t))}" for p, t in thr.items() if t))
 est = {p: sorted({int(v) for v in val.get((p, 'idle_established'), {}).values()}) for p in proxies}
 L.append("- idle connections held end to end: " + ", ".join(f"{p} {'/'.join(map(str, e))}" for p, e in est.items() if e))
-errs = {p: sum(val.get((p, 'conn_errors'), {}).values()) for p in proxies}
-L.append("- wrk socket errors in the connections/s test (all runs): " + ", ".join(f"{p} {int(e)}" for p, e in errs.items()))
+errs = {p: sum(val.get((p, 'conn_errors'), {}).values()) + sum(val.get((p, 'lat_errors'), {}).values()) for p in proxies}
+L.append("- failed requests in the wrk tests, socket errors or non-2xx answers (all runs): " + ", ".join(f"{p} {int(e)}" for p, e in errs.items()))
 rates = {p: statistics.median(val[(p, 'lat_req_s')].values()) for p in proxies if (p, 'lat_req_s') in val}
 L.append("- achieved rate in the latency test (median): " + ", ".join(f"{p} {r:.0f} req/s" for p, r in rates.items()))
 L.append(f"- runs: {runs}")
@@ -497,7 +511,7 @@ L.append("HAProxy measured in the same run (min / median / max of those ratios).
 L.append("")
 L.append("| figure | proxy | min | median | max | ratio to HAProxy: min | median | max |")
 L.append("|---|---|---|---|---|---|---|---|")
-for m, label, unit, fmt, better in FIGS:
+for m, label, unit, fmt, better in FIGS + CONTEXT:
     for p in proxies:
         xs = list(val.get((p, m), {}).values())
         if not xs:
