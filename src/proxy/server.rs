@@ -584,15 +584,16 @@ async fn serve_tcp(
 /// (`TCP_NODELAY` is inherited from the listening socket.)
 ///
 /// Every connection's task stores its future inline, sized for the largest path
-/// it could take. The handler and TLS paths hold request buffers and TLS state
-/// (27 KiB in all, measured), so they are boxed: a plain forwarded connection,
-/// the common case, then carries about 2 KiB (see the memory figure in
-/// docs/benchmarks.md).
+/// it could take, and each wrapping `async fn` / `select!` level adds its own copy
+/// of the arguments around it. The handler and TLS paths hold request buffers and
+/// TLS state (27 KiB in all, measured), so every path is boxed here: the task
+/// keeps only the small wrappers and a plain forwarded connection's boxed state is
+/// about 700 bytes (see the memory figure in docs/benchmarks.md).
 async fn serve(client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
     let Some(acceptor) = &ctx.tls else {
         return match &ctx.proxy {
             Some(h) => Box::pin(proxy(h, client, peer, local, ctx)).await,
-            None => forward_tcp(client, peer, local, ctx).await,
+            None => Box::pin(forward_tcp(client, peer, local, ctx)).await,
         };
     };
     Box::pin(serve_tls(acceptor, client, peer, local, ctx)).await
