@@ -538,10 +538,7 @@ async fn accept_loop(
         let c = ctx.clone();
         // One getsockname serves both the cut registry and the handler.
         let local = sock.local_addr().unwrap_or(peer);
-        ctx.tracker.spawn(super::cut::until_cut(
-            Some(local.ip()),
-            serve_tcp(sock, peer, local, c, permit),
-        ));
+        ctx.tracker.spawn(serve_tcp(sock, peer, local, c, permit));
     }
     debug!(service = %ctx.name, "accept loop ended");
 }
@@ -571,10 +568,18 @@ async fn serve_tcp(
 ) {
     let _active = ActiveCount::new(&ctx.stats);
     let kill = ctx.kill.clone();
+    // Connections to an address this host no longer holds (the VIP moved away)
+    // are cut at once: see `cut`. The token is selected on here rather than by
+    // wrapping this future, which would store it twice in the task.
+    let released = super::cut::token_for(local.ip());
     tokio::select! {
         _ = kill.cancelled() => {
             inc(&ctx.stats.killed);
             debug!(service = %ctx.name, %peer, "connection cut at end of grace period");
+        }
+        _ = released.cancelled() => {
+            inc(&ctx.stats.killed);
+            debug!(service = %ctx.name, %peer, %local, "connection cut: address released");
         }
         _ = serve(client, peer, local, &ctx) => {}
     }
@@ -582,13 +587,26 @@ async fn serve_tcp(
 
 /// TLS termination if the listener wants it, then the handler.
 /// (`TCP_NODELAY` is inherited from the listening socket.)
+///
+/// Only plain forwarding runs inline. A task's future is as large as the largest
+/// path it could take, so the TLS and proxy-handler paths (whose futures hold a
+/// TLS session or an HTTP parser) are boxed: they are allocated only by the
+/// connections that take them, and an idle forwarded connection stays small.
 async fn serve(client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
-    let Some(acceptor) = &ctx.tls else {
-        return match &ctx.proxy {
-            Some(h) => proxy(h, client, peer, local, ctx).await,
-            None => forward_tcp(client, peer, local, ctx).await,
-        };
-    };
+    match (&ctx.tls, &ctx.proxy) {
+        (None, None) => forward_tcp(client, peer, local, ctx).await,
+        (None, Some(h)) => Box::pin(proxy(h, client, peer, local, ctx)).await,
+        (Some(acceptor), _) => Box::pin(serve_tls(acceptor, client, peer, local, ctx)).await,
+    }
+}
+
+async fn serve_tls(
+    acceptor: &TlsAcceptor,
+    client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: &Ctx,
+) {
     let stream = match tls::accept_with_timeout(acceptor, client, ctx.handshake_timeout).await {
         Ok(s) => s,
         Err(e) => {
@@ -626,11 +644,14 @@ async fn open_backend(
     local: SocketAddr,
     ctx: &Ctx,
 ) -> Option<(ActiveGuard, Backend)> {
-    let (node, backend) = ctx.connect_node(peer).await?;
+    // Boxed: choosing, resolving and connecting takes a sizeable future that is
+    // needed only until connected; inline, every connection would carry that
+    // space for its whole life.
+    let (node, backend) = Box::pin(ctx.connect_node(peer)).await?;
     let guard = node.acquire();
     if let Some(v) = &ctx.proxy_protocol {
         let header = proxy_protocol::header(v, peer, local);
-        if let Err(e) = write_all_tcp(&backend, &header, ctx.backend_idle).await {
+        if let Err(e) = Box::pin(write_all_tcp(&backend, &header, ctx.backend_idle)).await {
             inc(&ctx.stats.errors);
             debug!(service = %ctx.name, node = node.label(), error = %e, "sending PROXY header failed");
             return None;
@@ -640,7 +661,9 @@ async fn open_backend(
         return Some((guard, Backend::Plain(backend)));
     };
     let host = node.addr().rsplit_once(':').map_or(node.addr(), |(h, _)| h);
-    match tokio::time::timeout(ctx.connect_timeout, client.connect(backend, host)).await {
+    // Boxed: a TLS handshake future is large, and only TLS nodes should carry it.
+    let handshake = Box::pin(client.connect(backend, host));
+    match tokio::time::timeout(ctx.connect_timeout, handshake).await {
         Ok(Ok(s)) => Some((guard, Backend::Tls(Box::new(s)))),
         Ok(Err(e)) => {
             inc(&ctx.stats.errors);
@@ -673,7 +696,8 @@ async fn forward_tcp(mut client: TcpStream, peer: SocketAddr, local: SocketAddr,
     let opts = relay_opts(ctx, &guard);
     let result = match backend {
         Backend::Plain(b) => relay_tcp(&client, &b, &opts).await,
-        Backend::Tls(mut b) => relay_with(&mut client, &mut *b, &opts).await,
+        // Boxed for the same reason as in `serve`: only TLS nodes pay for it.
+        Backend::Tls(mut b) => Box::pin(relay_with(&mut client, &mut *b, &opts)).await,
     };
     report(ctx, peer, guard.node(), result);
 }
@@ -740,6 +764,49 @@ async fn write_all_tcp(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every connection's task holds this future for its whole life, so its size
+    /// is the per-connection memory floor. Rare paths (TLS, proxy handlers,
+    /// connecting, the PROXY header) are boxed to keep it small; this catches a
+    /// change that pulls one back inline (or wraps the future, which stores it
+    /// twice).
+    #[tokio::test]
+    async fn connection_future_stays_small() {
+        let cfg = crate::config::Config::from_str_named(
+            "services: [{name: s, addr: \"127.0.0.1:0\", handler: {type: tcp}, listener: {type: tcp}, forwarder: {nodes: [{addr: \"127.0.0.1:9\"}]}}]\n",
+            std::path::Path::new("t.yml"),
+        )
+        .unwrap()
+        .services
+        .remove(0);
+        let fwd = cfg.forwarder.clone().unwrap();
+        let ctx = Arc::new(Ctx {
+            name: Arc::from("s"),
+            balancer: Arc::new(Balancer::new(&fwd.selector, &fwd.nodes)),
+            router: Router::default(),
+            access: None,
+            proxy_protocol: None,
+            client_idle: None,
+            backend_idle: None,
+            stats: Arc::default(),
+            kill: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            config: cfg,
+            no_node_log: LogLimiter::default(),
+            handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+            connect_timeout: Duration::from_secs(1),
+            proxy: None,
+            tls: None,
+            backend_tls: None,
+        });
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (sock, peer) = l.accept().await.unwrap();
+        let fut = serve_tcp(sock, peer, addr, ctx, None);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1536, "connection future is {size} bytes");
+    }
 
     #[test]
     fn log_limiter_lets_one_line_a_second_through() {
