@@ -580,7 +580,7 @@ impl Lab {
         matches!(self.client_get(ip, port, timeout), Ok(text) if text == BACKEND_BANNER)
     }
 
-    /// Keep trying (300 ms per attempt) until the client gets the backend's banner
+    /// Keep trying (150 ms per attempt) until the client gets the backend's banner
     /// from `ip:port`; the time it took, or the last error at the deadline.
     pub fn wait_client_reaches(
         &self,
@@ -591,7 +591,7 @@ impl Lab {
         let start = Instant::now();
         let mut last = String::from("no attempt");
         poll(timeout, || {
-            match self.client_get(ip, port, Duration::from_millis(300)) {
+            match self.client_get(ip, port, Duration::from_millis(150)) {
                 Ok(text) if text == BACKEND_BANNER => return Some(start.elapsed()),
                 Ok(text) => last = format!("unexpected answer {text:?}"),
                 Err(e) => last = e.to_string(),
