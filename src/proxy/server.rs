@@ -538,10 +538,7 @@ async fn accept_loop(
         let c = ctx.clone();
         // One getsockname serves both the cut registry and the handler.
         let local = sock.local_addr().unwrap_or(peer);
-        ctx.tracker.spawn(super::cut::until_cut(
-            Some(local.ip()),
-            serve_tcp(sock, peer, local, c, permit),
-        ));
+        ctx.tracker.spawn(serve_tcp(sock, peer, local, c, permit));
     }
     debug!(service = %ctx.name, "accept loop ended");
 }
@@ -571,10 +568,18 @@ async fn serve_tcp(
 ) {
     let _active = ActiveCount::new(&ctx.stats);
     let kill = ctx.kill.clone();
+    // Connections to an address this host no longer holds (the VIP moved away)
+    // are cut at once: see `cut`. The token is selected on here rather than by
+    // wrapping this future, which would store it twice in the task.
+    let released = super::cut::token_for(local.ip());
     tokio::select! {
         _ = kill.cancelled() => {
             inc(&ctx.stats.killed);
             debug!(service = %ctx.name, %peer, "connection cut at end of grace period");
+        }
+        _ = released.cancelled() => {
+            inc(&ctx.stats.killed);
+            debug!(service = %ctx.name, %peer, %local, "connection cut: address released");
         }
         _ = serve(client, peer, local, &ctx) => {}
     }
@@ -583,20 +588,16 @@ async fn serve_tcp(
 /// TLS termination if the listener wants it, then the handler.
 /// (`TCP_NODELAY` is inherited from the listening socket.)
 ///
-/// Every connection's task stores its future inline, sized for the largest path
-/// it could take, and each wrapping `async fn` / `select!` level adds its own copy
-/// of the arguments around it. The handler and TLS paths hold request buffers and
-/// TLS state (27 KiB in all, measured), so every path is boxed here: the task
-/// keeps only the small wrappers and a plain forwarded connection's boxed state is
-/// about 700 bytes (see the memory figure in docs/benchmarks.md).
+/// Only plain forwarding runs inline. A task's future is as large as the largest
+/// path it could take, so the TLS and proxy-handler paths (whose futures hold a
+/// TLS session or an HTTP parser) are boxed: they are allocated only by the
+/// connections that take them, and an idle forwarded connection stays small.
 async fn serve(client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
-    let Some(acceptor) = &ctx.tls else {
-        return match &ctx.proxy {
-            Some(h) => Box::pin(proxy(h, client, peer, local, ctx)).await,
-            None => Box::pin(forward_tcp(client, peer, local, ctx)).await,
-        };
-    };
-    Box::pin(serve_tls(acceptor, client, peer, local, ctx)).await
+    match (&ctx.tls, &ctx.proxy) {
+        (None, None) => forward_tcp(client, peer, local, ctx).await,
+        (None, Some(h)) => Box::pin(proxy(h, client, peer, local, ctx)).await,
+        (Some(acceptor), _) => Box::pin(serve_tls(acceptor, client, peer, local, ctx)).await,
+    }
 }
 
 async fn serve_tls(
@@ -643,11 +644,14 @@ async fn open_backend(
     local: SocketAddr,
     ctx: &Ctx,
 ) -> Option<(ActiveGuard, Backend)> {
-    let (node, backend) = ctx.connect_node(peer).await?;
+    // Boxed: choosing, resolving and connecting takes a sizeable future that is
+    // needed only until connected; inline, every connection would carry that
+    // space for its whole life.
+    let (node, backend) = Box::pin(ctx.connect_node(peer)).await?;
     let guard = node.acquire();
     if let Some(v) = &ctx.proxy_protocol {
         let header = proxy_protocol::header(v, peer, local);
-        if let Err(e) = write_all_tcp(&backend, &header, ctx.backend_idle).await {
+        if let Err(e) = Box::pin(write_all_tcp(&backend, &header, ctx.backend_idle)).await {
             inc(&ctx.stats.errors);
             debug!(service = %ctx.name, node = node.label(), error = %e, "sending PROXY header failed");
             return None;
@@ -657,7 +661,7 @@ async fn open_backend(
         return Some((guard, Backend::Plain(backend)));
     };
     let host = node.addr().rsplit_once(':').map_or(node.addr(), |(h, _)| h);
-    // Boxed: the handshake state is large and only TLS forwarders need it.
+    // Boxed: a TLS handshake future is large, and only TLS nodes should carry it.
     let handshake = Box::pin(client.connect(backend, host));
     match tokio::time::timeout(ctx.connect_timeout, handshake).await {
         Ok(Ok(s)) => Some((guard, Backend::Tls(Box::new(s)))),
@@ -686,15 +690,13 @@ fn relay_opts(ctx: &Ctx, guard: &ActiveGuard) -> RelayOpts {
 
 /// Forward a plain TCP client: splice when the node side is plain TCP too.
 async fn forward_tcp(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
-    // Boxed for the same reason as in `serve`: the connect phase's state (name
-    // lookup, connect and timeout futures) would otherwise stay part of every
-    // connection's task for its whole life; boxed, it is freed once connected.
-    let Some((guard, backend)) = Box::pin(open_backend(peer, local, ctx)).await else {
+    let Some((guard, backend)) = open_backend(peer, local, ctx).await else {
         return;
     };
     let opts = relay_opts(ctx, &guard);
     let result = match backend {
         Backend::Plain(b) => relay_tcp(&client, &b, &opts).await,
+        // Boxed for the same reason as in `serve`: only TLS nodes pay for it.
         Backend::Tls(mut b) => Box::pin(relay_with(&mut client, &mut *b, &opts)).await,
     };
     report(ctx, peer, guard.node(), result);
@@ -762,6 +764,49 @@ async fn write_all_tcp(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every connection's task holds this future for its whole life, so its size
+    /// is the per-connection memory floor. Rare paths (TLS, proxy handlers,
+    /// connecting, the PROXY header) are boxed to keep it small; this catches a
+    /// change that pulls one back inline (or wraps the future, which stores it
+    /// twice).
+    #[tokio::test]
+    async fn connection_future_stays_small() {
+        let cfg = crate::config::Config::from_str_named(
+            "services: [{name: s, addr: \"127.0.0.1:0\", handler: {type: tcp}, listener: {type: tcp}, forwarder: {nodes: [{addr: \"127.0.0.1:9\"}]}}]\n",
+            std::path::Path::new("t.yml"),
+        )
+        .unwrap()
+        .services
+        .remove(0);
+        let fwd = cfg.forwarder.clone().unwrap();
+        let ctx = Arc::new(Ctx {
+            name: Arc::from("s"),
+            balancer: Arc::new(Balancer::new(&fwd.selector, &fwd.nodes)),
+            router: Router::default(),
+            access: None,
+            proxy_protocol: None,
+            client_idle: None,
+            backend_idle: None,
+            stats: Arc::default(),
+            kill: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            config: cfg,
+            no_node_log: LogLimiter::default(),
+            handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+            connect_timeout: Duration::from_secs(1),
+            proxy: None,
+            tls: None,
+            backend_tls: None,
+        });
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (sock, peer) = l.accept().await.unwrap();
+        let fut = serve_tcp(sock, peer, addr, ctx, None);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1536, "connection future is {size} bytes");
+    }
 
     #[test]
     fn log_limiter_lets_one_line_a_second_through() {

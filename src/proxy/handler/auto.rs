@@ -35,8 +35,8 @@ use super::socks::{
     Socks5Metadata, default_udp_buffer_size, validate_udp_buffer,
 };
 use super::{
-    ConnInfo, HandlerError, HandlerStats, default_read_timeout, deserialize_go_duration,
-    log_outcome, validate_timeout,
+    ConnInfo, HandlerError, HandlerStats, counted, default_read_timeout, deserialize_go_duration,
+    validate_timeout,
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
@@ -161,11 +161,13 @@ impl AutoHandler {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _active = self.stats.start();
-        let outcome = self.serve(BufConn::new(stream), conn).await;
-        self.stats.record(&outcome);
-        log_outcome("auto", &conn, &outcome);
-        outcome
+        counted(
+            &self.stats,
+            "auto",
+            &conn,
+            self.serve(BufConn::new(stream), conn),
+        )
+        .await
     }
 
     async fn serve<S>(&self, mut client: BufConn<S>, conn: ConnInfo) -> Result<(), HandlerError>

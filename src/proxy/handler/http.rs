@@ -73,8 +73,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::conn::{BufConn, CopyError};
 use super::{
-    ConnInfo, HandlerError, HandlerStats, credentials_match, default_read_timeout,
-    deserialize_go_duration, log_outcome, validate_timeout,
+    ConnInfo, HandlerError, HandlerStats, counted, credentials_match, default_read_timeout,
+    deserialize_go_duration, validate_timeout,
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
@@ -295,11 +295,13 @@ impl HttpHandler {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _active = self.stats.start();
-        let outcome = self.serve(BufConn::new(stream), conn).await;
-        self.stats.record(&outcome);
-        log_outcome("http", &conn, &outcome);
-        outcome
+        counted(
+            &self.stats,
+            "http",
+            &conn,
+            self.serve(BufConn::new(stream), conn),
+        )
+        .await
     }
 
     /// Serve a connection whose first bytes may already sit in the buffer (the auto

@@ -354,6 +354,24 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
+/// Serve one connection under the handler's counters: `active` while it runs, one
+/// outcome counter and one log line when it ends. Every handler's `handle` is this.
+pub(crate) async fn counted<F>(
+    stats: &HandlerStats,
+    kind: &str,
+    conn: &ConnInfo,
+    serve: F,
+) -> Result<(), HandlerError>
+where
+    F: std::future::Future<Output = Result<(), HandlerError>>,
+{
+    let _active = stats.start();
+    let outcome = serve.await;
+    stats.record(&outcome);
+    log_outcome(kind, conn, &outcome);
+    outcome
+}
+
 /// Log one finished connection at a level that matches how interesting it is:
 /// client mistakes are routine (debug), target failures are worth an operator's
 /// look (info), success is trace.

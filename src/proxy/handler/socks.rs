@@ -63,8 +63,8 @@ use tokio::net::UdpSocket;
 
 use super::conn::BufConn;
 use super::{
-    ConnInfo, HandlerError, HandlerStats, credentials_match, default_read_timeout,
-    deserialize_go_duration, join_host_port, log_outcome, validate_timeout,
+    ConnInfo, HandlerError, HandlerStats, counted, credentials_match, default_read_timeout,
+    deserialize_go_duration, join_host_port, validate_timeout,
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
@@ -354,11 +354,13 @@ impl Socks5Handler {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _active = self.stats.start();
-        let outcome = self.serve(BufConn::new(stream), conn).await;
-        self.stats.record(&outcome);
-        log_outcome("socks5", &conn, &outcome);
-        outcome
+        counted(
+            &self.stats,
+            "socks5",
+            &conn,
+            self.serve(BufConn::new(stream), conn),
+        )
+        .await
     }
 
     pub(crate) async fn serve<S>(
@@ -750,11 +752,13 @@ impl Socks4Handler {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _active = self.stats.start();
-        let outcome = self.serve(BufConn::new(stream), conn).await;
-        self.stats.record(&outcome);
-        log_outcome("socks4", &conn, &outcome);
-        outcome
+        counted(
+            &self.stats,
+            "socks4",
+            &conn,
+            self.serve(BufConn::new(stream), conn),
+        )
+        .await
     }
 
     pub(crate) async fn serve<S>(
