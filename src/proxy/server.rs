@@ -241,6 +241,13 @@ impl Ctx {
                     node.connect_ok();
                     return Some((node, s));
                 }
+                Err(e) if local_resource_exhausted(&e) => {
+                    // Out of descriptors or buffers here: the node is not to blame,
+                    // and another node would fail the same way.
+                    inc(&self.stats.connect_failures);
+                    warn!(service = %self.name, error = %e, "cannot open a connection to a node: local resources exhausted");
+                    return None;
+                }
                 Err(e) => {
                     inc(&self.stats.connect_failures);
                     let benched =
@@ -256,6 +263,14 @@ impl Ctx {
         }
         None
     }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: failures of this host, not of the node dialled.
+fn local_resource_exhausted(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// A started service.
@@ -806,6 +821,16 @@ mod tests {
         let fut = serve_tcp(sock, peer, addr, ctx, None);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1536, "connection future is {size} bytes");
+    }
+
+    #[test]
+    fn descriptor_exhaustion_is_not_the_nodes_fault() {
+        assert!(local_resource_exhausted(
+            &std::io::Error::from_raw_os_error(libc::EMFILE)
+        ));
+        assert!(!local_resource_exhausted(
+            &std::io::Error::from_raw_os_error(libc::ECONNREFUSED)
+        ));
     }
 
     #[test]
