@@ -19,6 +19,9 @@
 #   OUT           markdown file to update (default docs/benchmarks.md; "-" = none).
 #                 Only the part between the bench-proxy markers is replaced.
 #   GATEWAY_BIN   use this binary instead of building target/release/gateway
+#   FIGURES       which figures to measure, any of: memory throughput conn latency
+#                 (default: all four)
+#   LAT_SECS      length of the latency test in seconds (default 5)
 #   KEEP_WORK     keep the work directory (configs, logs, raw outputs)
 #   RESULTS_FROM  measure nothing; rebuild the report from the result lines an
 #                 earlier run printed on stderr (`scripts/bench-proxy.sh 2>run.log`)
@@ -59,6 +62,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/docs/benchmarks.md}
 IPERF_SECS=4
 WRK_SECS=5
+LAT_SECS=${LAT_SECS:-5}
+FIGURES=${FIGURES:-"memory throughput conn latency"}
+want() { [[ " $FIGURES " == *" $1 "* ]]; }
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "bench-proxy.sh: run as root (it may install packages; daemons run as root)" >&2
@@ -349,7 +355,7 @@ result() { # result RUN PROXY METRIC VALUE
 # measure RUN PROXY [PID]: every figure through PROXY (direct: no proxy, no memory)
 measure() {
     local run=$1 p=$2 pid=${3:-} out v
-    if [ -n "$pid" ]; then
+    if [ -n "$pid" ] && want memory; then
         out=$($LOAD "$PY" "$WORK/hold.py" "$(port "$p" 3)" "$(port backend 3)" "$IDLE_CONNS" $(pids_of "$pid"))
         read -r before after est <<<"$out"
         result "$run" "$p" idle_established "$est"
@@ -360,14 +366,19 @@ measure() {
         fi
         sleep 1 # let the proxy tear the held connections down
     fi
+    if want throughput; then
     v=$($LOAD iperf3 -c 127.0.0.1 -p "$(port "$p" 1)" -P 2 -O 1 -t "$IPERF_SECS" -J |
         "$PY" -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9, 3))')
     result "$run" "$p" gbit_s "$v"
+    fi
+    if want conn; then
     $LOAD wrk -t1 -c50 -d"${WRK_SECS}s" -H "Connection: close" "http://127.0.0.1:$(port "$p" 2)/x" >"$WORK/wrk-conn-$run-$p.txt"
     result "$run" "$p" conn_s "$(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk-conn-$run-$p.txt")"
     # Socket errors and non-2xx answers both count: either means a broken exchange.
     result "$run" "$p" conn_errors "$(awk '/Socket errors/ {gsub(",", ""); for (i=4;i<=NF;i+=2) e+=$i} /Non-2xx/ {e+=$NF} END {print e+0}' "$WORK/wrk-conn-$run-$p.txt")"
-    $LOAD wrk -t1 -c10 -d"${WRK_SECS}s" --latency -s "$WORK/delay.lua" "http://127.0.0.1:$(port "$p" 2)/x" >"$WORK/wrk-lat-$run-$p.txt"
+    fi
+    if want latency; then
+    $LOAD wrk -t1 -c10 -d"${LAT_SECS}s" --latency -s "$WORK/delay.lua" "http://127.0.0.1:$(port "$p" 2)/x" >"$WORK/wrk-lat-$run-$p.txt"
     read -r p99 p50 p90 bad <<<"$("$PY" - "$WORK/wrk-lat-$run-$p.txt" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
@@ -383,6 +394,7 @@ EOF
     result "$run" "$p" p90_us "$p90"
     result "$run" "$p" lat_errors "$bad"
     result "$run" "$p" lat_req_s "$(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk-lat-$run-$p.txt")"
+    fi
     if [ -n "$pid" ]; then
         result "$run" "$p" threads "$(for q in $(pids_of "$pid"); do ls "/proc/$q/task"; done | wc -l)"
     fi
