@@ -2,7 +2,7 @@
 # Proxy benchmark: this gateway's TCP forwarding against HAProxy (tcp mode) and
 # nginx `stream`, all in front of the same backends on 127.0.0.1, in one run.
 #
-#   sudo scripts/bench-proxy.sh                    # 5 runs, about 7 minutes
+#   sudo scripts/bench-proxy.sh                    # 5 runs, about 9 minutes
 #   RUNS=3 PROXIES="gateway haproxy" sudo -E scripts/bench-proxy.sh
 #
 # Environment:
@@ -21,7 +21,7 @@
 #   GATEWAY_BIN   use this binary instead of building target/release/gateway
 #   FIGURES       which figures to measure, any of: memory throughput conn latency
 #                 (default: all four)
-#   LAT_SECS      length of the latency test in seconds (default 5)
+#   LAT_SECS      length of the latency test in seconds (default 10)
 #   KEEP_WORK     keep the work directory (configs, logs, raw outputs)
 #   RESULTS_FROM  measure nothing; rebuild the report from the result lines an
 #                 earlier run printed on stderr (`scripts/bench-proxy.sh 2>run.log`)
@@ -32,7 +32,7 @@
 #   conn/s      wrk -t1 -c50 -H "Connection: close" for 5 s against nginx serving a
 #               16-byte file: every request is a new client connection and a new
 #               backend connection; requests/s = connections/s
-#   p99         wrk -t1 -c10 --latency for 5 s on keep-alive connections, each
+#   p99         wrk -t1 -c10 --latency for LAT_SECS s on keep-alive connections, each
 #               connection pausing 5 ms before every request (wrk's Lua delay()
 #               hook): a fixed, moderate offered load of about 10 x 1000/5 = 2000
 #               requests/s. wrk2 is not in Debian; this is wrk's own latency
@@ -62,7 +62,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/docs/benchmarks.md}
 IPERF_SECS=4
 WRK_SECS=5
-LAT_SECS=${LAT_SECS:-5}
+LAT_SECS=${LAT_SECS:-10}
 FIGURES=${FIGURES:-"memory throughput conn latency"}
 want() { [[ " $FIGURES " == *" $1 "* ]]; }
 
@@ -436,7 +436,7 @@ else
 fi
 
 # Report: min/median/max per figure, paired per-run ratios to HAProxy, targets.
-"$PY" - "$WORK/results" "$OUT" "$GATEWAY_DESC" "$ENV_DESC" <<'EOF'
+LAT_SECS=$LAT_SECS "$PY" - "$WORK/results" "$OUT" "$GATEWAY_DESC" "$ENV_DESC" <<'EOF'
 import collections, os, statistics, sys
 results, out, gw_desc, env_desc = sys.argv[1:5]
 val = collections.defaultdict(dict)  # (proxy, metric) -> {run: value}
@@ -484,7 +484,7 @@ L.append("  streams, 4 s measured after 1 s omitted, bits/s received.")
 L.append("- **new connections/s**: `wrk -t1 -c50 -H \"Connection: close\"` for 5 s against")
 L.append("  nginx serving a 16-byte file: each request is one client and one backend")
 L.append("  connection.")
-L.append("- **p99 latency**: `wrk -t1 -c10 --latency` for 5 s on keep-alive connections,")
+L.append(f"- **p99 latency**: `wrk -t1 -c10 --latency` for {os.environ.get('LAT_SECS', '10')} s on keep-alive connections,")
 L.append("  each waiting 5 ms before every request (wrk's Lua `delay()`), i.e. a fixed,")
 L.append("  moderate offered load of about 2,000 requests/s (wrk2 is not packaged by")
 L.append("  Debian). The 99th percentile of wrk's request-to-response latency.")
