@@ -2,7 +2,7 @@
 //!
 //! A listener (TCP, TLS, ...) produces a byte stream; a handler speaks a proxy
 //! protocol on it, learns where the client wants to go, reaches that target through
-//! the [`Router`](crate::proxy::router::Router) and then moves bytes. This module
+//! the [`Router`] and then moves bytes. This module
 //! holds the three proxy handlers of GOST's model:
 //!
 //! * [`http::HttpHandler`] — an HTTP/1.x forward proxy: absolute-URI requests are
