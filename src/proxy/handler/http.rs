@@ -646,9 +646,13 @@ impl Http {
 }
 
 /// How long, and how much, a closing connection keeps reading what the client
-/// still sends.
-const LINGER_TIME: Duration = Duration::from_millis(500);
-const LINGER_BYTES: usize = 256 * 1024;
+/// still sends. A client mid-upload notices the reply only when it next looks at
+/// its socket, which on a busy machine can be after megabytes more of body have
+/// been sent (loopback moves them in milliseconds): the byte cap is there to stop
+/// a client that never looks, not to be reached by one that is merely slow (like
+/// nginx's `lingering_close`, bounded by `lingering_time`).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Close after a final reply without destroying it. Closing a socket that still
 /// has unread input makes the kernel send a reset, and a reset can discard our
