@@ -10,42 +10,33 @@ use std::time::Duration;
 use gateway::config::auth::{AuthConfig, Secret};
 use gateway::proxy::handler::auto::{AutoHandler, AutoHandlerOptions};
 use gateway::proxy::handler::socks::{Socks4Handler, Socks5Handler, Socks5HandlerOptions};
+use gateway::proxy::handler::{HandlerStats, ProxyHandler};
 use gateway::proxy::router::Router;
 use handlers_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-async fn socks5(opts: Socks5HandlerOptions) -> (SocketAddr, Arc<Socks5Handler>) {
-    let handler = Arc::new(Socks5Handler::new(opts, Router::default()));
-    let h = handler.clone();
-    let addr = spawn_proxy(move |s, c| {
-        let h = h.clone();
-        async move {
-            let _ = h.handle(s, c).await;
-        }
-    })
-    .await;
-    (addr, handler)
+/// A SOCKS5 proxy with these options on a loopback port, and its counters.
+async fn socks5(opts: Socks5HandlerOptions) -> (SocketAddr, Arc<HandlerStats>) {
+    let handler = Socks5Handler::new(opts, Router::default());
+    serve(ProxyHandler::Socks5(handler)).await
 }
 
-async fn auto(opts: AutoHandlerOptions) -> (SocketAddr, Arc<AutoHandler>) {
-    let handler = Arc::new(AutoHandler::new(opts, Router::default()));
-    let h = handler.clone();
-    let addr = spawn_proxy(move |s, c| {
-        let h = h.clone();
-        async move {
-            let _ = h.handle(s, c).await;
-        }
-    })
-    .await;
-    (addr, handler)
+/// An `auto` proxy with these options on a loopback port, and its counters.
+async fn auto(opts: AutoHandlerOptions) -> (SocketAddr, Arc<HandlerStats>) {
+    let handler = AutoHandler::new(opts, Router::default());
+    serve(ProxyHandler::Auto(Box::new(handler))).await
 }
 
-fn alice() -> AuthConfig {
-    AuthConfig {
+/// A `kind` proxy (`socks5`, `auto`, ...) that wants alice's credentials, built
+/// the way a service builds it.
+async fn for_alice(kind: &str) -> (SocketAddr, Arc<HandlerStats>) {
+    let alice = AuthConfig {
         username: "alice".into(),
         password: Secret("s3cret".into()),
-    }
+    };
+    let handler = ProxyHandler::from_parts(kind, Some(alice), None, Router::default(), kind);
+    serve(handler.expect("handler")).await
 }
 
 fn with_udp() -> Socks5HandlerOptions {
@@ -95,84 +86,50 @@ fn reply_addr(reply: &[u8]) -> SocketAddr {
 #[tokio::test]
 async fn curl_connect_ipv4_domain_ipv6() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, handler) = socks5(Socks5HandlerOptions::default()).await;
+    let (p, stats) = socks5(Socks5HandlerOptions::default()).await;
     // --socks5: curl resolves, sends IPv4. --socks5-hostname: sends the name.
-    let r = curl(&[
-        "--socks5",
-        &p.to_string(),
-        &format!("http://{}/hello", origin.addr),
-    ])
+    let p = p.to_string();
+    curl_expect(&["--socks5", &p, &origin.url("/hello")], "hello").await;
+    curl_expect(
+        &["--socks5-hostname", &p, &origin.url_by_name("/hello")],
+        "hello",
+    )
     .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
-    let r = curl(&[
-        "--socks5-hostname",
-        &p.to_string(),
-        &format!("http://localhost:{}/hello", origin.addr.port()),
-    ])
-    .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
         let o6 = spawn_origin("[::1]:0").await;
-        let r = curl(&[
-            "--socks5",
-            &p.to_string(),
-            &format!("http://[::1]:{}/hello", o6.addr.port()),
-        ])
-        .await;
-        assert_eq!(r.text(), "hello", "{}", r.stderr);
+        let url = format!("http://[::1]:{}/hello", o6.addr.port());
+        curl_expect(&["--socks5", &p, &url], "hello").await;
     }
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    let s = settled(&stats).await;
     assert!(s.completed >= 2 && s.completed == s.connections, "{s:?}");
 }
 
 #[tokio::test]
 async fn curl_user_password() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, handler) = socks5(Socks5HandlerOptions {
-        auth: Some(alice()),
-        ..Default::default()
-    })
+    let (p, stats) = for_alice("socks5").await;
+    let (px, url) = (p.to_string(), origin.url("/hello"));
+    curl_expect(
+        &["--socks5", &px, "--proxy-user", "alice:s3cret", &url],
+        "hello",
+    )
     .await;
-    let url = format!("http://{}/hello", origin.addr);
-    let r = curl(&[
-        "--socks5",
-        &p.to_string(),
-        "--proxy-user",
-        "alice:s3cret",
-        &url,
-    ])
-    .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
-    let r = curl(&[
-        "--socks5",
-        &p.to_string(),
-        "--proxy-user",
-        "alice:nope",
-        &url,
-    ])
-    .await;
+    let r = curl(&["--socks5", &px, "--proxy-user", "alice:nope", &url]).await;
     assert_ne!(r.status, Some(0));
     // No credentials: curl offers only "no auth", which we refuse (0xFF).
-    let r = curl(&["--socks5", &p.to_string(), &url]).await;
+    let r = curl(&["--socks5", &px, &url]).await;
     assert_ne!(r.status, Some(0));
     let mut s = TcpStream::connect(p).await.unwrap();
     s.write_all(&[5, 1, 0]).await.unwrap();
     let mut m = [0u8; 2];
     s.read_exact(&mut m).await.unwrap();
     assert_eq!(m, [5, 0xFF]);
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().auth_failed == 3
-    })
-    .await;
+    wait_for(Duration::from_secs(5), || stats.snapshot().auth_failed == 3).await;
 }
 
 #[tokio::test]
 async fn reply_codes() {
-    let (p, handler) = socks5(Socks5HandlerOptions::default()).await;
+    let (p, stats) = socks5(Socks5HandlerOptions::default()).await;
     // Refused → 0x05.
     let dead = closed_port().await;
     let (_, reply) = request(p, 1, &ipv4_addr(dead)).await;
@@ -207,11 +164,7 @@ async fn reply_codes() {
     // The tunnel lasts until both halves are closed: close ours.
     drop(s);
 
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    let s = settled(&stats).await;
     assert_eq!(s.target_failed, 2, "{s:?}");
     assert_eq!(s.unsupported, 2, "{s:?}");
     assert_eq!(s.bad_request, 1, "{s:?}");
@@ -221,7 +174,7 @@ async fn reply_codes() {
 #[tokio::test]
 async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
     let echo = spawn_udp_echo("127.0.0.1:0").await;
-    let (p, handler) = socks5(with_udp()).await;
+    let (p, stats) = socks5(with_udp()).await;
     let (control, reply) = request(p, 3, &[1, 0, 0, 0, 0, 0, 0]).await;
     assert_eq!(reply[1], 0x00);
     let relay = reply_addr(&reply);
@@ -291,11 +244,8 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
     client.send_to(&frag, relay).await.unwrap();
     let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     stranger.send_to(b"inject", relay).await.unwrap();
-    wait_for(Duration::from_secs(3), || {
-        handler.stats().snapshot().udp_dropped == 2
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    wait_for(Duration::from_secs(3), || stats.snapshot().udp_dropped == 2).await;
+    let s = stats.snapshot();
     assert_eq!(
         (s.udp_associations, s.udp_datagrams_out, s.udp_datagrams_in),
         (1, 2, 2),
@@ -305,10 +255,7 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
     // Closing the control connection closes the relay socket: the kernel answers
     // a datagram to it with port unreachable, which shows as ECONNREFUSED.
     drop(control);
-    wait_for(Duration::from_secs(3), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
+    wait_for(Duration::from_secs(3), || stats.snapshot().active == 0).await;
     let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     probe.connect(relay).await.unwrap();
     probe.send(b"anyone?").await.unwrap();
@@ -317,14 +264,14 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
         Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
         other => panic!("relay still answers: {other:?}"),
     }
-    assert_eq!(handler.stats().snapshot().completed, 1);
+    assert_eq!(stats.snapshot().completed, 1);
 }
 
 #[tokio::test]
 async fn stalled_handshake_times_out() {
     let opts: Socks5HandlerOptions =
         serde_yaml_ng::from_str("metadata: {readTimeout: 300ms}").unwrap();
-    let (p, handler) = socks5(opts).await;
+    let (p, stats) = socks5(opts).await;
     let mut s = TcpStream::connect(p).await.unwrap();
     s.write_all(&[5, 2]).await.unwrap(); // promises two methods, sends one
     s.write_all(&[0]).await.unwrap();
@@ -332,7 +279,7 @@ async fn stalled_handshake_times_out() {
     let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     assert!(matches!(r, Ok(Ok(0))), "{r:?}");
     wait_for(Duration::from_secs(2), || {
-        handler.stats().snapshot().handshake_timeout == 1
+        stats.snapshot().handshake_timeout == 1
     })
     .await;
 }
@@ -340,46 +287,24 @@ async fn stalled_handshake_times_out() {
 #[tokio::test]
 async fn socks4_and_4a() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let handler = Arc::new(Socks4Handler::new(Default::default(), Router::default()));
-    let h = handler.clone();
-    let p = spawn_proxy(move |s, c| {
-        let h = h.clone();
-        async move {
-            let _ = h.handle(s, c).await;
-        }
-    })
-    .await;
-    let r = curl(&[
-        "--socks4",
-        &p.to_string(),
-        &format!("http://{}/hello", origin.addr),
-    ])
-    .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
-    let r = curl(&[
-        "--socks4a",
-        &p.to_string(),
-        &format!("http://localhost:{}/hello", origin.addr.port()),
-    ])
-    .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    let handler = Socks4Handler::new(Default::default(), Router::default());
+    let (p, stats) = serve(ProxyHandler::Socks4(handler)).await;
+    let p = p.to_string();
+    curl_expect(&["--socks4", &p, &origin.url("/hello")], "hello").await;
+    curl_expect(&["--socks4a", &p, &origin.url_by_name("/hello")], "hello").await;
     let dead = closed_port().await;
-    let r = curl(&["--socks4", &p.to_string(), &format!("http://{dead}/")]).await;
+    let r = curl(&["--socks4", &p, &format!("http://{dead}/")]).await;
     assert_ne!(r.status, Some(0));
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    let s = settled(&stats).await;
     assert_eq!((s.completed, s.target_failed), (2, 1), "{s:?}");
 }
 
 #[tokio::test]
 async fn auto_detects_all_protocols_on_one_port() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, handler) = auto(AutoHandlerOptions::default()).await;
-    let url = format!("http://{}/hello", origin.addr);
-    let host_url = format!("http://localhost:{}/hello", origin.addr.port());
+    let (p, stats) = auto(AutoHandlerOptions::default()).await;
+    let url = origin.url("/hello");
+    let host_url = origin.url_by_name("/hello");
     let proxy = p.to_string();
     for args in [
         vec!["-x", &format!("http://{proxy}"), &url],
@@ -395,11 +320,7 @@ async fn auto_detects_all_protocols_on_one_port() {
     // Garbage goes to HTTP, which says 400.
     let reply = raw_exchange(p, b"\x00\x01\x02\x03\r\n\r\n").await;
     assert!(reply.starts_with(b"HTTP/1.1 400"), "{reply:?}");
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    let s = settled(&stats).await;
     assert_eq!(
         (s.connections, s.completed, s.bad_request),
         (7, 6, 1),
@@ -410,36 +331,20 @@ async fn auto_detects_all_protocols_on_one_port() {
 #[tokio::test]
 async fn auto_with_auth_applies_to_every_protocol() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, handler) = auto(AutoHandlerOptions {
-        auth: Some(alice()),
-        ..Default::default()
-    })
+    let (p, stats) = for_alice("auto").await;
+    let (url, proxy) = (origin.url("/hello"), p.to_string());
+    let http = format!("http://{proxy}");
+    curl_expect(&["-x", &http, "-U", "alice:s3cret", &url], "hello").await;
+    curl_expect(
+        &["--socks5", &proxy, "--proxy-user", "alice:s3cret", &url],
+        "hello",
+    )
     .await;
-    let url = format!("http://{}/hello", origin.addr);
-    let proxy = p.to_string();
-    let r = curl(&["-x", &format!("http://{proxy}"), "-U", "alice:s3cret", &url]).await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
-    let r = curl(&["--socks5", &proxy, "--proxy-user", "alice:s3cret", &url]).await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
     // SOCKS4 cannot carry a password: refused when one is configured.
     let r = curl(&["--socks4", &proxy, "--proxy-user", "alice", &url]).await;
     assert_ne!(r.status, Some(0));
-    let r = curl(&[
-        "-x",
-        &format!("http://{proxy}"),
-        &url,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ])
-    .await;
-    assert_eq!(r.text(), "407");
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    assert_eq!(handler.stats().snapshot().auth_failed, 2);
+    assert_eq!(curl_code(&["-x", &http, &url]).await.text(), "407");
+    assert_eq!(settled(&stats).await.auth_failed, 2);
 }
 
 #[test]
