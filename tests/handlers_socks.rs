@@ -28,15 +28,18 @@ async fn auto(opts: AutoHandlerOptions) -> (SocketAddr, Arc<HandlerStats>) {
     serve(ProxyHandler::Auto(Box::new(handler))).await
 }
 
-/// A `kind` proxy (`socks5`, `auto`, ...) that wants alice's credentials, built
-/// the way a service builds it.
-async fn for_alice(kind: &str) -> (SocketAddr, Arc<HandlerStats>) {
+/// An origin, and in front of it a `kind` proxy (`socks5`, `auto`, ...) that
+/// wants alice's credentials, built the way a service builds it. Returns the
+/// origin's `/hello` URL, the proxy's `host:port` and the proxy's counters.
+async fn hello_behind_alice(kind: &str) -> (String, String, Arc<HandlerStats>) {
+    let origin = spawn_origin("127.0.0.1:0").await;
     let alice = AuthConfig {
         username: "alice".into(),
         password: Secret("s3cret".into()),
     };
     let handler = ProxyHandler::from_parts(kind, Some(alice), None, Router::default(), kind);
-    serve(handler.expect("handler")).await
+    let (p, stats) = serve(handler.expect("handler")).await;
+    (origin.url("/hello"), p.to_string(), stats)
 }
 
 fn with_udp() -> Socks5HandlerOptions {
@@ -106,9 +109,7 @@ async fn curl_connect_ipv4_domain_ipv6() {
 
 #[tokio::test]
 async fn curl_user_password() {
-    let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, stats) = for_alice("socks5").await;
-    let (px, url) = (p.to_string(), origin.url("/hello"));
+    let (url, px, stats) = hello_behind_alice("socks5").await;
     curl_expect(
         &["--socks5", &px, "--proxy-user", "alice:s3cret", &url],
         "hello",
@@ -119,7 +120,7 @@ async fn curl_user_password() {
     // No credentials: curl offers only "no auth", which we refuse (0xFF).
     let r = curl(&["--socks5", &px, &url]).await;
     assert_ne!(r.status, Some(0));
-    let mut s = TcpStream::connect(p).await.unwrap();
+    let mut s = TcpStream::connect(&px).await.unwrap();
     s.write_all(&[5, 1, 0]).await.unwrap();
     let mut m = [0u8; 2];
     s.read_exact(&mut m).await.unwrap();
@@ -330,9 +331,7 @@ async fn auto_detects_all_protocols_on_one_port() {
 
 #[tokio::test]
 async fn auto_with_auth_applies_to_every_protocol() {
-    let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, stats) = for_alice("auto").await;
-    let (url, proxy) = (origin.url("/hello"), p.to_string());
+    let (url, proxy, stats) = hello_behind_alice("auto").await;
     let http = format!("http://{proxy}");
     curl_expect(&["-x", &http, "-U", "alice:s3cret", &url], "hello").await;
     curl_expect(
