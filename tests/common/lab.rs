@@ -35,7 +35,10 @@
 //! Assertions should rest on what the network shows — who holds the VIP
 //! ([`Lab::vip_holders`]), what the client reaches ([`Lab::client_get`]), which MAC the
 //! client resolved ([`Lab::client_neigh_mac`]) — polled against deadlines with
-//! [`poll`], never after fixed sleeps.
+//! [`poll`], never after fixed sleeps. The common waits also come as test steps
+//! that panic with what they saw instead ([`Lab::expect_holders`],
+//! [`Lab::expect_holders_stay`], [`GatewayProc::assert_running`]), so a test reads
+//! as its scenario.
 
 use std::fmt;
 use std::fs::File;
