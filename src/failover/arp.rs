@@ -145,39 +145,34 @@ mod tests {
     const MAC: MacAddr = MacAddr(0x02, 0x11, 0x22, 0x33, 0x44, 0x55);
 
     #[test]
-    fn request_form_byte_by_byte() {
-        let [request, _] = garp_frames(MAC, Ipv4Addr::new(192, 168, 3, 234));
+    fn frames_byte_by_byte() {
+        let [request, reply] = garp_frames(MAC, Ipv4Addr::new(192, 168, 3, 234));
         #[rustfmt::skip]
-        let expected: [u8; GARP_FRAME_LEN] = [
+        let header = [
             // Ethernet: dst broadcast, src our MAC, type ARP
             0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
             0x02, 0x11, 0x22, 0x33, 0x44, 0x55,
             0x08, 0x06,
-            // ARP: htype Ethernet, ptype IPv4, hlen 6, plen 4, op request
-            0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01,
-            // sender MAC, sender IP = VIP
-            0x02, 0x11, 0x22, 0x33, 0x44, 0x55, 192, 168, 3, 234,
+            // ARP: htype Ethernet, ptype IPv4, hlen 6, plen 4
+            0x00, 0x01, 0x08, 0x00, 6, 4,
+        ];
+        #[rustfmt::skip]
+        let request_arp = [
+            // op request, sender MAC, sender IP = VIP
+            0x00, 0x01, 0x02, 0x11, 0x22, 0x33, 0x44, 0x55, 192, 168, 3, 234,
             // target MAC zero, target IP = VIP
             0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 192, 168, 3, 234,
         ];
-        assert_eq!(request, expected);
-    }
-
-    #[test]
-    fn reply_form_byte_by_byte() {
-        let [_, reply] = garp_frames(MAC, Ipv4Addr::new(10, 0, 0, 7));
         #[rustfmt::skip]
-        let expected: [u8; GARP_FRAME_LEN] = [
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x02, 0x11, 0x22, 0x33, 0x44, 0x55,
-            0x08, 0x06,
-            // op reply
-            0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x02,
-            0x02, 0x11, 0x22, 0x33, 0x44, 0x55, 10, 0, 0, 7,
+        let reply_arp = [
+            // op reply, sender as in the request
+            0x00, 0x02, 0x02, 0x11, 0x22, 0x33, 0x44, 0x55, 192, 168, 3, 234,
             // target MAC broadcast, target IP = VIP
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 10, 0, 0, 7,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 192, 168, 3, 234,
         ];
-        assert_eq!(reply, expected);
+        assert_eq!(request.len(), GARP_FRAME_LEN);
+        assert_eq!(request, [&header[..], &request_arp[..]].concat());
+        assert_eq!(reply, [&header[..], &reply_arp[..]].concat());
     }
 
     #[test]

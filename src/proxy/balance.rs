@@ -398,14 +398,18 @@ mod tests {
         b.pick(c, &[]).unwrap().config.name.clone()
     }
 
+    /// The nodes of `n` picks in a row for one client.
+    fn picks(b: &Balancer, n: usize) -> Vec<String> {
+        (0..n).map(|_| pick(b, client(1))).collect()
+    }
+
     #[test]
     fn round_robin_cycles() {
         let b = balancer(
             Strategy::RoundRobin,
             &[node("a", 1, 0), node("b", 1, 0), node("c", 1, 0)],
         );
-        let seq: Vec<String> = (0..6).map(|_| pick(&b, client(1))).collect();
-        assert_eq!(seq, ["a", "b", "c", "a", "b", "c"]);
+        assert_eq!(picks(&b, 6), ["a", "b", "c", "a", "b", "c"]);
     }
 
     #[test]
@@ -414,7 +418,7 @@ mod tests {
             Strategy::Weight,
             &[node("a", 5, 0), node("b", 1, 0), node("c", 1, 0)],
         );
-        let seq: Vec<String> = (0..7).map(|_| pick(&b, client(1))).collect();
+        let seq = picks(&b, 7);
         assert_eq!(seq.iter().filter(|s| *s == "a").count(), 5);
         // Smooth: never three a's... then b c bunched; nginx's sequence is a a b a c a a.
         assert_eq!(seq, ["a", "a", "b", "a", "c", "a", "a"]);

@@ -131,6 +131,10 @@ where
 
 /// Relay two TCP sockets: splice(2) on Linux, pooled-buffer copying elsewhere.
 /// Returns (a→b, b→a) byte counts.
+///
+/// On success both directions have ended and the side that ended last has not
+/// been half-closed: the caller is expected to drop (close) both sockets, which
+/// sends that last FIN.
 pub async fn relay_tcp(a: &TcpStream, b: &TcpStream, opts: &RelayOpts) -> io::Result<(u64, u64)> {
     relay_tcp_mode(a, b, opts, SPLICE_ENABLED.load(Ordering::Relaxed)).await
 }
@@ -147,6 +151,7 @@ async fn relay_tcp_mode(
     let (mut up_done, mut down_done) = (None, None);
     std::future::poll_fn(|cx| {
         if up_done.is_none() {
+            up.other_done = down_done.is_some();
             match up.poll(cx) {
                 Poll::Ready(Ok(n)) => up_done = Some(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -154,6 +159,7 @@ async fn relay_tcp_mode(
             }
         }
         if down_done.is_none() {
+            down.other_done = up_done.is_some();
             match down.poll(cx) {
                 Poll::Ready(Ok(n)) => down_done = Some(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -218,6 +224,9 @@ struct Direction<'a> {
     total: u64,
     timer: Option<Pin<Box<Sleep>>>,
     waiting: Waiting,
+    /// The opposite direction has ended: `dst` has sent its EOF and this is the
+    /// last direction, so the relay returns as soon as this one ends.
+    other_done: bool,
 }
 
 impl<'a> Direction<'a> {
@@ -243,6 +252,7 @@ impl<'a> Direction<'a> {
             total: 0,
             timer: None,
             waiting: Waiting::Nothing,
+            other_done: false,
         }
     }
 
@@ -290,10 +300,18 @@ impl<'a> Direction<'a> {
     }
 
     /// The source ended: pass the EOF on and give the pipe back.
+    ///
+    /// When the other direction already ended, the relay is over and its caller
+    /// closes both sockets: `close` sends the FIN that `shutdown` would (nothing is
+    /// left unread on `dst`, whose EOF was read, so it is a FIN, not a reset), and
+    /// the system call is saved; one per proxied connection.
     fn finish(&mut self) -> Poll<io::Result<u64>> {
         #[cfg(target_os = "linux")]
         if let Some(p) = self.spare.take() {
             p.put();
+        }
+        if self.other_done {
+            return Poll::Ready(Ok(self.total));
         }
         Poll::Ready(shutdown_write(self.dst).map(|()| self.total))
     }

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
@@ -415,7 +415,7 @@ impl TlsClient {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
             .map_err(|e| TlsError::new("options", e.to_string()))?;
-        let builder = if cfg.secure || cfg.ca_file.is_some() {
+        let chain = if cfg.secure || cfg.ca_file.is_some() {
             let roots = match &cfg.ca_file {
                 Some(ca) => roots_from(ca, "caFile")?,
                 None => system_roots()?,
@@ -424,17 +424,17 @@ impl TlsClient {
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
                     .map_err(|e| TlsError::new("caFile", e.to_string()))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(CaVerification {
-                    webpki,
-                    check_name: cfg.secure,
-                }))
+            Some(webpki)
         } else {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerification(provider.clone())))
+            None
         };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(BackendVerification {
+                chain,
+                check_name: cfg.secure,
+                algorithms: provider.signature_verification_algorithms,
+            }));
         let mut config = match both_paths(cfg)? {
             Some((cert, key)) => {
                 let chain = read_certs(cert, "certFile")?;
@@ -508,16 +508,20 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
     ))
 }
 
-/// Chain verification against the trust anchors, with the name check only when
-/// `secure: true`. GOST calls a `caFile` without `secure` certificate pinning:
-/// the backend must hold a certificate from that CA, whatever name it carries.
+/// How a backend's certificate is checked. Handshake signatures are checked in
+/// every mode, against the certificate presented, so the peer must hold its key.
 #[derive(Debug)]
-struct CaVerification {
-    webpki: Arc<WebPkiServerVerifier>,
+struct BackendVerification {
+    /// Chain verification against the trust anchors; `None` for `secure: false`
+    /// without `caFile`, which accepts any certificate.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    /// `secure: true`. GOST calls a `caFile` without `secure` certificate pinning:
+    /// the backend must hold a certificate from that CA, whatever name it carries.
     check_name: bool,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for CaVerification {
+impl ServerCertVerifier for BackendVerification {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -527,10 +531,10 @@ impl ServerCertVerifier for CaVerification {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
-        match self
-            .webpki
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(webpki) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             // webpki checks the name only after the chain verified, so this error
             // means "good chain, other name".
             Err(rustls::Error::InvalidCertificate(
@@ -546,7 +550,7 @@ impl ServerCertVerifier for CaVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -555,61 +559,11 @@ impl ServerCertVerifier for CaVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `secure: false`: accept any backend certificate. Handshake signatures are still
-/// checked against the certificate presented, so the peer must hold its key.
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

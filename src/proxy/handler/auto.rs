@@ -20,39 +20,24 @@
 //! like on any other handler.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::BufConn;
-use super::http::{
-    HttpHandler, HttpHandlerOptions, HttpMetadata, default_response_timeout, validate_headers,
-};
+use super::http::{Http, HttpMetadata, default_response_timeout, validate_headers};
 use super::socks::{
-    Socks4Handler, Socks4HandlerOptions, Socks4Metadata, Socks5Handler, Socks5HandlerOptions,
-    Socks5Metadata, default_udp_buffer_size, validate_udp_buffer,
+    Socks4, Socks4Metadata, Socks5, Socks5Metadata, default_udp_buffer_size, validate_udp_buffer,
 };
 use super::{
-    ConnInfo, HandlerError, HandlerStats, counted, default_read_timeout, deserialize_go_duration,
-    validate_timeout,
+    ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, Io, Metadata, Outcome,
+    Protocol, default_read_timeout, deserialize_go_duration, validate_timeout,
 };
 use crate::config::FieldError;
-use crate::config::auth::AuthConfig;
-use crate::proxy::relay::RelayOpts;
-use crate::proxy::router::Router;
 
 /// The `handler:` section of an `auto` service, minus `type`: the union of the
 /// `http` and `socks5` options.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AutoHandlerOptions {
-    #[serde(default)]
-    pub auth: Option<AuthConfig>,
-    #[serde(default)]
-    pub metadata: AutoMetadata,
-}
+pub type AutoHandlerOptions = HandlerOptions<AutoMetadata>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,33 +74,36 @@ impl Default for AutoMetadata {
     }
 }
 
-impl AutoHandlerOptions {
-    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
-        let m = &self.metadata;
-        validate_udp_buffer(m.udp_buffer_size, field)?;
-        validate_headers(&m.header, field)?;
-        validate_timeout(m.read_timeout, format!("{field}.metadata.readTimeout"))?;
+impl Metadata for AutoMetadata {
+    fn validate(&self, field: &str) -> Result<(), FieldError> {
+        validate_udp_buffer(self.udp_buffer_size, field)?;
+        validate_headers(&self.header, field)?;
+        validate_timeout(self.read_timeout, format!("{field}.metadata.readTimeout"))?;
         validate_timeout(
-            m.response_timeout,
+            self.response_timeout,
             format!("{field}.metadata.responseTimeout"),
         )
     }
 }
 
-/// One port, three protocols. All three share one [`HandlerStats`].
-pub struct AutoHandler {
-    http: HttpHandler,
-    socks5: Socks5Handler,
-    socks4: Socks4Handler,
+/// One port, three protocols: see [`Handler`] for its use.
+pub type AutoHandler = Handler<Auto>;
+
+/// The protocol of an [`AutoHandler`]: it hands each connection to one of the
+/// others, which then count under the auto handler's [`HandlerStats`](super::HandlerStats).
+pub struct Auto {
+    http: Http,
+    socks5: Socks5,
+    socks4: Socks4,
     read_timeout: Duration,
-    stats: Arc<HandlerStats>,
 }
 
-impl AutoHandler {
-    pub fn new(opts: AutoHandlerOptions, router: Router) -> Self {
-        let stats = Arc::new(HandlerStats::default());
+impl FromOptions for Auto {
+    type Metadata = AutoMetadata;
+
+    fn from_options(opts: AutoHandlerOptions) -> Self {
         let m = &opts.metadata;
-        let http = HttpHandlerOptions {
+        let http = HandlerOptions {
             auth: opts.auth.clone(),
             metadata: HttpMetadata {
                 header: m.header.clone(),
@@ -123,7 +111,7 @@ impl AutoHandler {
                 response_timeout: m.response_timeout,
             },
         };
-        let socks5 = Socks5HandlerOptions {
+        let socks5 = HandlerOptions {
             auth: opts.auth.clone(),
             metadata: Socks5Metadata {
                 read_timeout: m.read_timeout,
@@ -131,49 +119,27 @@ impl AutoHandler {
                 udp_buffer_size: m.udp_buffer_size,
             },
         };
-        let socks4 = Socks4HandlerOptions {
+        let socks4 = HandlerOptions {
             auth: opts.auth.clone(),
             metadata: Socks4Metadata {
                 read_timeout: m.read_timeout,
             },
         };
         Self {
-            http: HttpHandler::with_stats(http, router.clone(), stats.clone()),
-            socks5: Socks5Handler::with_stats(socks5, router.clone(), stats.clone()),
-            socks4: Socks4Handler::with_stats(socks4, router, stats.clone()),
+            http: Http::from_options(http),
+            socks5: Socks5::from_options(socks5),
+            socks4: Socks4::from_options(socks4),
             read_timeout: m.read_timeout,
-            stats,
         }
     }
+}
 
-    /// Idle timeouts and byte counter for tunnels, on all three protocols.
-    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
-        self.http.set_relay_opts(opts.clone());
-        self.socks5.set_relay_opts(opts.clone());
-        self.socks4.set_relay_opts(opts);
+impl Protocol for Auto {
+    fn kind(&self) -> &'static str {
+        "auto"
     }
 
-    pub fn stats(&self) -> &Arc<HandlerStats> {
-        &self.stats
-    }
-
-    pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        counted(
-            &self.stats,
-            "auto",
-            &conn,
-            self.serve(BufConn::new(stream), conn),
-        )
-        .await
-    }
-
-    async fn serve<S>(&self, mut client: BufConn<S>, conn: ConnInfo) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    async fn serve<S: Io>(&self, ctx: &Context, mut client: BufConn<S>, conn: ConnInfo) -> Outcome {
         let first = match tokio::time::timeout(self.read_timeout, client.fill_to(1)).await {
             Err(_) => return Err(HandlerError::HandshakeTimeout(self.read_timeout)),
             // Connected and closed without a byte (a TCP health check): fine.
@@ -182,10 +148,10 @@ impl AutoHandler {
             Ok(Ok(())) => client.buffered()[0],
         };
         match first {
-            0x05 => self.socks5.serve(client, conn).await,
-            0x04 => self.socks4.serve(client, conn).await,
+            0x05 => self.socks5.serve(ctx, client, conn).await,
+            0x04 => self.socks4.serve(ctx, client, conn).await,
             // Everything else goes to HTTP, which answers garbage with a 400.
-            _ => self.http.serve(client, conn).await,
+            _ => self.http.serve(ctx, client, conn).await,
         }
     }
 }

@@ -62,7 +62,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -73,13 +72,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::conn::{BufConn, CopyError};
 use super::{
-    ConnInfo, HandlerError, HandlerStats, counted, credentials_match, default_read_timeout,
-    deserialize_go_duration, validate_timeout,
+    ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, HandlerStats, Io,
+    Metadata, Outcome, Protocol, credentials_match, default_read_timeout, deserialize_go_duration,
+    validate_timeout,
 };
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
-use crate::proxy::relay::RelayOpts;
-use crate::proxy::router::Router;
 
 /// Largest request or response head we accept.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -87,15 +85,7 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 
 /// The `handler:` section of an `http` service, minus `type`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpHandlerOptions {
-    /// Require `Proxy-Authorization: Basic` with these credentials.
-    #[serde(default)]
-    pub auth: Option<AuthConfig>,
-    #[serde(default)]
-    pub metadata: HttpMetadata,
-}
+pub type HttpHandlerOptions = HandlerOptions<HttpMetadata>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,14 +111,12 @@ pub struct HttpMetadata {
     pub response_timeout: Duration,
 }
 
-impl HttpHandlerOptions {
-    /// `field` is the path of this section, e.g. `services[2].handler`.
-    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_headers(&self.metadata.header, field)?;
-        let m = &self.metadata;
-        validate_timeout(m.read_timeout, format!("{field}.metadata.readTimeout"))?;
+impl Metadata for HttpMetadata {
+    fn validate(&self, field: &str) -> Result<(), FieldError> {
+        validate_headers(&self.header, field)?;
+        validate_timeout(self.read_timeout, format!("{field}.metadata.readTimeout"))?;
         validate_timeout(
-            m.response_timeout,
+            self.response_timeout,
             format!("{field}.metadata.responseTimeout"),
         )
     }
@@ -177,15 +165,14 @@ impl Default for HttpMetadata {
     }
 }
 
-/// An HTTP proxy for one service. Cheap to share: wrap in an `Arc` and call
-/// [`handle`](HttpHandler::handle) from each connection's task.
-pub struct HttpHandler {
+/// An HTTP proxy for one service: see [`Handler`] for its use.
+pub type HttpHandler = Handler<Http>;
+
+/// The HTTP/1.x forward proxy protocol of an [`HttpHandler`].
+pub struct Http {
     opts: HttpHandlerOptions,
-    router: Router,
-    stats: Arc<HandlerStats>,
     /// Pre-rendered `header` lines, appended to every reply we generate.
     extra_headers: String,
-    relay: RelayOpts,
 }
 
 /// A parsed request head (owned: the read buffer moves on while we use it).
@@ -258,13 +245,10 @@ enum Race {
     Response(Result<Option<ResponseHead>, HeadError>),
 }
 
-impl HttpHandler {
-    pub fn new(opts: HttpHandlerOptions, router: Router) -> Self {
-        Self::with_stats(opts, router, Arc::new(HandlerStats::default()))
-    }
+impl FromOptions for Http {
+    type Metadata = HttpMetadata;
 
-    /// Share a counters struct with other handlers (the auto handler does).
-    pub fn with_stats(opts: HttpHandlerOptions, router: Router, stats: Arc<HandlerStats>) -> Self {
+    fn from_options(opts: HttpHandlerOptions) -> Self {
         let mut extra_headers = String::new();
         for (k, v) in &opts.metadata.header {
             // Header names/values from the config file; strip CR/LF so a typo cannot
@@ -274,46 +258,17 @@ impl HttpHandler {
         }
         Self {
             opts,
-            router,
-            stats,
             extra_headers,
-            relay: RelayOpts::default(),
         }
     }
+}
 
-    /// Idle timeouts and byte counter for CONNECT tunnels and upgrades.
-    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
-        self.relay = opts;
+impl Protocol for Http {
+    fn kind(&self) -> &'static str {
+        "http"
     }
 
-    pub fn stats(&self) -> &Arc<HandlerStats> {
-        &self.stats
-    }
-
-    /// Serve one client connection until it closes or fails.
-    pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        counted(
-            &self.stats,
-            "http",
-            &conn,
-            self.serve(BufConn::new(stream), conn),
-        )
-        .await
-    }
-
-    /// Serve a connection whose first bytes may already sit in the buffer (the auto
-    /// handler peeked them). Counting is the caller's job.
-    pub(crate) async fn serve<S>(
-        &self,
-        mut client: BufConn<S>,
-        conn: ConnInfo,
-    ) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    async fn serve<S: Io>(&self, ctx: &Context, mut client: BufConn<S>, conn: ConnInfo) -> Outcome {
         let mut upstream: Option<Upstream> = None;
         let mut first = true;
         loop {
@@ -356,7 +311,7 @@ impl HttpHandler {
                 Ok(Err(HeadError::Io(e))) => return Err(HandlerError::Client(e)),
             };
             first = false;
-            HandlerStats::bump(&self.stats.requests);
+            HandlerStats::bump(&ctx.stats.requests);
             tracing::debug!(peer = %conn.peer, method = %head.method, target = %head.target, "http request");
 
             if let Some(auth) = &self.opts.auth
@@ -373,24 +328,24 @@ impl HttpHandler {
             }
 
             if head.method.eq_ignore_ascii_case("CONNECT") {
-                return self.connect(client, &head).await;
+                return self.connect(ctx, client, &head).await;
             }
-            match self.forward(&mut client, &mut upstream, head).await? {
+            match self.forward(ctx, &mut client, &mut upstream, head).await? {
                 Next::KeepAlive => continue,
                 Next::Close => return Ok(()),
             }
         }
     }
+}
 
+impl Http {
     /// `CONNECT host:port`: reach the target, confirm, relay.
-    async fn connect<S>(
+    async fn connect<S: Io>(
         &self,
+        ctx: &Context,
         mut client: BufConn<S>,
         head: &RequestHead,
-    ) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Outcome {
         let Some(target) = parse_authority(&head.target, None) else {
             self.reply(&mut client, 400, "Bad Request", "").await;
             return Err(HandlerError::BadRequest(format!(
@@ -398,7 +353,7 @@ impl HttpHandler {
                 head.target
             )));
         };
-        let mut upstream = match self.router.connect(&target).await {
+        let mut upstream = match ctx.router.connect(&target).await {
             Ok(s) => s,
             Err(e) => {
                 self.reply_target_error(&mut client, &e).await;
@@ -409,27 +364,17 @@ impl HttpHandler {
         ok.push_str(&self.extra_headers);
         ok.push_str("\r\n");
         client.write_all(ok.as_bytes()).await?;
-        match client.tunnel(&mut upstream, &self.relay).await {
-            Ok(_) => Ok(()),
-            // Either side resetting a tunnel is how many TLS sessions end; it is not
-            // the proxy's failure, but count it apart from clean ends.
-            Err(e) => Err(HandlerError::Upstream {
-                target,
-                message: format!("tunnel ended: {e}"),
-            }),
-        }
+        ctx.tunnel(&mut client, &mut upstream, target).await
     }
 
     /// Forward one absolute-URI request and its response.
-    async fn forward<S>(
+    async fn forward<S: Io>(
         &self,
+        ctx: &Context,
         client: &mut BufConn<S>,
         upstream: &mut Option<Upstream>,
         head: RequestHead,
-    ) -> Result<Next, HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Result<Next, HandlerError> {
         let uri = match parse_absolute_uri(&head.target) {
             Ok(u) => u,
             Err(UriError::Scheme) => {
@@ -473,7 +418,7 @@ impl HttpHandler {
             attempt += 1;
             let (mut up, reused) = match upstream.take() {
                 Some(u) if u.target == uri.authority => (u, true),
-                _ => match self.router.connect(&uri.authority).await {
+                _ => match ctx.router.connect(&uri.authority).await {
                     Ok(s) => (Upstream::new(uri.authority.clone(), s), false),
                     Err(e) => {
                         self.reply_target_error(client, &e).await;
@@ -608,7 +553,7 @@ impl HttpHandler {
                 target: uri.authority.clone(),
                 message: format!("cannot rejoin the connection: {e}"),
             })?;
-            return match client.tunnel(&mut target, &self.relay).await {
+            return match client.tunnel(&mut target, &ctx.relay).await {
                 Ok(_) => Ok(Next::Close),
                 Err(e) => Err(HandlerError::Upstream {
                     target: uri.authority,
@@ -654,15 +599,12 @@ impl HttpHandler {
     }
 
     /// Reply to and classify a failed request body copy.
-    async fn body_error<S>(
+    async fn body_error<S: Io>(
         &self,
         client: &mut BufConn<S>,
         target: &str,
         e: CopyError,
-    ) -> HandlerError
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> HandlerError {
         match e {
             CopyError::Framing(why) => {
                 self.reply(client, 400, "Bad Request", "").await;
@@ -681,10 +623,7 @@ impl HttpHandler {
     }
 
     /// 502 for a target that refused or failed, 504 for one that timed out.
-    async fn reply_target_error<S>(&self, client: &mut BufConn<S>, e: &std::io::Error)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    async fn reply_target_error<S: Io>(&self, client: &mut BufConn<S>, e: &std::io::Error) {
         if e.kind() == std::io::ErrorKind::TimedOut {
             self.reply(client, 504, "Gateway Timeout", "").await;
         } else {
@@ -694,10 +633,7 @@ impl HttpHandler {
 
     /// Send a reply the proxy generates itself, and ask the client to close. Write
     /// errors are ignored: the connection is being dropped anyway.
-    async fn reply<S>(&self, client: &mut BufConn<S>, code: u16, reason: &str, extra: &str)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    async fn reply<S: Io>(&self, client: &mut BufConn<S>, code: u16, reason: &str, extra: &str) {
         let body = format!("{code} {reason}\n");
         let msg = format!(
             "HTTP/1.1 {code} {reason}\r\n{extra}{}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -867,13 +803,10 @@ async fn early_response(
 
 /// Read response heads until a final one (or a 101), passing interim 1xx
 /// responses (100 Continue, 103 Early Hints) on to the client.
-async fn read_final_response<S>(
+async fn read_final_response<S: Io>(
     client: &mut BufConn<S>,
     up: &mut BufConn<OwnedReadHalf>,
-) -> Result<Option<ResponseHead>, HeadError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<Option<ResponseHead>, HeadError> {
     loop {
         match read_head(up, parse_response).await? {
             Some(h) if (100..200).contains(&h.code) && h.code != 101 => {

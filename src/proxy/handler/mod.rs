@@ -2,7 +2,7 @@
 //!
 //! A listener (TCP, TLS, ...) produces a byte stream; a handler speaks a proxy
 //! protocol on it, learns where the client wants to go, reaches that target through
-//! the [`Router`](crate::proxy::router::Router) and then moves bytes. This module
+//! the [`Router`] and then moves bytes. This module
 //! holds the three proxy handlers of GOST's model:
 //!
 //! * [`http::HttpHandler`] — an HTTP/1.x forward proxy: absolute-URI requests are
@@ -38,10 +38,21 @@
 //!
 //! `handle` is generic over the stream, so a TLS listener passes its
 //! `tokio_rustls::server::TlsStream` exactly like a plain `TcpStream`.
-//! [`ProxyHandler`] wraps the four handlers in one type for a service loop that
-//! dispatches on `handler.type`.
 //!
-//! The option structs deserialize the YAML `handler:` section without its `type`
+//! # How a handler is put together
+//!
+//! Every handler is a [`Handler<P>`](Handler): a protocol `P` plus the
+//! [`Context`] all protocols share (the router, the counters, the relay options of
+//! tunnels). [`http::HttpHandler`] is `Handler<http::Http>`, and so on. The
+//! protocol types implement [`Protocol`]: they only read requests and answer them,
+//! while `Handler` does the rest once for all (construction from options,
+//! `set_relay_opts`, counting and logging every connection). The auto handler's
+//! protocol holds the other three and hands each connection to one of them, under
+//! the same context and counters. [`ProxyHandler`] is the handler of a service
+//! loop that learns the protocol from `handler.type` at run time
+//! ([`ProxyHandler::from_parts`]).
+//!
+//! The option types ([`HandlerOptions`] with each protocol's `metadata`) deserialize the YAML `handler:` section without its `type`
 //! key, so a service config can hold them in an internally tagged enum:
 //!
 //! ```
@@ -77,39 +88,207 @@ pub mod socks;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
+use self::conn::BufConn;
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
 use crate::config::service::DurationStr;
 use crate::proxy::relay::RelayOpts;
+use crate::proxy::router::Router;
 
-/// Any of the proxy handlers, for a service loop that does not care which: build
-/// one per service from its `handler.type`, then `handle` every connection.
-pub enum ProxyHandler {
-    Http(http::HttpHandler),
-    Socks5(socks::Socks5Handler),
-    Socks4(socks::Socks4Handler),
-    // Boxed: it holds the other three, and the enum should stay small.
-    Auto(Box<auto::AutoHandler>),
+/// A proxy handler: one protocol `P` ([`http::Http`], [`socks::Socks5`],
+/// [`socks::Socks4`], [`auto::Auto`] or, chosen at run time, [`AnyProtocol`])
+/// served under the [`Context`] every protocol needs. The protocol decides what is
+/// said on the connection; the handler owns what is the same for all of them:
+/// building from options, counting and logging each connection's outcome.
+///
+/// Cheap to share: wrap in an `Arc` and call [`handle`](Handler::handle) from each
+/// connection's task.
+pub struct Handler<P> {
+    protocol: P,
+    ctx: Context,
 }
 
-impl ProxyHandler {
-    pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+/// The handler of a service whose `handler.type` is only known at run time.
+pub type ProxyHandler = Handler<AnyProtocol>;
+
+/// What a service gives every connection of its handler, whatever the protocol:
+/// the router that reaches targets, the counters, and how tunnels are relayed.
+pub struct Context {
+    router: Router,
+    stats: Arc<HandlerStats>,
+    relay: RelayOpts,
+}
+
+impl Context {
+    /// Relay a tunnel whose target has accepted and whose client has been told so,
+    /// until both sides are done.
+    async fn tunnel<S: Io>(
+        &self,
+        client: &mut BufConn<S>,
+        upstream: &mut TcpStream,
+        target: String,
+    ) -> Outcome {
+        match client.tunnel(upstream, &self.relay).await {
+            Ok(_) => Ok(()),
+            // Either side resetting a tunnel is how many TLS sessions end; it is not
+            // the proxy's failure, but count it apart from clean ends.
+            Err(e) => Err(HandlerError::Upstream {
+                target,
+                message: format!("tunnel ended: {e}"),
+            }),
+        }
+    }
+}
+
+/// One proxy protocol: the part of a [`Handler`] that reads requests and answers
+/// them. Implemented by the protocol types of the submodules.
+pub trait Protocol: Send + Sync + 'static {
+    /// Names the handler in log lines.
+    fn kind(&self) -> &'static str;
+
+    /// Speak the protocol on one connection until it closes or fails. Its first
+    /// bytes may already sit in `client`'s buffer (the auto handler peeked them).
+    /// Counting the outcome is the caller's job.
+    fn serve<S: Io>(
+        &self,
+        ctx: &Context,
+        client: BufConn<S>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Outcome> + Send;
+}
+
+/// A protocol that one `handler.type` selects, built from that section's options.
+pub trait FromOptions: Protocol {
+    type Metadata: Metadata;
+
+    /// The options have been validated, or are defaults (which are valid).
+    fn from_options(opts: HandlerOptions<Self::Metadata>) -> Self;
+}
+
+/// The `metadata:` options of one protocol.
+pub trait Metadata: DeserializeOwned + Default {
+    /// Check what the types cannot express (bounds, header syntax). `field` is the
+    /// path of the whole `handler:` section, e.g. `services[2].handler`.
+    fn validate(&self, field: &str) -> Result<(), FieldError>;
+}
+
+/// The `handler:` section of a service, minus `type`. Each protocol names its own
+/// ([`http::HttpHandlerOptions`], ...).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    bound(deserialize = "M: Deserialize<'de> + Default")
+)]
+pub struct HandlerOptions<M> {
+    /// Credentials the client must present, in its protocol's way:
+    /// `Proxy-Authorization: Basic` for HTTP, RFC 1929 username/password for
+    /// SOCKS5; SOCKS4 carries only a user id (see [`socks`] for how that applies).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    #[serde(default)]
+    pub metadata: M,
+}
+
+impl<M: Metadata> HandlerOptions<M> {
+    /// `field` is the path of this section, e.g. `services[2].handler`.
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
+        self.metadata.validate(field)
+    }
+}
+
+impl<P> Handler<P> {
+    fn assemble(protocol: P, router: Router, stats: Arc<HandlerStats>) -> Self {
+        let relay = RelayOpts::default();
+        let ctx = Context {
+            router,
+            stats,
+            relay,
+        };
+        Self { protocol, ctx }
+    }
+}
+
+impl<P: FromOptions> Handler<P> {
+    /// A handler with counters of its own.
+    pub fn new(opts: HandlerOptions<P::Metadata>, router: Router) -> Self {
+        Self::with_stats(opts, router, Arc::default())
+    }
+
+    /// Share a counters struct with other handlers.
+    pub fn with_stats(
+        opts: HandlerOptions<P::Metadata>,
+        router: Router,
+        stats: Arc<HandlerStats>,
+    ) -> Self {
+        Self::assemble(P::from_options(opts), router, stats)
+    }
+}
+
+impl<P: Protocol> Handler<P> {
+    /// Idle timeouts and byte counter for tunnels (CONNECT, SOCKS, upgrades):
+    /// the service's `client_idle_timeout` / `backend_idle_timeout`.
+    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
+        self.ctx.relay = opts;
+    }
+
+    pub fn stats(&self) -> &Arc<HandlerStats> {
+        &self.ctx.stats
+    }
+
+    /// Serve one client connection until it closes or fails: `active` while it
+    /// runs, one outcome counter and one log line when it ends.
+    pub async fn handle<S: Io>(&self, stream: S, conn: ConnInfo) -> Outcome {
+        let stats = &self.ctx.stats;
+        let _active = stats.start();
+        let outcome = self
+            .protocol
+            .serve(&self.ctx, BufConn::new(stream), conn)
+            .await;
+        stats.record(&outcome);
+        log_outcome(self.protocol.kind(), &conn, &outcome);
+        outcome
+    }
+}
+
+/// Any of the proxy protocols, for a service loop that does not care which.
+pub enum AnyProtocol {
+    Http(http::Http),
+    Socks5(socks::Socks5),
+    Socks4(socks::Socks4),
+    // Boxed: it holds the other three, and the enum should stay small.
+    Auto(Box<auto::Auto>),
+}
+
+impl Protocol for AnyProtocol {
+    fn kind(&self) -> &'static str {
         match self {
-            ProxyHandler::Http(h) => h.handle(stream, conn).await,
-            ProxyHandler::Socks5(h) => h.handle(stream, conn).await,
-            ProxyHandler::Socks4(h) => h.handle(stream, conn).await,
-            ProxyHandler::Auto(h) => h.handle(stream, conn).await,
+            AnyProtocol::Http(p) => p.kind(),
+            AnyProtocol::Socks5(p) => p.kind(),
+            AnyProtocol::Socks4(p) => p.kind(),
+            AnyProtocol::Auto(p) => p.kind(),
         }
     }
 
+    async fn serve<S: Io>(&self, ctx: &Context, client: BufConn<S>, conn: ConnInfo) -> Outcome {
+        match self {
+            AnyProtocol::Http(p) => p.serve(ctx, client, conn).await,
+            AnyProtocol::Socks5(p) => p.serve(ctx, client, conn).await,
+            AnyProtocol::Socks4(p) => p.serve(ctx, client, conn).await,
+            AnyProtocol::Auto(p) => p.serve(ctx, client, conn).await,
+        }
+    }
+}
+
+impl ProxyHandler {
     /// Build the handler of one service from the pieces of its `handler:`
     /// section: `type`, `auth` and `metadata` (absent means all defaults).
     /// `field` is the section's path for errors, e.g. `services[2].handler`.
@@ -119,52 +298,28 @@ impl ProxyHandler {
         kind: &str,
         auth: Option<AuthConfig>,
         metadata: Option<&serde_yaml_ng::Value>,
-        router: crate::proxy::router::Router,
+        router: Router,
         field: &str,
     ) -> Result<ProxyHandler, FieldError> {
-        fn meta<T: serde::de::DeserializeOwned + Default>(
-            v: Option<&serde_yaml_ng::Value>,
+        fn build<P: FromOptions>(
+            auth: Option<AuthConfig>,
+            metadata: Option<&serde_yaml_ng::Value>,
             field: &str,
-        ) -> Result<T, FieldError> {
-            match v {
-                None | Some(serde_yaml_ng::Value::Null) => Ok(T::default()),
+        ) -> Result<P, FieldError> {
+            let metadata = match metadata {
+                None | Some(serde_yaml_ng::Value::Null) => P::Metadata::default(),
                 Some(v) => serde_yaml_ng::from_value(v.clone())
-                    .map_err(|e| FieldError::new(format!("{field}.metadata"), e.to_string())),
-            }
+                    .map_err(|e| FieldError::new(format!("{field}.metadata"), e.to_string()))?,
+            };
+            let opts = HandlerOptions { auth, metadata };
+            opts.validate(field)?;
+            Ok(P::from_options(opts))
         }
-        Ok(match kind {
-            "http" => {
-                let o = http::HttpHandlerOptions {
-                    auth,
-                    metadata: meta(metadata, field)?,
-                };
-                o.validate(field)?;
-                ProxyHandler::Http(http::HttpHandler::new(o, router))
-            }
-            "socks5" | "socks" => {
-                let o = socks::Socks5HandlerOptions {
-                    auth,
-                    metadata: meta(metadata, field)?,
-                };
-                o.validate(field)?;
-                ProxyHandler::Socks5(socks::Socks5Handler::new(o, router))
-            }
-            "socks4" | "socks4a" => {
-                let o = socks::Socks4HandlerOptions {
-                    auth,
-                    metadata: meta(metadata, field)?,
-                };
-                o.validate(field)?;
-                ProxyHandler::Socks4(socks::Socks4Handler::new(o, router))
-            }
-            "auto" => {
-                let o = auto::AutoHandlerOptions {
-                    auth,
-                    metadata: meta(metadata, field)?,
-                };
-                o.validate(field)?;
-                ProxyHandler::Auto(Box::new(auto::AutoHandler::new(o, router)))
-            }
+        let protocol = match kind {
+            "http" => AnyProtocol::Http(build(auth, metadata, field)?),
+            "socks5" | "socks" => AnyProtocol::Socks5(build(auth, metadata, field)?),
+            "socks4" | "socks4a" => AnyProtocol::Socks4(build(auth, metadata, field)?),
+            "auto" => AnyProtocol::Auto(Box::new(build(auth, metadata, field)?)),
             other => {
                 return Err(FieldError::new(
                     format!("{field}.type"),
@@ -173,7 +328,8 @@ impl ProxyHandler {
                     ),
                 ));
             }
-        })
+        };
+        Ok(Handler::assemble(protocol, router, Arc::default()))
     }
 
     /// Config-time check of a `handler:` section (unknown or malformed
@@ -184,28 +340,8 @@ impl ProxyHandler {
         metadata: Option<&serde_yaml_ng::Value>,
         field: &str,
     ) -> Result<(), FieldError> {
-        let router = crate::proxy::router::Router::default();
+        let router = Router::default();
         Self::from_parts(kind, auth.cloned(), metadata, router, field).map(drop)
-    }
-
-    /// Idle timeouts and byte counter for tunnels (CONNECT, SOCKS, upgrades):
-    /// the service's `client_idle_timeout` / `backend_idle_timeout`.
-    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
-        match self {
-            ProxyHandler::Http(h) => h.set_relay_opts(opts),
-            ProxyHandler::Socks5(h) => h.set_relay_opts(opts),
-            ProxyHandler::Socks4(h) => h.set_relay_opts(opts),
-            ProxyHandler::Auto(h) => h.set_relay_opts(opts),
-        }
-    }
-
-    pub fn stats(&self) -> &std::sync::Arc<HandlerStats> {
-        match self {
-            ProxyHandler::Http(h) => h.stats(),
-            ProxyHandler::Socks5(h) => h.stats(),
-            ProxyHandler::Socks4(h) => h.stats(),
-            ProxyHandler::Auto(h) => h.stats(),
-        }
     }
 }
 
@@ -218,6 +354,16 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
 }
+
+/// The stream of a client connection a handler can serve: a `TcpStream`, or a
+/// TLS stream over one. `Send` and `'static` because a connection is served in a
+/// task of its own.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// What a connection came to: success, or why it ended early.
+pub type Outcome = Result<(), HandlerError>;
 
 /// Why a connection ended early. Each variant maps to one [`HandlerStats`] counter.
 #[derive(Debug, thiserror::Error)]
@@ -319,7 +465,7 @@ impl HandlerStats {
     }
 
     /// Count the outcome of one connection (exactly one counter moves).
-    pub fn record(&self, outcome: &Result<(), HandlerError>) {
+    pub fn record(&self, outcome: &Outcome) {
         let counter = match outcome {
             Ok(()) => &self.completed,
             Err(HandlerError::BadRequest(_)) => &self.bad_request,
@@ -354,28 +500,10 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-/// Serve one connection under the handler's counters: `active` while it runs, one
-/// outcome counter and one log line when it ends. Every handler's `handle` is this.
-pub(crate) async fn counted<F>(
-    stats: &HandlerStats,
-    kind: &str,
-    conn: &ConnInfo,
-    serve: F,
-) -> Result<(), HandlerError>
-where
-    F: std::future::Future<Output = Result<(), HandlerError>>,
-{
-    let _active = stats.start();
-    let outcome = serve.await;
-    stats.record(&outcome);
-    log_outcome(kind, conn, &outcome);
-    outcome
-}
-
 /// Log one finished connection at a level that matches how interesting it is:
 /// client mistakes are routine (debug), target failures are worth an operator's
 /// look (info), success is trace.
-pub(crate) fn log_outcome(kind: &str, conn: &ConnInfo, outcome: &Result<(), HandlerError>) {
+pub(crate) fn log_outcome(kind: &str, conn: &ConnInfo, outcome: &Outcome) {
     match outcome {
         Ok(()) => tracing::trace!(handler = kind, peer = %conn.peer, "connection done"),
         Err(e @ (HandlerError::Target { .. } | HandlerError::Upstream { .. })) => {
@@ -460,7 +588,7 @@ mod tests {
         let v: serde_yaml_ng::Value =
             serde_yaml_ng::from_str("{udp: true, udpBufferSize: 8192}").unwrap();
         let h = ProxyHandler::from_parts("socks", None, Some(&v), router.clone(), "s[0].handler");
-        assert!(matches!(h, Ok(ProxyHandler::Socks5(_))));
+        assert!(matches!(h.map(|h| h.protocol), Ok(AnyProtocol::Socks5(_))));
         // `udp` is not an http option: the error names the section.
         let e = ProxyHandler::from_parts("http", None, Some(&v), router.clone(), "s[0].handler")
             .err()
@@ -476,10 +604,8 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.field, "h.type");
-        assert!(matches!(
-            ProxyHandler::from_parts("socks4a", None, None, router, "h"),
-            Ok(ProxyHandler::Socks4(_))
-        ));
+        let h = ProxyHandler::from_parts("socks4a", None, None, router, "h");
+        assert!(matches!(h.map(|h| h.protocol), Ok(AnyProtocol::Socks4(_))));
     }
 
     #[test]

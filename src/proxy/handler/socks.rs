@@ -54,22 +54,19 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::UdpSocket;
+use tokio::io::AsyncRead;
+use tokio::net::{TcpStream, UdpSocket};
 
 use super::conn::BufConn;
 use super::{
-    ConnInfo, HandlerError, HandlerStats, counted, credentials_match, default_read_timeout,
-    deserialize_go_duration, join_host_port, validate_timeout,
+    ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, HandlerStats, Io,
+    Metadata, Outcome, Protocol, credentials_match, default_read_timeout, deserialize_go_duration,
+    join_host_port, validate_timeout,
 };
 use crate::config::FieldError;
-use crate::config::auth::AuthConfig;
-use crate::proxy::relay::RelayOpts;
-use crate::proxy::router::Router;
 
 const VERSION5: u8 = 0x05;
 const METHOD_NONE: u8 = 0x00;
@@ -113,15 +110,7 @@ const UDP_DNS_CACHE: usize = 256;
 const UDP_MAX_DESTINATIONS: usize = 4096;
 
 /// The `handler:` section of a `socks5` service, minus `type`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Socks5HandlerOptions {
-    /// Require RFC 1929 username/password with these credentials.
-    #[serde(default)]
-    pub auth: Option<AuthConfig>,
-    #[serde(default)]
-    pub metadata: Socks5Metadata,
-}
+pub type Socks5HandlerOptions = HandlerOptions<Socks5Metadata>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,14 +144,10 @@ impl Default for Socks5Metadata {
     }
 }
 
-impl Socks5HandlerOptions {
-    /// `field` is the path of this section, e.g. `services[2].handler`.
-    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_udp_buffer(self.metadata.udp_buffer_size, field)?;
-        validate_timeout(
-            self.metadata.read_timeout,
-            format!("{field}.metadata.readTimeout"),
-        )
+impl Metadata for Socks5Metadata {
+    fn validate(&self, field: &str) -> Result<(), FieldError> {
+        validate_udp_buffer(self.udp_buffer_size, field)?;
+        validate_timeout(self.read_timeout, format!("{field}.metadata.readTimeout"))
     }
 }
 
@@ -179,15 +164,7 @@ pub(crate) fn validate_udp_buffer(size: usize, field: &str) -> Result<(), FieldE
 }
 
 /// The `handler:` section of a `socks4` service, minus `type`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Socks4HandlerOptions {
-    /// SOCKS4 carries only a user id: see the module docs for how this applies.
-    #[serde(default)]
-    pub auth: Option<AuthConfig>,
-    #[serde(default)]
-    pub metadata: Socks4Metadata,
-}
+pub type Socks4HandlerOptions = HandlerOptions<Socks4Metadata>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,12 +177,9 @@ pub struct Socks4Metadata {
     pub read_timeout: Duration,
 }
 
-impl Socks4HandlerOptions {
-    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_timeout(
-            self.metadata.read_timeout,
-            format!("{field}.metadata.readTimeout"),
-        )
+impl Metadata for Socks4Metadata {
+    fn validate(&self, field: &str) -> Result<(), FieldError> {
+        validate_timeout(self.read_timeout, format!("{field}.metadata.readTimeout"))
     }
 }
 
@@ -314,73 +288,57 @@ struct Request {
     addr: Address,
 }
 
-/// A SOCKS5 proxy for one service.
-pub struct Socks5Handler {
-    opts: Socks5HandlerOptions,
-    router: Router,
-    stats: Arc<HandlerStats>,
-    relay: RelayOpts,
+/// A SOCKS protocol, its version chosen by its metadata: [`Socks5`] or [`Socks4`].
+pub struct Socks<M> {
+    opts: HandlerOptions<M>,
 }
 
-impl Socks5Handler {
-    pub fn new(opts: Socks5HandlerOptions, router: Router) -> Self {
-        Self::with_stats(opts, router, Arc::new(HandlerStats::default()))
+/// The SOCKS5 protocol of a [`Socks5Handler`].
+pub type Socks5 = Socks<Socks5Metadata>;
+
+/// A SOCKS5 proxy for one service: see [`Handler`] for its use.
+pub type Socks5Handler = Handler<Socks5>;
+
+/// The SOCKS4/4a protocol of a [`Socks4Handler`].
+pub type Socks4 = Socks<Socks4Metadata>;
+
+/// A SOCKS4/4a proxy for one service (CONNECT only): see [`Handler`] for its use.
+pub type Socks4Handler = Handler<Socks4>;
+
+impl<M: Metadata> FromOptions for Socks<M>
+where
+    Self: Protocol,
+{
+    type Metadata = M;
+
+    fn from_options(opts: HandlerOptions<M>) -> Self {
+        Self { opts }
+    }
+}
+
+impl Protocol for Socks5 {
+    fn kind(&self) -> &'static str {
+        "socks5"
     }
 
-    pub fn with_stats(
-        opts: Socks5HandlerOptions,
-        router: Router,
-        stats: Arc<HandlerStats>,
-    ) -> Self {
-        Self {
-            opts,
-            router,
-            stats,
-            relay: RelayOpts::default(),
-        }
-    }
-
-    /// Idle timeouts and byte counter for CONNECT tunnels.
-    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
-        self.relay = opts;
-    }
-
-    pub fn stats(&self) -> &Arc<HandlerStats> {
-        &self.stats
-    }
-
-    /// Serve one client connection until it closes or fails.
-    pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        counted(
-            &self.stats,
-            "socks5",
-            &conn,
-            self.serve(BufConn::new(stream), conn),
-        )
-        .await
-    }
-
-    pub(crate) async fn serve<S>(
-        &self,
-        mut client: BufConn<S>,
-        conn: ConnInfo,
-    ) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let timeout = self.opts.metadata.read_timeout;
-        let req = match tokio::time::timeout(timeout, self.handshake(&mut client)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(HandlerError::HandshakeTimeout(timeout)),
-        };
-        HandlerStats::bump(&self.stats.requests);
+    async fn serve<S: Io>(&self, ctx: &Context, mut client: BufConn<S>, conn: ConnInfo) -> Outcome {
+        let req = within(self.opts.metadata.read_timeout, self.handshake(&mut client)).await?;
+        HandlerStats::bump(&ctx.stats.requests);
         tracing::debug!(peer = %conn.peer, cmd = req.cmd, target = ?req.addr, "socks5 request");
         match req.cmd {
-            CMD_CONNECT => self.connect(client, req.addr).await,
-            CMD_UDP_ASSOCIATE if self.opts.metadata.udp => self.udp_associate(client, conn).await,
+            CMD_CONNECT => {
+                let reply = |r: Result<&TcpStream, &io::Error>| match r {
+                    Ok(upstream) => {
+                        let bound = upstream.local_addr().unwrap_or_else(|_| unspecified());
+                        reply5(rep::SUCCEEDED, bound)
+                    }
+                    Err(e) => reply5(connect_error_code(e, &req.addr), unspecified()),
+                };
+                connect(ctx, client, &req.addr, reply).await
+            }
+            CMD_UDP_ASSOCIATE if self.opts.metadata.udp => {
+                self.udp_associate(ctx, client, conn).await
+            }
             other => {
                 client
                     .write_all(&reply5(rep::COMMAND_NOT_SUPPORTED, unspecified()))
@@ -393,12 +351,11 @@ impl Socks5Handler {
             }
         }
     }
+}
 
+impl Socks5 {
     /// Greeting, authentication and request.
-    async fn handshake<S>(&self, client: &mut BufConn<S>) -> Result<Request, HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    async fn handshake<S: Io>(&self, client: &mut BufConn<S>) -> Result<Request, HandlerError> {
         let version = client.take_u8().await?;
         if version != VERSION5 {
             return Err(HandlerError::BadRequest(format!(
@@ -510,39 +467,12 @@ impl Socks5Handler {
         Ok(Request { cmd, addr })
     }
 
-    async fn connect<S>(&self, mut client: BufConn<S>, addr: Address) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let target = addr.to_target();
-        let mut upstream = match self.router.connect(&target).await {
-            Ok(s) => s,
-            Err(e) => {
-                let code = connect_error_code(&e, &addr);
-                client.write_all(&reply5(code, unspecified())).await?;
-                return Err(HandlerError::Target { target, source: e });
-            }
-        };
-        let bound = upstream.local_addr().unwrap_or_else(|_| unspecified());
-        client.write_all(&reply5(rep::SUCCEEDED, bound)).await?;
-        client
-            .tunnel(&mut upstream, &self.relay)
-            .await
-            .map(|_| ())
-            .map_err(|e| HandlerError::Upstream {
-                target,
-                message: format!("tunnel ended: {e}"),
-            })
-    }
-
-    async fn udp_associate<S>(
+    async fn udp_associate<S: Io>(
         &self,
+        ctx: &Context,
         mut client: BufConn<S>,
         conn: ConnInfo,
-    ) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Outcome {
         // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; bind the
         // relay on the plain IPv4 address so the reply carries an IPv4 BND.ADDR.
         let relay_ip = canonical_ip(conn.local.ip());
@@ -572,7 +502,7 @@ impl Socks5Handler {
             }
         }
         client.write_all(&reply5(rep::SUCCEEDED, bound)).await?;
-        HandlerStats::bump(&self.stats.udp_associations);
+        HandlerStats::bump(&ctx.stats.udp_associations);
         tracing::debug!(peer = %conn.peer, relay = %bound, "socks5 udp association");
 
         let mut assoc = UdpAssociation {
@@ -581,7 +511,7 @@ impl Socks5Handler {
             client: None,
             destinations: HashSet::new(),
             dns: HashMap::new(),
-            stats: &self.stats,
+            stats: &ctx.stats,
         };
         let mut buf = vec![0u8; self.opts.metadata.udp_buffer_size + 1];
         loop {
@@ -601,7 +531,7 @@ impl Socks5Handler {
                 recv = assoc.socket.recv_from(&mut buf) => {
                     match recv {
                         Ok((n, from)) if n < buf.len() => assoc.on_datagram(&buf[..n], from).await,
-                        Ok(_) => HandlerStats::bump(&self.stats.udp_dropped),
+                        Ok(_) => HandlerStats::bump(&ctx.stats.udp_dropped),
                         // An ICMP error for an earlier send surfaces here on Linux;
                         // it concerns one destination, not the association.
                         Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable) => {}
@@ -713,69 +643,15 @@ impl UdpAssociation<'_> {
     }
 }
 
-/// A SOCKS4/4a proxy for one service (CONNECT only).
-pub struct Socks4Handler {
-    opts: Socks4HandlerOptions,
-    router: Router,
-    stats: Arc<HandlerStats>,
-    relay: RelayOpts,
-}
-
-impl Socks4Handler {
-    pub fn new(opts: Socks4HandlerOptions, router: Router) -> Self {
-        Self::with_stats(opts, router, Arc::new(HandlerStats::default()))
+impl Protocol for Socks4 {
+    fn kind(&self) -> &'static str {
+        "socks4"
     }
 
-    pub fn with_stats(
-        opts: Socks4HandlerOptions,
-        router: Router,
-        stats: Arc<HandlerStats>,
-    ) -> Self {
-        Self {
-            opts,
-            router,
-            stats,
-            relay: RelayOpts::default(),
-        }
-    }
-
-    /// Idle timeouts and byte counter for CONNECT tunnels.
-    pub fn set_relay_opts(&mut self, opts: RelayOpts) {
-        self.relay = opts;
-    }
-
-    pub fn stats(&self) -> &Arc<HandlerStats> {
-        &self.stats
-    }
-
-    pub async fn handle<S>(&self, stream: S, conn: ConnInfo) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        counted(
-            &self.stats,
-            "socks4",
-            &conn,
-            self.serve(BufConn::new(stream), conn),
-        )
-        .await
-    }
-
-    pub(crate) async fn serve<S>(
-        &self,
-        mut client: BufConn<S>,
-        conn: ConnInfo,
-    ) -> Result<(), HandlerError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    async fn serve<S: Io>(&self, ctx: &Context, mut client: BufConn<S>, conn: ConnInfo) -> Outcome {
         let timeout = self.opts.metadata.read_timeout;
-        let (cmd, addr, user) = match tokio::time::timeout(timeout, read_socks4(&mut client)).await
-        {
-            Ok(r) => r?,
-            Err(_) => return Err(HandlerError::HandshakeTimeout(timeout)),
-        };
-        HandlerStats::bump(&self.stats.requests);
+        let (cmd, addr, user) = within(timeout, read_socks4(&mut client)).await?;
+        HandlerStats::bump(&ctx.stats.requests);
         tracing::debug!(peer = %conn.peer, cmd, target = ?addr, "socks4 request");
         let reject = reply4(SOCKS4_REJECTED);
         if let Some(auth) = &self.opts.auth
@@ -790,24 +666,47 @@ impl Socks4Handler {
                 "SOCKS4 command {cmd:#04x}"
             )));
         }
-        let target = addr.to_target();
-        let mut upstream = match self.router.connect(&target).await {
-            Ok(s) => s,
-            Err(e) => {
-                client.write_all(&reject).await?;
-                return Err(HandlerError::Target { target, source: e });
-            }
-        };
-        client.write_all(&reply4(SOCKS4_GRANTED)).await?;
-        client
-            .tunnel(&mut upstream, &self.relay)
-            .await
-            .map(|_| ())
-            .map_err(|e| HandlerError::Upstream {
-                target,
-                message: format!("tunnel ended: {e}"),
+        let reply = |r: Result<&TcpStream, &io::Error>| {
+            reply4(if r.is_ok() {
+                SOCKS4_GRANTED
+            } else {
+                SOCKS4_REJECTED
             })
+            .to_vec()
+        };
+        connect(ctx, client, &addr, reply).await
     }
+}
+
+/// A SOCKS handshake, which must be complete within `readTimeout`.
+async fn within<T>(
+    timeout: Duration,
+    handshake: impl Future<Output = Result<T, HandlerError>>,
+) -> Result<T, HandlerError> {
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .unwrap_or(Err(HandlerError::HandshakeTimeout(timeout)))
+}
+
+/// CONNECT, for both SOCKS versions: reach the target, send the client the reply
+/// `reply` makes of the outcome (the target connection, or why there is none),
+/// then relay.
+async fn connect<S: Io>(
+    ctx: &Context,
+    mut client: BufConn<S>,
+    addr: &Address,
+    reply: impl FnOnce(Result<&TcpStream, &io::Error>) -> Vec<u8>,
+) -> Outcome {
+    let target = addr.to_target();
+    let mut upstream = match ctx.router.connect(&target).await {
+        Ok(s) => s,
+        Err(e) => {
+            client.write_all(&reply(Err(&e))).await?;
+            return Err(HandlerError::Target { target, source: e });
+        }
+    };
+    client.write_all(&reply(Ok(&upstream))).await?;
+    ctx.tunnel(&mut client, &mut upstream, target).await
 }
 
 /// `VN=0 CD port(2) ip(4)`; clients ignore the address for CONNECT.
