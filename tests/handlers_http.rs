@@ -8,19 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::config::auth::{AuthConfig, Secret};
+use gateway::proxy::handler::HandlerStats;
 use gateway::proxy::handler::http::{HttpHandler, HttpHandlerOptions};
-use gateway::proxy::handler::{HandlerStats, ProxyHandler};
 use gateway::proxy::router::Router;
 use handlers_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An HTTP proxy with these options on a loopback port, and its counters.
 async fn proxy(opts: HttpHandlerOptions) -> (SocketAddr, Arc<HandlerStats>) {
-    serve(ProxyHandler::Http(HttpHandler::new(
-        opts,
-        Router::default(),
-    )))
-    .await
+    serve(HttpHandler::new(opts, Router::default())).await
 }
 
 fn opts_yaml(yaml: &str) -> HttpHandlerOptions {
@@ -242,7 +238,7 @@ async fn idle_tunnel_is_cut_by_relay_options() {
         a_idle: Some(Duration::from_millis(300)),
         ..Default::default()
     });
-    let (p, stats) = serve(ProxyHandler::Http(h)).await;
+    let (p, stats) = serve(h).await;
     let mut s = tokio::net::TcpStream::connect(p).await.unwrap();
     s.write_all(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.addr).as_bytes())
         .await

@@ -18,14 +18,12 @@ use tokio::net::{TcpStream, UdpSocket};
 
 /// A SOCKS5 proxy with these options on a loopback port, and its counters.
 async fn socks5(opts: Socks5HandlerOptions) -> (SocketAddr, Arc<HandlerStats>) {
-    let handler = Socks5Handler::new(opts, Router::default());
-    serve(ProxyHandler::Socks5(handler)).await
+    serve(Socks5Handler::new(opts, Router::default())).await
 }
 
 /// An `auto` proxy with these options on a loopback port, and its counters.
 async fn auto(opts: AutoHandlerOptions) -> (SocketAddr, Arc<HandlerStats>) {
-    let handler = AutoHandler::new(opts, Router::default());
-    serve(ProxyHandler::Auto(Box::new(handler))).await
+    serve(AutoHandler::new(opts, Router::default())).await
 }
 
 /// An origin, and in front of it a `kind` proxy (`socks5`, `auto`, ...) that
@@ -288,8 +286,7 @@ async fn stalled_handshake_times_out() {
 #[tokio::test]
 async fn socks4_and_4a() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let handler = Socks4Handler::new(Default::default(), Router::default());
-    let (p, stats) = serve(ProxyHandler::Socks4(handler)).await;
+    let (p, stats) = serve(Socks4Handler::new(Default::default(), Router::default())).await;
     let p = p.to_string();
     curl_expect(&["--socks4", &p, &origin.url("/hello")], "hello").await;
     curl_expect(&["--socks4a", &p, &origin.url_by_name("/hello")], "hello").await;

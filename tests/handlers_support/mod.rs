@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gateway::proxy::handler::conn::BufConn;
-use gateway::proxy::handler::{ConnInfo, HandlerStats, ProxyHandler, StatsSnapshot};
+use gateway::proxy::handler::{ConnInfo, Handler, HandlerStats, Protocol, StatsSnapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -38,10 +38,10 @@ where
     addr
 }
 
-/// Serve `handler` on a fresh loopback port and return that address with the
-/// handler's counters. Every kind of handler goes in as the crate's own
-/// [`ProxyHandler`], so one accept loop serves them all.
-pub async fn serve(handler: ProxyHandler) -> (SocketAddr, Arc<HandlerStats>) {
+/// Serve `handler` (any protocol, including the run-time chosen
+/// `ProxyHandler`) on a fresh loopback port and return that address with the
+/// handler's counters.
+pub async fn serve<P: Protocol>(handler: Handler<P>) -> (SocketAddr, Arc<HandlerStats>) {
     let stats = handler.stats().clone();
     let handler = Arc::new(handler);
     let addr = spawn_proxy(move |stream, conn| {
