@@ -40,6 +40,12 @@ async fn hello_behind_alice(kind: &str) -> (String, String, Arc<HandlerStats>) {
     (origin.url("/hello"), p.to_string(), stats)
 }
 
+/// curl arguments: fetch `url` through the SOCKS proxy `px` (`--socks5`,
+/// `--socks4`, ...) with `--proxy-user user[:password]`.
+fn as_user<'a>(flag: &'a str, px: &'a str, user: &'a str, url: &'a str) -> [&'a str; 5] {
+    [flag, px, "--proxy-user", user, url]
+}
+
 fn with_udp() -> Socks5HandlerOptions {
     serde_yaml_ng::from_str("metadata: {udp: true, readTimeout: 2s}").unwrap()
 }
@@ -78,6 +84,23 @@ fn ipv4_addr(a: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// A SOCKS5 domain-name address (ATYP 3): length, name, port.
+fn domain_addr(host: &str, port: u16) -> Vec<u8> {
+    let mut out = vec![3, host.len() as u8];
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(&port.to_be_bytes());
+    out
+}
+
+/// A SOCKS5 UDP datagram (RFC 1928 section 7): two reserved bytes, the fragment
+/// number, the address (as from [`ipv4_addr`] or [`domain_addr`]) and the payload.
+fn udp_dgram(frag: u8, addr: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, frag];
+    out.extend_from_slice(addr);
+    out.extend_from_slice(payload);
+    out
+}
+
 fn reply_addr(reply: &[u8]) -> SocketAddr {
     assert_eq!(reply[3], 1);
     let ip = std::net::Ipv4Addr::new(reply[4], reply[5], reply[6], reply[7]);
@@ -108,12 +131,8 @@ async fn curl_connect_ipv4_domain_ipv6() {
 #[tokio::test]
 async fn curl_user_password() {
     let (url, px, stats) = hello_behind_alice("socks5").await;
-    curl_expect(
-        &["--socks5", &px, "--proxy-user", "alice:s3cret", &url],
-        "hello",
-    )
-    .await;
-    let r = curl(&["--socks5", &px, "--proxy-user", "alice:nope", &url]).await;
+    curl_expect(&as_user("--socks5", &px, "alice:s3cret", &url), "hello").await;
+    let r = curl(&as_user("--socks5", &px, "alice:nope", &url)).await;
     assert_ne!(r.status, Some(0));
     // No credentials: curl offers only "no auth", which we refuse (0xFF).
     let r = curl(&["--socks5", &px, &url]).await;
@@ -135,10 +154,7 @@ async fn reply_codes() {
     assert_eq!(reply[1], 0x05);
     // Unresolvable name (RFC 6761 `.invalid`) → 0x04 host unreachable; 0x06
     // where no resolver answers and the lookup runs into the connect timeout.
-    let host = b"no-such-host.invalid";
-    let mut name = vec![3, host.len() as u8];
-    name.extend_from_slice(host);
-    name.extend_from_slice(&80u16.to_be_bytes());
+    let name = domain_addr("no-such-host.invalid", 80);
     let (_, reply) = request(p, 1, &name).await;
     assert!(matches!(reply[1], 0x04 | 0x06), "reply {:#04x}", reply[1]);
     // BIND → 0x07; UDP ASSOCIATE while udp is off → 0x07.
@@ -208,38 +224,27 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
 
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut buf = [0u8; 2048];
+    // Send a datagram to the relay; the answer within 3 s: its length and sender.
+    let exchange = async |dgram: Vec<u8>, buf: &mut [u8]| {
+        client.send_to(&dgram, relay).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(3), client.recv_from(buf))
+            .await
+            .expect("udp reply")
+            .unwrap()
+    };
 
     // IPv4 destination.
-    let mut dgram = vec![0, 0, 0];
-    dgram.extend_from_slice(&ipv4_addr(echo));
-    dgram.extend_from_slice(b"ping");
-    client.send_to(&dgram, relay).await.unwrap();
-    let (n, from) = tokio::time::timeout(Duration::from_secs(3), client.recv_from(&mut buf))
-        .await
-        .expect("udp reply")
-        .unwrap();
+    let (n, from) = exchange(udp_dgram(0, &ipv4_addr(echo), b"ping"), &mut buf).await;
     assert_eq!(from, relay);
-    let mut expect = vec![0, 0, 0];
-    expect.extend_from_slice(&ipv4_addr(echo));
-    expect.extend_from_slice(b"echo:ping");
-    assert_eq!(&buf[..n], &expect[..]);
+    assert_eq!(&buf[..n], &udp_dgram(0, &ipv4_addr(echo), b"echo:ping")[..]);
 
     // Domain destination.
-    let mut dgram = vec![0, 0, 0, 3, 9];
-    dgram.extend_from_slice(b"localhost");
-    dgram.extend_from_slice(&echo.port().to_be_bytes());
-    dgram.extend_from_slice(b"by-name");
-    client.send_to(&dgram, relay).await.unwrap();
-    let (n, _) = tokio::time::timeout(Duration::from_secs(3), client.recv_from(&mut buf))
-        .await
-        .expect("udp reply")
-        .unwrap();
+    let by_name = udp_dgram(0, &domain_addr("localhost", echo.port()), b"by-name");
+    let (n, _) = exchange(by_name, &mut buf).await;
     assert!(buf[..n].ends_with(b"echo:by-name"));
 
     // A fragment and a stranger's datagram are dropped.
-    let mut frag = vec![0, 0, 1];
-    frag.extend_from_slice(&ipv4_addr(echo));
-    frag.extend_from_slice(b"frag");
+    let frag = udp_dgram(1, &ipv4_addr(echo), b"frag");
     client.send_to(&frag, relay).await.unwrap();
     let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     stranger.send_to(b"inject", relay).await.unwrap();
@@ -331,13 +336,9 @@ async fn auto_with_auth_applies_to_every_protocol() {
     let (url, proxy, stats) = hello_behind_alice("auto").await;
     let http = format!("http://{proxy}");
     curl_expect(&["-x", &http, "-U", "alice:s3cret", &url], "hello").await;
-    curl_expect(
-        &["--socks5", &proxy, "--proxy-user", "alice:s3cret", &url],
-        "hello",
-    )
-    .await;
+    curl_expect(&as_user("--socks5", &proxy, "alice:s3cret", &url), "hello").await;
     // SOCKS4 cannot carry a password: refused when one is configured.
-    let r = curl(&["--socks4", &proxy, "--proxy-user", "alice", &url]).await;
+    let r = curl(&as_user("--socks4", &proxy, "alice", &url)).await;
     assert_ne!(r.status, Some(0));
     assert_eq!(curl_code(&["-x", &http, &url]).await.text(), "407");
     assert_eq!(settled(&stats).await.auth_failed, 2);
