@@ -13,7 +13,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::lab::{GatewayProc, Hook, Host, Lab, poll};
+use common::lab::{GatewayProc, Hook, Host, Lab};
 use nix::sys::signal::Signal;
 
 /// The forwarding service's port on the VIP.
@@ -28,32 +28,24 @@ const FAILOVER: Duration = Duration::from_secs(10);
 /// (3 missed heartbeats of 100 ms).
 const STABLE: Duration = Duration::from_secs(3);
 
-/// A config with `floating_ip:` made of `fields` (YAML lines at two spaces' indent,
-/// `enabled: true` is added) and the forwarding service.
-fn config(lab: &Lab, fields: &[String]) -> String {
-    let mut s = String::from("floating_ip:\n  enabled: true\n");
-    for f in fields {
-        s.push_str("  ");
-        s.push_str(f);
-        s.push('\n');
-    }
-    s.push_str(&lab.forward_service_yaml());
-    s
+/// A config with `floating_ip: {enabled: true}` and the forwarding service.
+fn config(lab: &Lab) -> String {
+    format!(
+        "floating_ip:\n  enabled: true\n{}",
+        lab.forward_service_yaml()
+    )
 }
 
-/// `priority` and `peer_ip` for `host`, plus `extra`.
+/// `priority` and `peer_ip` for `host`, plus `extra` (see [`Lab::floating_ip_yaml`]),
+/// and the forwarding service.
 fn node_config(lab: &Lab, host: Host, priority: u8, extra: &[&str]) -> String {
-    let mut fields = vec![
-        format!("priority: {priority}"),
-        format!("peer_ip: {}", lab.ip(host.peer())),
-    ];
-    fields.extend(extra.iter().map(|s| s.to_string()));
-    config(lab, &fields)
+    lab.floating_ip_yaml(host, priority, extra) + &lab.forward_service_yaml()
 }
 
 /// Start both nodes at once with the same config; wait for exactly one VIP holder
-/// and for the client to reach the backend through it. Returns (n1, n2, master).
-fn start_both(lab: &Lab, cfg: &str) -> (GatewayProc, GatewayProc, Host) {
+/// and for the client to reach the backend through it. Returns the daemons of the
+/// elected master and of the backup (`GatewayProc::host` tells which is which).
+fn start_both(lab: &Lab, cfg: &str) -> (GatewayProc, GatewayProc) {
     let vip = lab.default_vip();
     // A VIP left behind by killed daemons must first disappear (the start removes
     // it; the winner binds it again a dead interval later), or the stale holder
@@ -62,11 +54,7 @@ fn start_both(lab: &Lab, cfg: &str) -> (GatewayProc, GatewayProc, Host) {
     let g1 = lab.spawn_gateway(Host::N1, cfg);
     let g2 = lab.spawn_gateway(Host::N2, cfg);
     if stale {
-        assert!(
-            poll(ELECTION, || lab.vip_holders(vip).is_empty().then_some(())).is_some(),
-            "the stale VIP was never removed: holders {:?}",
-            lab.vip_holders(vip)
-        );
+        lab.expect_holders(vip, &[], ELECTION, "the stale VIP was never removed");
     }
     let master = lab
         .wait_single_holder(vip, ELECTION)
@@ -78,30 +66,43 @@ fn start_both(lab: &Lab, cfg: &str) -> (GatewayProc, GatewayProc, Host) {
         "{}: master {master}, service answered after {took:?}",
         lab.name()
     );
-    (g1, g2, master)
+    if master == Host::N1 {
+        (g1, g2)
+    } else {
+        (g2, g1)
+    }
 }
 
-/// Start n1 with `cfg1`, wait until it is master, then start n2 with `cfg2` and
-/// check that n1 stays the only holder.
-fn start_n1_then_n2(lab: &Lab, cfg1: &str, cfg2: &str) -> (GatewayProc, GatewayProc) {
+/// Start n1 (priority 200), wait until it is master, then start n2 (priority 100)
+/// and check that n1 stays the only holder. Both configs get the `extra` lines.
+fn start_n1_then_n2(lab: &Lab, extra: &[&str]) -> (GatewayProc, GatewayProc) {
     let vip = lab.default_vip();
-    let g1 = lab.spawn_gateway(Host::N1, cfg1);
-    assert!(
-        lab.wait_holders(vip, &[Host::N1], ELECTION),
-        "n1 alone did not take the VIP: {:?}",
-        lab.vip_holders(vip)
-    );
-    let mut g2 = lab.spawn_gateway(Host::N2, cfg2);
-    if let Err(seen) = lab.holders_stay(vip, &[Host::N1], Duration::from_secs(1)) {
-        panic!("n2 joining disturbed the master: holders {seen:?}");
-    }
-    assert!(g2.is_running(), "n2's daemon exited:\n{}", g2.log());
+    let g1 = lab.spawn_gateway(Host::N1, &node_config(lab, Host::N1, 200, extra));
+    lab.expect_holders(vip, &[Host::N1], ELECTION, "n1 alone should take the VIP");
+    let mut g2 = lab.spawn_gateway(Host::N2, &node_config(lab, Host::N2, 100, extra));
+    lab.expect_holders_stay(vip, &[Host::N1], Duration::from_secs(1), "n2 joining");
+    g2.assert_running("n2 joining");
     (g1, g2)
+}
+
+/// SIGTERM to n1, the master: it exits and n2 takes the VIP.
+fn stop_n1(lab: &Lab, g1: &mut GatewayProc) {
+    g1.terminate(Duration::from_secs(5));
+    lab.expect_holders(lab.default_vip(), &[Host::N2], FAILOVER, "n1 stopped");
 }
 
 fn assert_reaches(lab: &Lab, vip: Ipv4Addr, what: &str) -> Duration {
     lab.wait_client_reaches(vip, SERVICE_PORT, FAILOVER)
         .unwrap_or_else(|e| panic!("{what}: the client does not reach the service on the VIP: {e}"))
+}
+
+/// The settled state after a change: for [`STABLE`] exactly `holder` has the VIP,
+/// `daemon` keeps running, and the client reaches the service.
+fn assert_stable(lab: &Lab, holder: Host, daemon: &mut GatewayProc, what: &str) {
+    let vip = lab.default_vip();
+    lab.expect_holders_stay(vip, &[holder], STABLE, what);
+    daemon.assert_running(what);
+    assert_reaches(lab, vip, what);
 }
 
 /// (1) `floating_ip: {enabled: true}` alone, both nodes started at the same moment:
@@ -117,10 +118,10 @@ fn simultaneous_start_elects_exactly_one_master() {
         lab.forward_service_yaml()
     );
     for round in 1..=3 {
-        let (g1, g2, master) = start_both(&lab, &cfg);
-        if let Err(seen) = lab.holders_stay(vip, &[master], Duration::from_secs(1)) {
-            panic!("round {round}: the election did not settle: holders {seen:?}");
-        }
+        let (gm, gb) = start_both(&lab, &cfg);
+        let master = gm.host();
+        let settled = format!("round {round}: the election settling");
+        lab.expect_holders_stay(vip, &[master], Duration::from_secs(1), &settled);
         assert!(lab.client_reaches(vip, SERVICE_PORT, Duration::from_secs(2)));
         // The VIP carries the interface's prefix (/24 here).
         let on_master = lab.addrs(master);
@@ -131,7 +132,7 @@ fn simultaneous_start_elects_exactly_one_master() {
             "round {round}: {on_master:?}"
         );
         // Dropping a GatewayProc is kill -9: the VIP stays behind on `master`.
-        drop((g1, g2));
+        drop((gm, gb));
         assert_eq!(
             lab.vip_holders(vip),
             vec![master],
@@ -147,8 +148,8 @@ fn simultaneous_start_elects_exactly_one_master() {
 fn node_death_moves_vip_and_client_arp() {
     let lab = Lab::new("e2e-death");
     let vip = lab.default_vip();
-    let cfg = config(&lab, &[]);
-    let (_g1, _g2, master) = start_both(&lab, &cfg);
+    let (gm, _gb) = start_both(&lab, &config(&lab));
+    let master = gm.host();
     let backup = master.peer();
     // start_both made the client connect: it has a neighbour entry for the VIP.
     assert_eq!(
@@ -172,11 +173,8 @@ fn node_death_moves_vip_and_client_arp() {
         "{:?}",
         lab.vip_holders(vip)
     );
-    let mac = poll(Duration::from_secs(3), || {
-        lab.client_neigh_mac(vip).filter(|m| *m == backup_mac)
-    });
     assert!(
-        mac.is_some(),
+        lab.wait_client_neigh_mac(vip, &backup_mac, Duration::from_secs(3)),
         "client's neighbour entry for the VIP is {:?}, the new master's MAC is {backup_mac}",
         lab.client_neigh_mac(vip)
     );
@@ -190,48 +188,33 @@ fn node_death_moves_vip_and_client_arp() {
 fn daemon_crash_fails_over_and_restart_removes_stale_vip() {
     let lab = Lab::new("e2e-crash");
     let vip = lab.default_vip();
-    let cfg = config(&lab, &[]);
-    let (g1, g2, master) = start_both(&lab, &cfg);
-    let backup = master.peer();
-    let (mut dead, _alive) = if master == Host::N1 {
-        (g1, g2)
-    } else {
-        (g2, g1)
-    };
+    let (mut dead, _alive) = start_both(&lab, &config(&lab));
+    let backup = dead.host().peer();
 
     dead.kill9();
     assert!(
-        poll(FAILOVER, || lab
-            .vip_holders(vip)
-            .contains(&backup)
-            .then_some(()))
-        .is_some(),
+        lab.wait_holder(vip, backup, FAILOVER),
         "the backup did not take the VIP after kill -9 of the master: {:?}",
         lab.vip_holders(vip)
     );
     assert_reaches(&lab, vip, "after kill -9 of the master");
     let backup_mac = lab.host_mac(backup);
     assert!(
-        poll(Duration::from_secs(3), || {
-            lab.client_neigh_mac(vip).filter(|m| *m == backup_mac)
-        })
-        .is_some(),
+        lab.wait_client_neigh_mac(vip, &backup_mac, Duration::from_secs(3)),
         "client still resolves the VIP to {:?}",
         lab.client_neigh_mac(vip)
     );
 
-    let mut restarted = lab.spawn_gateway(master, &cfg);
-    assert!(
-        lab.wait_holders(vip, &[backup], FAILOVER),
-        "the restarted daemon did not remove its stale VIP: holders {:?}",
-        lab.vip_holders(vip)
-    );
+    let mut restarted = lab.respawn(&dead);
+    let what = "the restarted daemon removing its stale VIP";
+    lab.expect_holders(vip, &[backup], FAILOVER, what);
     // preempt is off by default: it stays backup and the service stays where it is.
-    if let Err(seen) = lab.holders_stay(vip, &[backup], STABLE) {
-        panic!("after the restart: holders {seen:?}");
-    }
-    assert!(restarted.is_running(), "{}", restarted.log());
-    assert_reaches(&lab, vip, "after the old master's restart");
+    assert_stable(
+        &lab,
+        backup,
+        &mut restarted,
+        "after the old master's restart",
+    );
 }
 
 /// (4) SIGTERM on the master: it releases the VIP and resigns, the backup takes
@@ -240,14 +223,9 @@ fn daemon_crash_fails_over_and_restart_removes_stale_vip() {
 fn sigterm_switches_over() {
     let lab = Lab::new("e2e-sigterm");
     let vip = lab.default_vip();
-    let cfg = config(&lab, &[]);
-    let (g1, g2, master) = start_both(&lab, &cfg);
+    let (mut stopping, _alive) = start_both(&lab, &config(&lab));
+    let master = stopping.host();
     let backup = master.peer();
-    let (mut stopping, _alive) = if master == Host::N1 {
-        (g1, g2)
-    } else {
-        (g2, g1)
-    };
 
     let t0 = Instant::now();
     stopping.signal(Signal::SIGTERM);
@@ -266,11 +244,7 @@ fn sigterm_switches_over() {
         "exit status {status}:\n{}",
         stopping.log()
     );
-    assert!(
-        lab.wait_holders(vip, &[backup], FAILOVER),
-        "holders after the switchover: {:?}",
-        lab.vip_holders(vip)
-    );
+    lab.expect_holders(vip, &[backup], FAILOVER, "after the switchover");
     assert!(
         !lab.vip_holders(vip).contains(&master),
         "the stopped node kept the VIP"
@@ -284,28 +258,13 @@ fn sigterm_switches_over() {
 fn returning_master_without_preempt_stays_backup() {
     let lab = Lab::new("e2e-nopreempt");
     let vip = lab.default_vip();
-    let cfg1 = node_config(&lab, Host::N1, 200, &[]);
-    let cfg2 = node_config(&lab, Host::N2, 100, &[]);
-    let (mut g1, _g2) = start_n1_then_n2(&lab, &cfg1, &cfg2);
-
-    g1.signal(Signal::SIGTERM);
-    assert!(
-        g1.wait_exit(Duration::from_secs(5)).is_some(),
-        "n1 did not stop"
-    );
-    assert!(
-        lab.wait_holders(vip, &[Host::N2], FAILOVER),
-        "{:?}",
-        lab.vip_holders(vip)
-    );
+    let (mut g1, _g2) = start_n1_then_n2(&lab, &[]);
+    stop_n1(&lab, &mut g1);
     assert_reaches(&lab, vip, "after n1 stopped");
 
-    let mut back = lab.spawn_gateway(Host::N1, &cfg1);
-    if let Err(seen) = lab.holders_stay(vip, &[Host::N2], STABLE) {
-        panic!("without preempt the returning n1 must stay backup; holders {seen:?}");
-    }
-    assert!(back.is_running(), "n1's daemon exited:\n{}", back.log());
-    assert_reaches(&lab, vip, "with n1 back as backup");
+    let mut back = lab.respawn(&g1);
+    let what = "without preempt the returning n1 must stay backup";
+    assert_stable(&lab, Host::N2, &mut back, what);
 }
 
 /// (5b) `preempt: true`: the returning higher-priority node takes the VIP back,
@@ -314,31 +273,13 @@ fn returning_master_without_preempt_stays_backup() {
 fn returning_master_with_preempt_takes_vip_back() {
     let lab = Lab::new("e2e-preempt");
     let vip = lab.default_vip();
-    let cfg1 = node_config(&lab, Host::N1, 200, &["preempt: true"]);
-    let cfg2 = node_config(&lab, Host::N2, 100, &["preempt: true"]);
-    let (mut g1, _g2) = start_n1_then_n2(&lab, &cfg1, &cfg2);
+    let (mut g1, _g2) = start_n1_then_n2(&lab, &["preempt: true"]);
+    stop_n1(&lab, &mut g1);
 
-    g1.signal(Signal::SIGTERM);
-    assert!(
-        g1.wait_exit(Duration::from_secs(5)).is_some(),
-        "n1 did not stop"
-    );
-    assert!(
-        lab.wait_holders(vip, &[Host::N2], FAILOVER),
-        "{:?}",
-        lab.vip_holders(vip)
-    );
-
-    let _back = lab.spawn_gateway(Host::N1, &cfg1);
-    assert!(
-        lab.wait_holders(vip, &[Host::N1], FAILOVER),
-        "with preempt the returning n1 (priority 200) must take the VIP back: {:?}",
-        lab.vip_holders(vip)
-    );
-    if let Err(seen) = lab.holders_stay(vip, &[Host::N1], STABLE) {
-        panic!("after the preemption: holders {seen:?}");
-    }
-    assert_reaches(&lab, vip, "after the preemption");
+    let mut back = lab.respawn(&g1);
+    let what = "with preempt the returning n1 (priority 200) must take the VIP back";
+    lab.expect_holders(vip, &[Host::N1], FAILOVER, what);
+    assert_stable(&lab, Host::N1, &mut back, "after the preemption");
 }
 
 /// (6a) The backup stops hearing the master's heartbeats (nftables in n2 drops UDP
@@ -347,10 +288,7 @@ fn returning_master_with_preempt_takes_vip_back() {
 #[test]
 fn lost_heartbeats_with_live_peer_keep_one_master() {
     let lab = Lab::new("e2e-hbloss");
-    let vip = lab.default_vip();
-    let cfg1 = node_config(&lab, Host::N1, 200, &[]);
-    let cfg2 = node_config(&lab, Host::N2, 100, &[]);
-    let (_g1, mut g2) = start_n1_then_n2(&lab, &cfg1, &cfg2);
+    let (_g1, mut g2) = start_n1_then_n2(&lab, &[]);
 
     lab.nft_drop(
         Host::N2,
@@ -358,13 +296,8 @@ fn lost_heartbeats_with_live_peer_keep_one_master() {
         &format!("ip saddr {} udp dport {HEARTBEAT_PORT}", lab.ip(Host::N1)),
     );
     assert!(lab.ping(Host::N2, lab.ip(Host::N1)), "ICMP must still pass");
-    if let Err(seen) = lab.holders_stay(vip, &[Host::N1], STABLE) {
-        panic!(
-            "heartbeats lost but the peer alive: exactly n1 must hold the VIP; holders {seen:?}"
-        );
-    }
-    assert!(g2.is_running(), "n2's daemon exited:\n{}", g2.log());
-    assert_reaches(&lab, vip, "during the heartbeat loss");
+    let what = "heartbeats lost but the peer alive: exactly n1 must hold the VIP";
+    assert_stable(&lab, Host::N1, &mut g2, what);
 }
 
 /// (6b) The backup is cut off from everything (nftables drops all traffic in and
@@ -376,9 +309,7 @@ fn cut_off_backup_goes_fault_and_takes_no_vip() {
     let lab = Lab::new("e2e-cutoff");
     let vip = lab.default_vip();
     let probe = format!("probe: {{targets: [{}]}}", lab.ip(Host::Backend));
-    let cfg1 = node_config(&lab, Host::N1, 200, &[&probe]);
-    let cfg2 = node_config(&lab, Host::N2, 100, &[&probe]);
-    let (_g1, mut g2) = start_n1_then_n2(&lab, &cfg1, &cfg2);
+    let (_g1, mut g2) = start_n1_then_n2(&lab, &[&probe]);
 
     lab.nft_drop(Host::N2, Hook::Input, "iifname \"eth0\"");
     lab.nft_drop(Host::N2, Hook::Output, "oifname \"eth0\"");
@@ -398,7 +329,7 @@ fn cut_off_backup_goes_fault_and_takes_no_vip() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(g2.is_running(), "n2's daemon exited:\n{}", g2.log());
+    g2.assert_running("cut off");
     assert!(
         g2.wait_log("to=FAULT", Duration::from_secs(2)),
         "n2 never logged a change to FAULT:\n{}",
@@ -408,11 +339,7 @@ fn cut_off_backup_goes_fault_and_takes_no_vip() {
     // Network back: n2 sees its probe target again, hears no master, takes over.
     lab.nft_flush(Host::N2);
     assert!(
-        poll(FAILOVER, || lab
-            .vip_holders(vip)
-            .contains(&Host::N2)
-            .then_some(()))
-        .is_some(),
+        lab.wait_holder(vip, Host::N2, FAILOVER),
         "n2 did not recover from FAULT and take the VIP once its network was back"
     );
     assert_reaches(&lab, vip, "after n2 recovered");

@@ -7,37 +7,33 @@ mod common;
 
 use std::time::Duration;
 
-use common::lab::{Hook, Host, Lab, poll};
-use nix::sys::signal::Signal;
+use common::lab::{GatewayProc, Hook, Host, Lab, poll};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn cfg(lab: &Lab, host: Host, priority: u8, extra: &str) -> String {
-    format!(
-        "floating_ip:\n  enabled: true\n  priority: {priority}\n  peer_ip: {}\n{extra}",
-        lab.ip(host.peer())
-    )
+/// Start n1 with priority 200 and the `extra` `floating_ip:` lines, and wait until
+/// it holds the VIP.
+fn start_n1_master(lab: &Lab, extra: &[&str]) -> GatewayProc {
+    let g1 = lab.spawn_gateway(Host::N1, &lab.floating_ip_yaml(Host::N1, 200, extra));
+    lab.expect_holders(lab.default_vip(), &[Host::N1], WAIT, "n1 alone");
+    g1
+}
+
+/// Start n2 as the backup (priority 100).
+fn start_n2(lab: &Lab) -> GatewayProc {
+    lab.spawn_gateway(Host::N2, &lab.floating_ip_yaml(Host::N2, 100, &[]))
 }
 
 #[test]
 fn vip_removed_by_someone_else_is_restored() {
     let lab = Lab::new("x-restore");
     let vip = lab.default_vip();
-    let _g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, ""));
-    assert!(
-        lab.wait_holders(vip, &[Host::N1], WAIT),
-        "{:?}",
-        lab.vip_holders(vip)
-    );
+    let _g1 = start_n1_master(&lab, &[]);
     lab.ip_cmd(
         Host::N1,
         &["addr", "del", &format!("{vip}/24"), "dev", "eth0"],
     );
-    assert!(
-        lab.wait_holders(vip, &[Host::N1], Duration::from_secs(2)),
-        "VIP not restored: {:?}",
-        lab.vip_holders(vip)
-    );
+    lab.expect_holders(vip, &[Host::N1], Duration::from_secs(2), "VIP restored");
 }
 
 #[test]
@@ -46,12 +42,12 @@ fn notify_hooks_run_with_state_in_environment() {
     let vip = lab.default_vip();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("states");
-    let extra = format!(
-        "  notify:\n    master: \"echo master-hook >> {0}\"\n    any: \"echo $GATEWAY_PREVIOUS_STATE-$GATEWAY_STATE-$GATEWAY_VIP >> {0}\"\n",
+    let master = format!("  master: \"echo master-hook >> {}\"", out.display());
+    let any = format!(
+        "  any: \"echo $GATEWAY_PREVIOUS_STATE-$GATEWAY_STATE-$GATEWAY_VIP >> {}\"",
         out.display()
     );
-    let g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, &extra));
-    assert!(lab.wait_holders(vip, &[Host::N1], WAIT));
+    let g1 = start_n1_master(&lab, &["notify:", &master, &any]);
     let text = poll(WAIT, || {
         let t = std::fs::read_to_string(&out).unwrap_or_default();
         t.contains(&format!("BACKUP-MASTER-{vip}")).then_some(t)
@@ -65,8 +61,7 @@ fn notify_hooks_run_with_state_in_environment() {
 fn garbage_on_the_heartbeat_port_is_dropped_and_counted() {
     let lab = Lab::new("x-garbage");
     let vip = lab.default_vip();
-    let mut g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, ""));
-    assert!(lab.wait_holders(vip, &[Host::N1], WAIT));
+    let mut g1 = start_n1_master(&lab, &[]);
     // Random datagrams, a truncated heartbeat and a wrong version, from the client.
     let n1 = lab.ip(Host::N1);
     lab.in_netns(Host::Client, move || {
@@ -82,12 +77,9 @@ fn garbage_on_the_heartbeat_port_is_dropped_and_counted() {
         }
     })
     .unwrap();
-    if let Err(seen) = lab.holders_stay(vip, &[Host::N1], Duration::from_secs(1)) {
-        panic!("garbage disturbed the master: {seen:?}");
-    }
-    assert!(g1.is_running());
-    g1.signal(Signal::SIGTERM);
-    assert!(g1.wait_exit(WAIT).is_some());
+    lab.expect_holders_stay(vip, &[Host::N1], Duration::from_secs(1), "garbage");
+    g1.assert_running("garbage");
+    g1.terminate(WAIT);
     let log = g1.log();
     let malformed = log
         .lines()
@@ -110,11 +102,10 @@ fn unicast_heartbeats_to_peer_ip_survive_lost_broadcast() {
     });
     lab.nft_drop(Host::N2, Hook::Input, &bcast);
     lab.nft_drop(Host::N1, Hook::Input, &bcast);
-    let _g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, ""));
-    assert!(lab.wait_holders(vip, &[Host::N1], WAIT));
+    let _g1 = start_n1_master(&lab, &[]);
     // The echo port is closed too, so only heartbeats keep n2 from taking over.
     lab.nft_drop(Host::N2, Hook::Output, "tcp dport 61111");
-    let g2 = lab.spawn_gateway(Host::N2, &cfg(&lab, Host::N2, 100, ""));
+    let g2 = start_n2(&lab);
     if let Err(seen) = lab.holders_stay(vip, &[Host::N1], Duration::from_secs(2)) {
         panic!(
             "n2 took the VIP although unicast heartbeats flow: {seen:?}\n{}",
@@ -127,16 +118,11 @@ fn unicast_heartbeats_to_peer_ip_survive_lost_broadcast() {
 fn master_link_down_goes_fault_and_backup_takes_over() {
     let lab = Lab::new("x-linkdown");
     let vip = lab.default_vip();
-    let g1 = lab.spawn_gateway(Host::N1, &cfg(&lab, Host::N1, 200, ""));
-    assert!(lab.wait_holders(vip, &[Host::N1], WAIT));
-    let _g2 = lab.spawn_gateway(Host::N2, &cfg(&lab, Host::N2, 100, ""));
+    let g1 = start_n1_master(&lab, &[]);
+    let _g2 = start_n2(&lab);
     std::thread::sleep(Duration::from_millis(500));
     lab.link_down(Host::N1);
-    assert!(
-        lab.wait_holders(vip, &[Host::N2], WAIT),
-        "{:?}",
-        lab.vip_holders(vip)
-    );
+    lab.expect_holders(vip, &[Host::N2], WAIT, "n1's link down");
     assert!(
         g1.wait_log("to=FAULT reason=link down", WAIT),
         "{}",
@@ -149,7 +135,5 @@ fn master_link_down_goes_fault_and_backup_takes_over() {
         "{}",
         g1.log()
     );
-    if let Err(seen) = lab.holders_stay(vip, &[Host::N2], Duration::from_secs(1)) {
-        panic!("{seen:?}");
-    }
+    lab.expect_holders_stay(vip, &[Host::N2], Duration::from_secs(1), "n1's link up");
 }

@@ -10,10 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gateway::proxy::handler::auto::AutoHandler;
-use gateway::proxy::handler::http::HttpHandler;
-use gateway::proxy::handler::socks::Socks5Handler;
-use gateway::proxy::handler::{HandlerStats, StatsSnapshot};
+use gateway::proxy::handler::{HandlerStats, ProxyHandler};
 use gateway::proxy::router::Router;
 use handlers_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -100,57 +97,18 @@ async fn one_round(http: SocketAddr, socks: SocketAddr, auto: SocketAddr, origin
     }
 }
 
-fn balanced(s: &StatsSnapshot) -> bool {
-    s.connections
-        == s.completed
-            + s.bad_request
-            + s.handshake_timeout
-            + s.auth_failed
-            + s.target_failed
-            + s.upstream_error
-            + s.unsupported
-            + s.client_error
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_connections_leak_nothing() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let fast = "metadata: {readTimeout: 200ms}";
-    let http = Arc::new(HttpHandler::new(
-        serde_yaml_ng::from_str(fast).unwrap(),
-        Router::default(),
-    ));
-    let socks = Arc::new(Socks5Handler::new(
-        serde_yaml_ng::from_str(fast).unwrap(),
-        Router::default(),
-    ));
-    let auto = Arc::new(AutoHandler::new(
-        serde_yaml_ng::from_str(fast).unwrap(),
-        Router::default(),
-    ));
-    let (h, s, a) = (http.clone(), socks.clone(), auto.clone());
-    let hp = spawn_proxy(move |st, c| {
-        let h = h.clone();
-        async move {
-            let _ = h.handle(st, c).await;
-        }
-    })
-    .await;
-    let sp = spawn_proxy(move |st, c| {
-        let s = s.clone();
-        async move {
-            let _ = s.handle(st, c).await;
-        }
-    })
-    .await;
-    let ap = spawn_proxy(move |st, c| {
-        let a = a.clone();
-        async move {
-            let _ = a.handle(st, c).await;
-        }
-    })
-    .await;
-    let stats: [&Arc<HandlerStats>; 3] = [http.stats(), socks.stats(), auto.stats()];
+    // Built as a service builds them, from `type` and `metadata`.
+    let fast: serde_yaml_ng::Value = serde_yaml_ng::from_str("{readTimeout: 200ms}").unwrap();
+    let handler = |kind: &str| {
+        ProxyHandler::from_parts(kind, None, Some(&fast), Router::default(), kind).unwrap()
+    };
+    let (hp, http) = serve(handler("http")).await;
+    let (sp, socks) = serve(handler("socks5")).await;
+    let (ap, auto) = serve(handler("auto")).await;
+    let stats: [&Arc<HandlerStats>; 3] = [&http, &socks, &auto];
     let idle = || stats.iter().all(|s| s.snapshot().active == 0);
 
     // Warm-up: lets the runtime create whatever it creates lazily.
@@ -200,14 +158,13 @@ async fn bad_connections_leak_nothing() {
     assert_eq!(fds_after, fds_before, "file descriptors leaked");
     assert_eq!(tasks_after, tasks_before, "tasks leaked");
 
-    let (h, s, a) = (
-        http.stats().snapshot(),
-        socks.stats().snapshot(),
-        auto.stats().snapshot(),
-    );
+    let (h, s, a) = (http.snapshot(), socks.snapshot(), auto.snapshot());
     eprintln!("http {h:?}\nsocks5 {s:?}\nauto {a:?}");
     for snap in [&h, &s, &a] {
-        assert!(balanced(snap), "every connection counted once: {snap:?}");
+        assert!(
+            counts_add_up(snap),
+            "every connection counted once: {snap:?}"
+        );
         assert_eq!(snap.completed, 0, "nothing here was a success: {snap:?}");
     }
     let rounds = (ROUNDS + 1) as u64;

@@ -10,42 +10,40 @@ use std::time::Duration;
 use gateway::config::auth::{AuthConfig, Secret};
 use gateway::proxy::handler::auto::{AutoHandler, AutoHandlerOptions};
 use gateway::proxy::handler::socks::{Socks4Handler, Socks5Handler, Socks5HandlerOptions};
+use gateway::proxy::handler::{HandlerStats, ProxyHandler};
 use gateway::proxy::router::Router;
 use handlers_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-async fn socks5(opts: Socks5HandlerOptions) -> (SocketAddr, Arc<Socks5Handler>) {
-    let handler = Arc::new(Socks5Handler::new(opts, Router::default()));
-    let h = handler.clone();
-    let addr = spawn_proxy(move |s, c| {
-        let h = h.clone();
-        async move {
-            let _ = h.handle(s, c).await;
-        }
-    })
-    .await;
-    (addr, handler)
+/// A SOCKS5 proxy with these options on a loopback port, and its counters.
+async fn socks5(opts: Socks5HandlerOptions) -> (SocketAddr, Arc<HandlerStats>) {
+    serve(Socks5Handler::new(opts, Router::default())).await
 }
 
-async fn auto(opts: AutoHandlerOptions) -> (SocketAddr, Arc<AutoHandler>) {
-    let handler = Arc::new(AutoHandler::new(opts, Router::default()));
-    let h = handler.clone();
-    let addr = spawn_proxy(move |s, c| {
-        let h = h.clone();
-        async move {
-            let _ = h.handle(s, c).await;
-        }
-    })
-    .await;
-    (addr, handler)
+/// An `auto` proxy with these options on a loopback port, and its counters.
+async fn auto(opts: AutoHandlerOptions) -> (SocketAddr, Arc<HandlerStats>) {
+    serve(AutoHandler::new(opts, Router::default())).await
 }
 
-fn alice() -> AuthConfig {
-    AuthConfig {
+/// An origin, and in front of it a `kind` proxy (`socks5`, `auto`, ...) that
+/// wants alice's credentials, built the way a service builds it. Returns the
+/// origin's `/hello` URL, the proxy's `host:port` and the proxy's counters.
+async fn hello_behind_alice(kind: &str) -> (String, String, Arc<HandlerStats>) {
+    let origin = spawn_origin("127.0.0.1:0").await;
+    let alice = AuthConfig {
         username: "alice".into(),
         password: Secret("s3cret".into()),
-    }
+    };
+    let handler = ProxyHandler::from_parts(kind, Some(alice), None, Router::default(), kind);
+    let (p, stats) = serve(handler.expect("handler")).await;
+    (origin.url("/hello"), p.to_string(), stats)
+}
+
+/// curl arguments: fetch `url` through the SOCKS proxy `px` (`--socks5`,
+/// `--socks4`, ...) with `--proxy-user user[:password]`.
+fn as_user<'a>(flag: &'a str, px: &'a str, user: &'a str, url: &'a str) -> [&'a str; 5] {
+    [flag, px, "--proxy-user", user, url]
 }
 
 fn with_udp() -> Socks5HandlerOptions {
@@ -86,6 +84,23 @@ fn ipv4_addr(a: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// A SOCKS5 domain-name address (ATYP 3): length, name, port.
+fn domain_addr(host: &str, port: u16) -> Vec<u8> {
+    let mut out = vec![3, host.len() as u8];
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(&port.to_be_bytes());
+    out
+}
+
+/// A SOCKS5 UDP datagram (RFC 1928 section 7): two reserved bytes, the fragment
+/// number, the address (as from [`ipv4_addr`] or [`domain_addr`]) and the payload.
+fn udp_dgram(frag: u8, addr: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, frag];
+    out.extend_from_slice(addr);
+    out.extend_from_slice(payload);
+    out
+}
+
 fn reply_addr(reply: &[u8]) -> SocketAddr {
     assert_eq!(reply[3], 1);
     let ip = std::net::Ipv4Addr::new(reply[4], reply[5], reply[6], reply[7]);
@@ -95,94 +110,51 @@ fn reply_addr(reply: &[u8]) -> SocketAddr {
 #[tokio::test]
 async fn curl_connect_ipv4_domain_ipv6() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, handler) = socks5(Socks5HandlerOptions::default()).await;
+    let (p, stats) = socks5(Socks5HandlerOptions::default()).await;
     // --socks5: curl resolves, sends IPv4. --socks5-hostname: sends the name.
-    let r = curl(&[
-        "--socks5",
-        &p.to_string(),
-        &format!("http://{}/hello", origin.addr),
-    ])
+    let p = p.to_string();
+    curl_expect(&["--socks5", &p, &origin.url("/hello")], "hello").await;
+    curl_expect(
+        &["--socks5-hostname", &p, &origin.url_by_name("/hello")],
+        "hello",
+    )
     .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
-    let r = curl(&[
-        "--socks5-hostname",
-        &p.to_string(),
-        &format!("http://localhost:{}/hello", origin.addr.port()),
-    ])
-    .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
         let o6 = spawn_origin("[::1]:0").await;
-        let r = curl(&[
-            "--socks5",
-            &p.to_string(),
-            &format!("http://[::1]:{}/hello", o6.addr.port()),
-        ])
-        .await;
-        assert_eq!(r.text(), "hello", "{}", r.stderr);
+        let url = format!("http://[::1]:{}/hello", o6.addr.port());
+        curl_expect(&["--socks5", &p, &url], "hello").await;
     }
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    let s = settled(&stats).await;
     assert!(s.completed >= 2 && s.completed == s.connections, "{s:?}");
 }
 
 #[tokio::test]
 async fn curl_user_password() {
-    let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, handler) = socks5(Socks5HandlerOptions {
-        auth: Some(alice()),
-        ..Default::default()
-    })
-    .await;
-    let url = format!("http://{}/hello", origin.addr);
-    let r = curl(&[
-        "--socks5",
-        &p.to_string(),
-        "--proxy-user",
-        "alice:s3cret",
-        &url,
-    ])
-    .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
-    let r = curl(&[
-        "--socks5",
-        &p.to_string(),
-        "--proxy-user",
-        "alice:nope",
-        &url,
-    ])
-    .await;
+    let (url, px, stats) = hello_behind_alice("socks5").await;
+    curl_expect(&as_user("--socks5", &px, "alice:s3cret", &url), "hello").await;
+    let r = curl(&as_user("--socks5", &px, "alice:nope", &url)).await;
     assert_ne!(r.status, Some(0));
     // No credentials: curl offers only "no auth", which we refuse (0xFF).
-    let r = curl(&["--socks5", &p.to_string(), &url]).await;
+    let r = curl(&["--socks5", &px, &url]).await;
     assert_ne!(r.status, Some(0));
-    let mut s = TcpStream::connect(p).await.unwrap();
+    let mut s = TcpStream::connect(&px).await.unwrap();
     s.write_all(&[5, 1, 0]).await.unwrap();
     let mut m = [0u8; 2];
     s.read_exact(&mut m).await.unwrap();
     assert_eq!(m, [5, 0xFF]);
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().auth_failed == 3
-    })
-    .await;
+    wait_for(Duration::from_secs(5), || stats.snapshot().auth_failed == 3).await;
 }
 
 #[tokio::test]
 async fn reply_codes() {
-    let (p, handler) = socks5(Socks5HandlerOptions::default()).await;
+    let (p, stats) = socks5(Socks5HandlerOptions::default()).await;
     // Refused → 0x05.
     let dead = closed_port().await;
     let (_, reply) = request(p, 1, &ipv4_addr(dead)).await;
     assert_eq!(reply[1], 0x05);
     // Unresolvable name (RFC 6761 `.invalid`) → 0x04 host unreachable; 0x06
     // where no resolver answers and the lookup runs into the connect timeout.
-    let host = b"no-such-host.invalid";
-    let mut name = vec![3, host.len() as u8];
-    name.extend_from_slice(host);
-    name.extend_from_slice(&80u16.to_be_bytes());
+    let name = domain_addr("no-such-host.invalid", 80);
     let (_, reply) = request(p, 1, &name).await;
     assert!(matches!(reply[1], 0x04 | 0x06), "reply {:#04x}", reply[1]);
     // BIND → 0x07; UDP ASSOCIATE while udp is off → 0x07.
@@ -207,11 +179,7 @@ async fn reply_codes() {
     // The tunnel lasts until both halves are closed: close ours.
     drop(s);
 
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    let s = settled(&stats).await;
     assert_eq!(s.target_failed, 2, "{s:?}");
     assert_eq!(s.unsupported, 2, "{s:?}");
     assert_eq!(s.bad_request, 1, "{s:?}");
@@ -221,7 +189,7 @@ async fn reply_codes() {
 #[tokio::test]
 async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
     let echo = spawn_udp_echo("127.0.0.1:0").await;
-    let (p, handler) = socks5(with_udp()).await;
+    let (p, stats) = socks5(with_udp()).await;
     let (control, reply) = request(p, 3, &[1, 0, 0, 0, 0, 0, 0]).await;
     assert_eq!(reply[1], 0x00);
     let relay = reply_addr(&reply);
@@ -256,46 +224,32 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
 
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut buf = [0u8; 2048];
+    // Send a datagram to the relay; the answer within 3 s: its length and sender.
+    let exchange = async |dgram: Vec<u8>, buf: &mut [u8]| {
+        client.send_to(&dgram, relay).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(3), client.recv_from(buf))
+            .await
+            .expect("udp reply")
+            .unwrap()
+    };
 
     // IPv4 destination.
-    let mut dgram = vec![0, 0, 0];
-    dgram.extend_from_slice(&ipv4_addr(echo));
-    dgram.extend_from_slice(b"ping");
-    client.send_to(&dgram, relay).await.unwrap();
-    let (n, from) = tokio::time::timeout(Duration::from_secs(3), client.recv_from(&mut buf))
-        .await
-        .expect("udp reply")
-        .unwrap();
+    let (n, from) = exchange(udp_dgram(0, &ipv4_addr(echo), b"ping"), &mut buf).await;
     assert_eq!(from, relay);
-    let mut expect = vec![0, 0, 0];
-    expect.extend_from_slice(&ipv4_addr(echo));
-    expect.extend_from_slice(b"echo:ping");
-    assert_eq!(&buf[..n], &expect[..]);
+    assert_eq!(&buf[..n], &udp_dgram(0, &ipv4_addr(echo), b"echo:ping")[..]);
 
     // Domain destination.
-    let mut dgram = vec![0, 0, 0, 3, 9];
-    dgram.extend_from_slice(b"localhost");
-    dgram.extend_from_slice(&echo.port().to_be_bytes());
-    dgram.extend_from_slice(b"by-name");
-    client.send_to(&dgram, relay).await.unwrap();
-    let (n, _) = tokio::time::timeout(Duration::from_secs(3), client.recv_from(&mut buf))
-        .await
-        .expect("udp reply")
-        .unwrap();
+    let by_name = udp_dgram(0, &domain_addr("localhost", echo.port()), b"by-name");
+    let (n, _) = exchange(by_name, &mut buf).await;
     assert!(buf[..n].ends_with(b"echo:by-name"));
 
     // A fragment and a stranger's datagram are dropped.
-    let mut frag = vec![0, 0, 1];
-    frag.extend_from_slice(&ipv4_addr(echo));
-    frag.extend_from_slice(b"frag");
+    let frag = udp_dgram(1, &ipv4_addr(echo), b"frag");
     client.send_to(&frag, relay).await.unwrap();
     let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     stranger.send_to(b"inject", relay).await.unwrap();
-    wait_for(Duration::from_secs(3), || {
-        handler.stats().snapshot().udp_dropped == 2
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    wait_for(Duration::from_secs(3), || stats.snapshot().udp_dropped == 2).await;
+    let s = stats.snapshot();
     assert_eq!(
         (s.udp_associations, s.udp_datagrams_out, s.udp_datagrams_in),
         (1, 2, 2),
@@ -305,10 +259,7 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
     // Closing the control connection closes the relay socket: the kernel answers
     // a datagram to it with port unreachable, which shows as ECONNREFUSED.
     drop(control);
-    wait_for(Duration::from_secs(3), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
+    wait_for(Duration::from_secs(3), || stats.snapshot().active == 0).await;
     let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     probe.connect(relay).await.unwrap();
     probe.send(b"anyone?").await.unwrap();
@@ -317,14 +268,14 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
         Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
         other => panic!("relay still answers: {other:?}"),
     }
-    assert_eq!(handler.stats().snapshot().completed, 1);
+    assert_eq!(stats.snapshot().completed, 1);
 }
 
 #[tokio::test]
 async fn stalled_handshake_times_out() {
     let opts: Socks5HandlerOptions =
         serde_yaml_ng::from_str("metadata: {readTimeout: 300ms}").unwrap();
-    let (p, handler) = socks5(opts).await;
+    let (p, stats) = socks5(opts).await;
     let mut s = TcpStream::connect(p).await.unwrap();
     s.write_all(&[5, 2]).await.unwrap(); // promises two methods, sends one
     s.write_all(&[0]).await.unwrap();
@@ -332,7 +283,7 @@ async fn stalled_handshake_times_out() {
     let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     assert!(matches!(r, Ok(Ok(0))), "{r:?}");
     wait_for(Duration::from_secs(2), || {
-        handler.stats().snapshot().handshake_timeout == 1
+        stats.snapshot().handshake_timeout == 1
     })
     .await;
 }
@@ -340,46 +291,23 @@ async fn stalled_handshake_times_out() {
 #[tokio::test]
 async fn socks4_and_4a() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let handler = Arc::new(Socks4Handler::new(Default::default(), Router::default()));
-    let h = handler.clone();
-    let p = spawn_proxy(move |s, c| {
-        let h = h.clone();
-        async move {
-            let _ = h.handle(s, c).await;
-        }
-    })
-    .await;
-    let r = curl(&[
-        "--socks4",
-        &p.to_string(),
-        &format!("http://{}/hello", origin.addr),
-    ])
-    .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
-    let r = curl(&[
-        "--socks4a",
-        &p.to_string(),
-        &format!("http://localhost:{}/hello", origin.addr.port()),
-    ])
-    .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    let (p, stats) = serve(Socks4Handler::new(Default::default(), Router::default())).await;
+    let p = p.to_string();
+    curl_expect(&["--socks4", &p, &origin.url("/hello")], "hello").await;
+    curl_expect(&["--socks4a", &p, &origin.url_by_name("/hello")], "hello").await;
     let dead = closed_port().await;
-    let r = curl(&["--socks4", &p.to_string(), &format!("http://{dead}/")]).await;
+    let r = curl(&["--socks4", &p, &format!("http://{dead}/")]).await;
     assert_ne!(r.status, Some(0));
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    let s = settled(&stats).await;
     assert_eq!((s.completed, s.target_failed), (2, 1), "{s:?}");
 }
 
 #[tokio::test]
 async fn auto_detects_all_protocols_on_one_port() {
     let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, handler) = auto(AutoHandlerOptions::default()).await;
-    let url = format!("http://{}/hello", origin.addr);
-    let host_url = format!("http://localhost:{}/hello", origin.addr.port());
+    let (p, stats) = auto(AutoHandlerOptions::default()).await;
+    let url = origin.url("/hello");
+    let host_url = origin.url_by_name("/hello");
     let proxy = p.to_string();
     for args in [
         vec!["-x", &format!("http://{proxy}"), &url],
@@ -395,11 +323,7 @@ async fn auto_detects_all_protocols_on_one_port() {
     // Garbage goes to HTTP, which says 400.
     let reply = raw_exchange(p, b"\x00\x01\x02\x03\r\n\r\n").await;
     assert!(reply.starts_with(b"HTTP/1.1 400"), "{reply:?}");
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    let s = handler.stats().snapshot();
+    let s = settled(&stats).await;
     assert_eq!(
         (s.connections, s.completed, s.bad_request),
         (7, 6, 1),
@@ -409,37 +333,15 @@ async fn auto_detects_all_protocols_on_one_port() {
 
 #[tokio::test]
 async fn auto_with_auth_applies_to_every_protocol() {
-    let origin = spawn_origin("127.0.0.1:0").await;
-    let (p, handler) = auto(AutoHandlerOptions {
-        auth: Some(alice()),
-        ..Default::default()
-    })
-    .await;
-    let url = format!("http://{}/hello", origin.addr);
-    let proxy = p.to_string();
-    let r = curl(&["-x", &format!("http://{proxy}"), "-U", "alice:s3cret", &url]).await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
-    let r = curl(&["--socks5", &proxy, "--proxy-user", "alice:s3cret", &url]).await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    let (url, proxy, stats) = hello_behind_alice("auto").await;
+    let http = format!("http://{proxy}");
+    curl_expect(&["-x", &http, "-U", "alice:s3cret", &url], "hello").await;
+    curl_expect(&as_user("--socks5", &proxy, "alice:s3cret", &url), "hello").await;
     // SOCKS4 cannot carry a password: refused when one is configured.
-    let r = curl(&["--socks4", &proxy, "--proxy-user", "alice", &url]).await;
+    let r = curl(&as_user("--socks4", &proxy, "alice", &url)).await;
     assert_ne!(r.status, Some(0));
-    let r = curl(&[
-        "-x",
-        &format!("http://{proxy}"),
-        &url,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ])
-    .await;
-    assert_eq!(r.text(), "407");
-    wait_for(Duration::from_secs(5), || {
-        handler.stats().snapshot().active == 0
-    })
-    .await;
-    assert_eq!(handler.stats().snapshot().auth_failed, 2);
+    assert_eq!(curl_code(&["-x", &http, &url]).await.text(), "407");
+    assert_eq!(settled(&stats).await.auth_failed, 2);
 }
 
 #[test]

@@ -60,6 +60,45 @@ impl Ca {
     }
 }
 
+/// A CA (written to `ca.pem` in a temporary directory) and a server certificate
+/// it issued for `names`, installed there as `server.crt` / `server.key`.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    ca_path: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    /// The server certificate, DER: what a client should be shown.
+    der: Vec<u8>,
+}
+
+impl Pki {
+    fn new(ca_name: &str, names: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(ca_name);
+        let ca_path = ca.write(dir.path(), "ca.pem");
+        let (c, k, der) = ca.leaf(names, false);
+        let (cert, key) = install(dir.path(), &c, &k);
+        Pki {
+            dir,
+            ca,
+            ca_path,
+            cert,
+            key,
+            der,
+        }
+    }
+
+    /// A server config serving the installed pair, everything else at its defaults.
+    fn server(&self) -> TlsConfig {
+        TlsConfig {
+            cert_file: Some(self.cert.clone()),
+            key_file: Some(self.key.clone()),
+            ..Default::default()
+        }
+    }
+}
+
 /// Write a cert/key pair the way a renewal tool does: new files, then rename.
 fn install(dir: &Path, cert: &str, key: &str) -> (PathBuf, PathBuf) {
     let (c, k) = (dir.join("server.crt"), dir.join("server.key"));
@@ -127,83 +166,71 @@ const BOTH: &[&rustls::SupportedProtocolVersion] =
 
 #[tokio::test]
 async fn certificate_swapped_on_disk_is_served_without_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("test ca");
-    let ca_path = ca.write(dir.path(), "ca.pem");
-    let (c1, k1, der1) = ca.leaf(&["localhost"], false);
-    let (cert, key) = install(dir.path(), &c1, &k1);
+    let pki = Pki::new("test ca", &["localhost"]);
     let cfg = TlsConfig {
-        cert_file: Some(cert.clone()),
-        key_file: Some(key.clone()),
         options: TlsOptions {
             alpn: vec!["h2".into(), "http/1.1".into()],
             ..Default::default()
         },
-        ..Default::default()
+        ..pki.server()
     };
     let addr = hello_server(&cfg).await;
 
-    let (leaf, version, alpn) = handshake(addr, &ca_path, BOTH, &["http/1.1"])
+    let (leaf, version, alpn) = handshake(addr, &pki.ca_path, BOTH, &["http/1.1"])
         .await
         .unwrap();
-    assert_eq!(leaf, der1);
+    assert_eq!(leaf, pki.der);
     assert_eq!(version, rustls::ProtocolVersion::TLSv1_3);
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
 
     // Renewal by rename.
-    let (c2, k2, der2) = ca.leaf(&["localhost"], false);
-    install(dir.path(), &c2, &k2);
+    let (c2, k2, der2) = pki.ca.leaf(&["localhost"], false);
+    install(pki.dir.path(), &c2, &k2);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (leaf, _, _) = handshake(addr, &ca_path, BOTH, &[]).await.unwrap();
+    let (leaf, _, _) = handshake(addr, &pki.ca_path, BOTH, &[]).await.unwrap();
     assert_eq!(leaf, der2, "new certificate served after the swap");
 
     // A broken key (caught mid-write) keeps the previous pair in service.
-    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
+    std::fs::write(&pki.key, "-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (leaf, _, _) = handshake(addr, &ca_path, BOTH, &[]).await.unwrap();
+    let (leaf, _, _) = handshake(addr, &pki.ca_path, BOTH, &[]).await.unwrap();
     assert_eq!(
         leaf, der2,
         "old certificate kept while the new pair is broken"
     );
 
     // In-place overwrite (no rename) once the pair is whole again.
-    let (c3, k3, der3) = ca.leaf(&["localhost"], false);
-    std::fs::write(&cert, &c3).unwrap();
-    std::fs::write(&key, &k3).unwrap();
+    let (c3, k3, der3) = pki.ca.leaf(&["localhost"], false);
+    std::fs::write(&pki.cert, &c3).unwrap();
+    std::fs::write(&pki.key, &k3).unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (leaf, _, _) = handshake(addr, &ca_path, BOTH, &[]).await.unwrap();
+    let (leaf, _, _) = handshake(addr, &pki.ca_path, BOTH, &[]).await.unwrap();
     assert_eq!(leaf, der3);
 }
 
 #[tokio::test]
 async fn version_limits() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("test ca");
-    let ca_path = ca.write(dir.path(), "ca.pem");
-    let (c, k, _) = ca.leaf(&["localhost"], false);
-    let (cert, key) = install(dir.path(), &c, &k);
+    let pki = Pki::new("test ca", &["localhost"]);
     let with = |min: Option<&str>, max: Option<&str>| TlsConfig {
-        cert_file: Some(cert.clone()),
-        key_file: Some(key.clone()),
         options: TlsOptions {
             min_version: min.map(str::to_string),
             max_version: max.map(str::to_string),
             alpn: vec![],
         },
-        ..Default::default()
+        ..pki.server()
     };
     // gobetween spelling: at most TLS 1.2.
     let addr = hello_server(&with(None, Some("tls1.2"))).await;
-    let (_, v, _) = handshake(addr, &ca_path, BOTH, &[]).await.unwrap();
+    let (_, v, _) = handshake(addr, &pki.ca_path, BOTH, &[]).await.unwrap();
     assert_eq!(v, rustls::ProtocolVersion::TLSv1_2);
     // GOST spelling: at least TLS 1.3; a TLS 1.2-only client is refused.
     let addr = hello_server(&with(Some("VersionTLS13"), None)).await;
     assert!(
-        handshake(addr, &ca_path, &[&rustls::version::TLS12], &[])
+        handshake(addr, &pki.ca_path, &[&rustls::version::TLS12], &[])
             .await
             .is_err()
     );
-    let (_, v, _) = handshake(addr, &ca_path, BOTH, &[]).await.unwrap();
+    let (_, v, _) = handshake(addr, &pki.ca_path, BOTH, &[]).await.unwrap();
     assert_eq!(v, rustls::ProtocolVersion::TLSv1_3);
     // TLS 1.0 cannot be configured.
     let e = acceptor(&with(Some("VersionTLS10"), None))
@@ -214,19 +241,13 @@ async fn version_limits() {
 
 #[tokio::test]
 async fn openssl_s_client_verifies_chain_and_alpn() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("test ca");
-    let ca_path = ca.write(dir.path(), "ca.pem");
-    let (c, k, _) = ca.leaf(&["localhost"], false);
-    let (cert, key) = install(dir.path(), &c, &k);
+    let pki = Pki::new("test ca", &["localhost"]);
     let cfg = TlsConfig {
-        cert_file: Some(cert),
-        key_file: Some(key),
         options: TlsOptions {
             alpn: vec!["http/1.1".into()],
             ..Default::default()
         },
-        ..Default::default()
+        ..pki.server()
     };
     let addr = hello_server(&cfg).await;
     let out = tokio::process::Command::new("openssl")
@@ -238,7 +259,7 @@ async fn openssl_s_client_verifies_chain_and_alpn() {
             "localhost",
         ])
         .args(["-verify_hostname", "localhost", "-CAfile"])
-        .arg(&ca_path)
+        .arg(&pki.ca_path)
         .args(["-alpn", "http/1.1"])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -253,19 +274,9 @@ async fn openssl_s_client_verifies_chain_and_alpn() {
 #[tokio::test]
 async fn https_proxy_through_tls_listener_and_http_handler() {
     // TLS termination in front of a handler: the handler is generic over the stream.
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("test ca");
-    let ca_path = ca.write(dir.path(), "ca.pem");
-    let (c, k, _) = ca.leaf(&["localhost"], false);
-    let (cert, key) = install(dir.path(), &c, &k);
-    let acceptor = acceptor(&TlsConfig {
-        cert_file: Some(cert),
-        key_file: Some(key),
-        ..Default::default()
-    })
-    .unwrap();
-    let handler = Arc::new(HttpHandler::new(Default::default(), Router::default()));
-    let h = handler.clone();
+    let pki = Pki::new("test ca", &["localhost"]);
+    let acceptor = acceptor(&pki.server()).unwrap();
+    let h = Arc::new(HttpHandler::new(Default::default(), Router::default()));
     let p = spawn_proxy(move |tcp, conn| {
         let (h, acceptor) = (h.clone(), acceptor.clone());
         async move {
@@ -276,30 +287,20 @@ async fn https_proxy_through_tls_listener_and_http_handler() {
     })
     .await;
     let origin = spawn_origin("127.0.0.1:0").await;
-    let r = curl(&[
-        "--proxy",
-        &format!("https://localhost:{}", p.port()),
-        "--proxy-cacert",
-        ca_path.to_str().unwrap(),
-        &format!("http://{}/hello", origin.addr),
-    ])
-    .await;
-    assert_eq!(r.text(), "hello", "{}", r.stderr);
+    let proxy = format!("https://localhost:{}", p.port());
+    let ca = pki.ca_path.to_str().unwrap();
+    let url = origin.url("/hello");
+    curl_expect(&["--proxy", &proxy, "--proxy-cacert", ca, &url], "hello").await;
 }
 
 /// The backend side: a server that requires client certificates.
 #[tokio::test]
 async fn backend_client_with_ca_client_cert_and_sni() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("backend ca");
-    let ca_path = ca.write(dir.path(), "ca.pem");
-    let (sc, sk, _) = ca.leaf(&["backend.test"], false);
-    let (scert, skey) = install(dir.path(), &sc, &sk);
+    let pki = Pki::new("backend ca", &["backend.test"]);
+    let (dir, ca, ca_path) = (&pki.dir, &pki.ca, &pki.ca_path);
     let addr = hello_server(&TlsConfig {
-        cert_file: Some(scert),
-        key_file: Some(skey),
         ca_file: Some(ca_path.clone()),
-        ..Default::default()
+        ..pki.server()
     })
     .await;
     let (cc, ck, _) = ca.leaf(&["gateway-client"], true);
@@ -397,16 +398,8 @@ async fn backend_client_with_ca_client_cert_and_sni() {
 
 #[tokio::test]
 async fn stalled_or_garbage_tls_clients_are_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("test ca");
-    let (c, k, _) = ca.leaf(&["localhost"], false);
-    let (cert, key) = install(dir.path(), &c, &k);
-    let acceptor = acceptor(&TlsConfig {
-        cert_file: Some(cert),
-        key_file: Some(key),
-        ..Default::default()
-    })
-    .unwrap();
+    let pki = Pki::new("test ca", &["localhost"]);
+    let acceptor = acceptor(&pki.server()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
 

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use gateway::failover::arp::{garp_frames, send_garp};
 use gateway::failover::netwatch::{NetEvent, link_is_up, watch};
 use gateway::failover::vip::{VipController, VipError};
-use pnet::datalink::{self, Channel};
+use pnet::datalink::{self, Channel, NetworkInterface};
 use pnet::util::MacAddr;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -144,25 +145,86 @@ fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// One namespace with a veth pair `a0`–`b0` inside it, both up, `a0` holding `own`/24.
-fn single_ns_pair(tag: &str, own: &str) -> Netns {
+/// One namespace with a veth pair `a0`–`b0` inside it, both up, `a0` holding
+/// `10.66.N.1/24`. Returns the guard and the VIP the test uses, `10.66.N.100`;
+/// `None` without root (the test then returns).
+fn single_ns_pair(tag: &str, net: u8) -> Option<(Netns, Ipv4Addr)> {
+    if !is_root() {
+        return None;
+    }
     let ns = Netns::new(tag);
     ns.ip("link add a0 type veth peer name b0");
     ns.ip("link set a0 up");
     ns.ip("link set b0 up");
-    ns.ip(&format!("addr add {own}/24 dev a0"));
-    ns
+    ns.ip(&format!("addr add 10.66.{net}.1/24 dev a0"));
+    Some((ns, Ipv4Addr::new(10, 66, net, 100)))
+}
+
+/// The interface `name` as pnet sees it from the calling thread's namespace.
+fn interface(name: &str) -> NetworkInterface {
+    datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == name)
+        .unwrap_or_else(|| panic!("no interface {name}"))
+}
+
+/// A [`VipController`] for `vip` on `a0`, /24.
+async fn controller(vip: Ipv4Addr) -> VipController {
+    VipController::new("a0", vip, 24).await.expect("controller")
+}
+
+/// The netlink watcher on `a0` for `vip`, run as a task; its events are read with
+/// [`Watch::next`], each within `within`.
+struct Watch {
+    rx: mpsc::Receiver<NetEvent>,
+    task: JoinHandle<Result<(), VipError>>,
+    within: Duration,
+}
+
+impl Watch {
+    fn start(vip: Ipv4Addr, within: Duration) -> Watch {
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(watch("a0".to_string(), vip, tx));
+        Watch { rx, task, within }
+    }
+
+    async fn next(&mut self) -> NetEvent {
+        tokio::time::timeout(self.within, self.rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {:?}", self.within))
+            .expect("watcher alive")
+    }
+}
+
+/// Bind `vip` on `a0`, start watching, and take the state found at start: the
+/// link is up. Returns the controller and the watch.
+async fn bound_and_watched(vip: Ipv4Addr, within: Duration) -> (VipController, Watch) {
+    let c = controller(vip).await;
+    assert!(c.bind().await.unwrap());
+    let mut w = Watch::start(vip, within);
+    assert_eq!(w.next().await, NetEvent::Link { up: true });
+    (c, w)
+}
+
+/// Poll (2 s at most) until `b`'s neighbour entry for `ip` on `b0` names `mac`;
+/// `what` says which frame should have taught it.
+fn wait_neighbour(b: &Netns, ip: &str, mac: MacAddr, what: &str) {
+    let want = format!("lladdr {mac}");
+    let show = format!("neigh show {ip} dev b0");
+    assert!(
+        wait_for(Duration::from_secs(2), || b.ip(&show).contains(&want)),
+        "neighbour entry not updated{what}: {}",
+        b.ip(&show)
+    );
 }
 
 #[test]
 fn bind_unbind_and_is_bound() {
-    if !is_root() {
+    let Some((ns, vip)) = single_ns_pair("vip", 0) else {
         return;
-    }
-    let ns = single_ns_pair("vip", "10.66.0.1");
-    let vip = Ipv4Addr::new(10, 66, 0, 100);
+    };
     ns.block_on(|| async {
-        let c = VipController::new("a0", vip, 24).await.expect("controller");
+        let c = controller(vip).await;
         assert!(!c.is_bound().await.unwrap());
 
         assert!(c.bind().await.unwrap(), "first bind adds");
@@ -190,14 +252,12 @@ fn bind_unbind_and_is_bound() {
 
 #[test]
 fn unbind_matches_any_prefix_and_only_our_interface() {
-    if !is_root() {
+    let Some((ns, vip)) = single_ns_pair("vipx", 1) else {
         return;
-    }
-    let ns = single_ns_pair("vipx", "10.66.1.1");
+    };
     ns.ip("addr add 10.66.1.2/24 dev b0");
-    let vip = Ipv4Addr::new(10, 66, 1, 100);
     ns.block_on(|| async {
-        let c = VipController::new("a0", vip, 24).await.expect("controller");
+        let c = controller(vip).await;
 
         // The same address on the other interface is not ours.
         ns.ip("addr add 10.66.1.100/24 dev b0");
@@ -229,10 +289,9 @@ fn unbind_matches_any_prefix_and_only_our_interface() {
 
 #[test]
 fn link_is_up_follows_the_veth_peer() {
-    if !is_root() {
+    let Some((ns, _)) = single_ns_pair("link", 2) else {
         return;
-    }
-    let ns = single_ns_pair("link", "10.66.2.1");
+    };
     let up = || ns.run(|| link_is_up("a0").expect("link_is_up"));
     assert!(wait_for(Duration::from_secs(3), &up), "a0 up");
     ns.ip("link set b0 down");
@@ -249,31 +308,18 @@ fn link_is_up_follows_the_veth_peer() {
 
 #[test]
 fn watch_reports_vip_removal_and_link_changes() {
-    if !is_root() {
+    let Some((ns, vip)) = single_ns_pair("watch", 3) else {
         return;
-    }
-    let ns = single_ns_pair("watch", "10.66.3.1");
+    };
     ns.ip("addr add 10.66.3.2/24 dev b0");
-    let vip = Ipv4Addr::new(10, 66, 3, 100);
     ns.block_on(|| async {
-        let c = VipController::new("a0", vip, 24).await.expect("controller");
-        assert!(c.bind().await.unwrap());
-        let (tx, mut rx) = mpsc::channel(16);
-        let watcher = tokio::spawn(watch("a0".to_string(), vip, tx));
-
-        let mut next = async || {
-            tokio::time::timeout(Duration::from_secs(3), rx.recv())
-                .await
-                .expect("event within 3 s")
-                .expect("watcher alive")
-        };
-        // The state found at start.
-        assert_eq!(next().await, NetEvent::Link { up: true });
+        // The state found at start (link up) is checked on the way.
+        let (c, mut w) = bound_and_watched(vip, Duration::from_secs(3)).await;
 
         // Latencies include running `ip`; printed for the record (--nocapture).
         let t = Instant::now();
         ns.ip("addr del 10.66.3.100/24 dev a0");
-        assert_eq!(next().await, NetEvent::VipRemoved);
+        assert_eq!(w.next().await, NetEvent::VipRemoved);
         eprintln!("VipRemoved {:?} after `ip addr del` started", t.elapsed());
 
         // Noise the watcher must ignore: another address on a0, the VIP on b0.
@@ -282,18 +328,18 @@ fn watch_reports_vip_removal_and_link_changes() {
         ns.ip("addr del 10.66.3.100/24 dev b0");
         // Our own bind is seen as well.
         assert!(c.bind().await.unwrap());
-        assert_eq!(next().await, NetEvent::VipAdded);
+        assert_eq!(w.next().await, NetEvent::VipAdded);
 
         let t = Instant::now();
         ns.ip("link set b0 down");
-        assert_eq!(next().await, NetEvent::Link { up: false });
+        assert_eq!(w.next().await, NetEvent::Link { up: false });
         eprintln!(
             "Link down {:?} after `ip link set b0 down` started",
             t.elapsed()
         );
         let t = Instant::now();
         ns.ip("link set b0 up");
-        assert_eq!(next().await, NetEvent::Link { up: true });
+        assert_eq!(w.next().await, NetEvent::Link { up: true });
         eprintln!(
             "Link up {:?} after `ip link set b0 up` started",
             t.elapsed()
@@ -301,11 +347,11 @@ fn watch_reports_vip_removal_and_link_changes() {
 
         // Nothing else was pending (no duplicate link events).
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(rx.try_recv().is_err(), "unexpected extra event");
+        assert!(w.rx.try_recv().is_err(), "unexpected extra event");
 
         // Closing the channel ends the watcher cleanly.
-        drop(rx);
-        let res = tokio::time::timeout(Duration::from_secs(3), watcher)
+        drop(w.rx);
+        let res = tokio::time::timeout(Duration::from_secs(3), w.task)
             .await
             .expect("watcher returns once the receiver is gone")
             .expect("watcher task");
@@ -315,27 +361,15 @@ fn watch_reports_vip_removal_and_link_changes() {
 
 #[test]
 fn watch_follows_interface_deletion_recreation_and_renaming() {
-    if !is_root() {
+    let Some((ns, vip)) = single_ns_pair("wdel", 7) else {
         return;
-    }
-    let ns = single_ns_pair("wdel", "10.66.7.1");
-    let vip = Ipv4Addr::new(10, 66, 7, 100);
+    };
     ns.block_on(|| async {
-        let c = VipController::new("a0", vip, 24).await.expect("controller");
-        assert!(c.bind().await.unwrap());
-        let (tx, mut rx) = mpsc::channel(16);
-        let _watcher = tokio::spawn(watch("a0".to_string(), vip, tx));
-        let mut next = async || {
-            tokio::time::timeout(Duration::from_secs(3), rx.recv())
-                .await
-                .expect("event within 3 s")
-                .expect("watcher alive")
-        };
-        assert_eq!(next().await, NetEvent::Link { up: true });
+        let (c, mut w) = bound_and_watched(vip, Duration::from_secs(3)).await;
 
         // Deleting the peer deletes the pair; the kernel takes a0's addresses along.
         ns.ip("link del b0");
-        let mut got = vec![next().await, next().await];
+        let mut got = vec![w.next().await, w.next().await];
         got.sort_by_key(|e| format!("{e:?}"));
         assert_eq!(got, [NetEvent::Link { up: false }, NetEvent::VipRemoved]);
 
@@ -343,21 +377,21 @@ fn watch_follows_interface_deletion_recreation_and_renaming() {
         ns.ip("link add a0 type veth peer name b0");
         ns.ip("link set b0 up");
         ns.ip("link set a0 up");
-        assert_eq!(next().await, NetEvent::Link { up: true });
+        assert_eq!(w.next().await, NetEvent::Link { up: true });
         assert!(c.bind().await.unwrap());
-        assert_eq!(next().await, NetEvent::VipAdded);
+        assert_eq!(w.next().await, NetEvent::VipAdded);
         assert!(ns.addrs("a0").contains("inet 10.66.7.100/24"));
 
         // Renamed away, the interface is gone for us, VIP included; renamed back, it
         // is ours again with what it carries (both learnt from a dump).
         ns.ip("link set a0 down");
-        assert_eq!(next().await, NetEvent::Link { up: false });
+        assert_eq!(w.next().await, NetEvent::Link { up: false });
         ns.ip("link set a0 name x0");
-        assert_eq!(next().await, NetEvent::VipRemoved);
+        assert_eq!(w.next().await, NetEvent::VipRemoved);
         ns.ip("link set x0 name a0");
-        assert_eq!(next().await, NetEvent::VipAdded);
+        assert_eq!(w.next().await, NetEvent::VipAdded);
         ns.ip("link set a0 up");
-        assert_eq!(next().await, NetEvent::Link { up: true });
+        assert_eq!(w.next().await, NetEvent::Link { up: true });
     });
 }
 
@@ -368,11 +402,9 @@ fn watch_follows_interface_deletion_recreation_and_renaming() {
 /// watcher's resynchronisation after the overrun can report it.
 #[test]
 fn watch_resynchronises_after_notification_loss() {
-    if !is_root() {
+    let Some((ns, vip)) = single_ns_pair("flood", 8) else {
         return;
-    }
-    let ns = single_ns_pair("flood", "10.66.8.1");
-    let vip = Ipv4Addr::new(10, 66, 8, 100);
+    };
     let batch = tempfile::NamedTempFile::new().expect("temp file");
     let lines: String = (0..4000u32)
         .map(|i| {
@@ -387,30 +419,24 @@ fn watch_resynchronises_after_notification_loss() {
     std::fs::write(batch.path(), lines).expect("write batch");
     let batch_path = batch.path().to_str().expect("utf-8 path").to_string();
     ns.block_on(|| async {
-        let c = VipController::new("a0", vip, 24).await.expect("controller");
-        assert!(c.bind().await.unwrap());
-        let (tx, mut rx) = mpsc::channel(16);
-        let _watcher = tokio::spawn(watch("a0".to_string(), vip, tx));
-        let mut next = async || {
-            tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .expect("event within 5 s")
-                .expect("watcher alive")
-        };
-        assert_eq!(next().await, NetEvent::Link { up: true });
+        let (_c, mut w) = bound_and_watched(vip, Duration::from_secs(5)).await;
         // From here until the next `.await` this thread runs no task: the kernel
         // queues notifications on the watcher's socket until it overflows.
         ns.ip("addr del 10.66.8.100/24 dev a0");
         ns.ip(&format!("-batch {batch_path}"));
         ns.ip("addr add 10.66.8.100/24 dev a0");
-        assert_eq!(next().await, NetEvent::VipRemoved);
-        assert_eq!(next().await, NetEvent::VipAdded);
+        assert_eq!(w.next().await, NetEvent::VipRemoved);
+        assert_eq!(w.next().await, NetEvent::VipAdded);
     });
 }
 
 /// Two namespaces `NAME-a` / `NAME-b` joined by veth `a0` (in a, `10.66.N.1/24`) –
-/// `b0` (in b, `10.66.N.2/24`). Returns both guards and a0's MAC address.
-fn ns_pair(tag: &str, net: u8) -> (Netns, Netns, MacAddr) {
+/// `b0` (in b, `10.66.N.2/24`). Returns both guards, a0's MAC address and the VIP
+/// the test uses, `10.66.N.100`; `None` without root (the test then returns).
+fn ns_pair(tag: &str, net: u8) -> Option<(Netns, Netns, MacAddr, Ipv4Addr)> {
+    if !is_root() {
+        return None;
+    }
     let a = Netns::new(&format!("{tag}a"));
     let b = Netns::new(&format!("{tag}b"));
     a.ip(&format!(
@@ -421,36 +447,25 @@ fn ns_pair(tag: &str, net: u8) -> (Netns, Netns, MacAddr) {
     b.ip(&format!("addr add 10.66.{net}.2/24 dev b0"));
     a.ip("link set a0 up");
     b.ip("link set b0 up");
-    let mac = a.run(|| {
-        datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == "a0")
-            .and_then(|i| i.mac)
-            .expect("a0 has a MAC")
-    });
+    let mac = a.run(|| interface("a0").mac.expect("a0 has a MAC"));
     assert!(
         wait_for(Duration::from_secs(3), || a
             .run(|| link_is_up("a0").unwrap())),
         "a0 never came up"
     );
-    (a, b, mac)
+    Some((a, b, mac, Ipv4Addr::new(10, 66, net, 100)))
 }
 
 #[test]
 fn garp_frames_arrive_on_the_other_side() {
-    if !is_root() {
+    let Some((a, b, mac, vip)) = ns_pair("garp", 4) else {
         return;
-    }
-    let (a, b, mac) = ns_pair("garp", 4);
-    let vip = Ipv4Addr::new(10, 66, 4, 100);
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let captured = std::thread::scope(|s| {
         let capture = s.spawn(|| {
             in_ns(&b.name, || {
-                let iface = datalink::interfaces()
-                    .into_iter()
-                    .find(|i| i.name == "b0")
-                    .expect("b0");
+                let iface = interface("b0");
                 let config = datalink::Config {
                     read_timeout: Some(Duration::from_millis(100)),
                     promiscuous: false,
@@ -507,29 +522,17 @@ fn garp_frames_arrive_on_the_other_side() {
 /// that must do the work; the test keeps that default on purpose.
 #[test]
 fn garp_rewrites_a_stale_neighbour_entry() {
-    if !is_root() {
+    let Some((a, b, mac, vip)) = ns_pair("neigh", 5) else {
         return;
-    }
-    let (a, b, mac) = ns_pair("neigh", 5);
-    let vip = Ipv4Addr::new(10, 66, 5, 100);
+    };
     b.ip("neigh replace 10.66.5.100 lladdr 02:00:00:00:00:99 dev b0 nud stale");
     assert!(
         b.ip("neigh show 10.66.5.100 dev b0")
             .contains("02:00:00:00:00:99")
     );
-    a.block_on(|| async {
-        let c = VipController::new("a0", vip, 24).await.expect("controller");
-        assert!(c.bind().await.unwrap());
-    });
+    a.block_on(|| async { assert!(controller(vip).await.bind().await.unwrap()) });
     a.run(|| send_garp("a0", vip, 1, Duration::ZERO).expect("send_garp"));
-    let want = format!("lladdr {mac}");
-    assert!(
-        wait_for(Duration::from_secs(2), || b
-            .ip("neigh show 10.66.5.100 dev b0")
-            .contains(&want)),
-        "neighbour entry not updated: {}",
-        b.ip("neigh show 10.66.5.100 dev b0")
-    );
+    wait_neighbour(&b, "10.66.5.100", mac, "");
 }
 
 /// The reply form alone is not "gratuitous" to Linux (its target MAC is broadcast,
@@ -538,11 +541,9 @@ fn garp_rewrites_a_stale_neighbour_entry() {
 /// that the kernel learns from — the form other stacks rely on.
 #[test]
 fn garp_reply_form_is_learned_once_locktime_allows() {
-    if !is_root() {
+    let Some((a, b, mac, vip)) = ns_pair("reply", 6) else {
         return;
-    }
-    let (a, b, mac) = ns_pair("reply", 6);
-    let vip = Ipv4Addr::new(10, 66, 6, 100);
+    };
     run(
         "ip",
         &[
@@ -559,10 +560,7 @@ fn garp_reply_form_is_learned_once_locktime_allows() {
     std::thread::sleep(Duration::from_millis(50));
     let [_, reply] = garp_frames(mac, vip);
     a.run(|| {
-        let iface = datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == "a0")
-            .expect("a0");
+        let iface = interface("a0");
         let config = datalink::Config {
             promiscuous: false,
             ..Default::default()
@@ -572,12 +570,5 @@ fn garp_reply_form_is_learned_once_locktime_allows() {
         };
         tx.send_to(&reply, None).expect("frame fits").expect("sent");
     });
-    let want = format!("lladdr {mac}");
-    assert!(
-        wait_for(Duration::from_secs(2), || b
-            .ip("neigh show 10.66.6.100 dev b0")
-            .contains(&want)),
-        "neighbour entry not updated by the reply form: {}",
-        b.ip("neigh show 10.66.6.100 dev b0")
-    );
+    wait_neighbour(&b, "10.66.6.100", mac, " by the reply form");
 }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gateway::proxy::{ServiceSet, relay};
-use proxy_common::services;
+use proxy_common::{addrs_yaml, drain, start, tcp_server, tcp_services};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,22 +25,11 @@ const BULK: usize = 2 << 30; // 2 GiB
 
 /// A backend that reads and discards everything, then closes.
 async fn sink() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 256 * 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let _ = s.write_all(b"k").await;
-            });
-        }
-    });
-    addr
+    tcp_server(|mut s| async move {
+        drain(&mut s).await;
+        let _ = s.write_all(b"k").await;
+    })
+    .await
 }
 
 async fn bulk(to: SocketAddr) -> f64 {
@@ -59,10 +48,11 @@ async fn bulk(to: SocketAddr) -> f64 {
 }
 
 fn proxy(node: SocketAddr) -> ServiceSet {
-    let yaml = format!(
-        "services: [{{name: p, addr: \"127.0.0.1:0\", handler: {{type: tcp}}, listener: {{type: tcp}}, forwarder: {{nodes: [{{addr: \"{node}\"}}], selector: {{maxFails: 0}}}}}}]\n"
-    );
-    ServiceSet::start(&services(&yaml)).unwrap()
+    start(&tcp_services(
+        "p",
+        &addrs_yaml(&[node]),
+        "    selector: {maxFails: 0}\n",
+    ))
 }
 
 fn rss_kib() -> u64 {

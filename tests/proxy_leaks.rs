@@ -12,41 +12,20 @@ use std::time::Duration;
 use gateway::proxy::ServiceSet;
 use proxy_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// Backend that answers every connection with an RST.
 async fn resetting_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let sock = socket2::Socket::from(s.into_std().unwrap());
-            let _ = sock.set_linger(Some(Duration::ZERO));
-        }
-    });
-    addr
+    tcp_server(|s| async move {
+        let sock = socket2::Socket::from(s.into_std().unwrap());
+        let _ = sock.set_linger(Some(Duration::ZERO));
+    })
+    .await
 }
 
-/// Backend that accepts and then never reads, writes or closes (until the
-/// proxy closes its side).
+/// Backend that accepts and then never writes or closes (until the proxy closes
+/// its side): it reads but never answers, and returns when the proxy closes.
 async fn half_open_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                // Returns when the proxy closes: then this side closes too.
-                let mut sink = [0u8; 1];
-                while let Ok(n) = s.read(&mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                    // Read but never answer.
-                }
-            });
-        }
-    });
-    addr
+    tcp_server(|mut s| async move { drain(&mut s).await }).await
 }
 
 /// Open descriptors that are not pipes. Pipes are the relay's splice pool: it
@@ -56,6 +35,7 @@ fn sockets_and_files() -> usize {
     fd_count() - pipe_fds()
 }
 
+/// What each open descriptor points at (`socket:[…]`, `pipe:[…]`, a path).
 fn fd_links() -> Vec<String> {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| {
@@ -68,20 +48,14 @@ fn fd_links() -> Vec<String> {
 }
 
 fn pipe_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter(|l| l.to_string_lossy().starts_with("pipe:"))
-                .count()
-        })
-        .unwrap_or(0)
+    fd_links().iter().filter(|l| l.starts_with("pipe:")).count()
 }
 
-fn svc(name: &str, node: &str, extra: &str) -> String {
-    format!(
-        "- name: {name}\n  addr: \"127.0.0.1:0\"\n  handler: {{type: tcp}}\n  listener: {{type: tcp}}\n  forwarder: {{nodes: [{{addr: \"{node}\"}}], selector: {{maxFails: 0}}}}\n{extra}"
-    )
+/// A TCP service forwarding to `node` alone, never benching it (`maxFails: 0`),
+/// with `extra` service lines.
+fn svc(name: &str, node: SocketAddr, extra: &str) -> String {
+    let extra = format!("    selector: {{maxFails: 0}}\n{extra}");
+    tcp_service(name, "127.0.0.1:0", &addrs_yaml(&[node]), &extra)
 }
 
 async fn round(set: &ServiceSet) {
@@ -111,28 +85,19 @@ async fn round(set: &ServiceSet) {
         tasks.push(tokio::spawn(async move {
             let mut c = connect_from(rst, None).await;
             let _ = c.write_all(b"x").await;
-            let mut b = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut b))
-                .await
-                .unwrap();
+            read_to_close(&mut c, Duration::from_secs(3)).await;
         }));
         // Half-open backend: the backend idle timeout closes it.
         tasks.push(tokio::spawn(async move {
             let mut c = connect_from(half, None).await;
             c.write_all(b"request").await.unwrap();
-            let mut b = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut b))
-                .await
-                .unwrap();
+            read_to_close(&mut c, Duration::from_secs(3)).await;
         }));
         // Stalled client: connects, reads nothing, sends nothing; closed by the
         // client idle timeout (the test side just waits for the close).
         tasks.push(tokio::spawn(async move {
             let mut c = connect_from(stall, None).await;
-            let mut b = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut b))
-                .await
-                .unwrap();
+            read_to_close(&mut c, Duration::from_secs(3)).await;
         }));
         // A client that vanishes with an RST in the middle of a transfer.
         tasks.push(tokio::spawn(async move {
@@ -144,10 +109,7 @@ async fn round(set: &ServiceSet) {
         // No node reachable.
         tasks.push(tokio::spawn(async move {
             let mut c = connect_from(dead, None).await;
-            let mut b = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut b))
-                .await
-                .unwrap();
+            read_to_close(&mut c, Duration::from_secs(3)).await;
         }));
     }
     for t in tasks {
@@ -155,9 +117,7 @@ async fn round(set: &ServiceSet) {
     }
     for name in ["echo", "rst", "half", "stall", "dead"] {
         assert!(
-            wait_for(Duration::from_secs(3), || set.stats(name).unwrap().active
-                == 0)
-            .await,
+            wait_stats(set, name, Duration::from_secs(3), |s| s.active == 0).await,
             "{name}: connections left open: {:?}",
             set.stats(name)
         );
@@ -175,17 +135,13 @@ async fn bad_input_leaks_no_fd_and_no_task() {
     };
     let yaml = format!(
         "services:\n{}{}{}{}{}",
-        svc("echo", &echo_backend.addr.to_string(), ""),
-        svc("rst", &rst.to_string(), ""),
-        svc("half", &half.to_string(), "  backend_idle_timeout: 200ms\n"),
-        svc(
-            "stall",
-            &echo_backend.addr.to_string(),
-            "  client_idle_timeout: 200ms\n"
-        ),
-        svc("dead", &dead.to_string(), ""),
+        svc("echo", echo_backend.addr, ""),
+        svc("rst", rst, ""),
+        svc("half", half, "  backend_idle_timeout: 200ms\n"),
+        svc("stall", echo_backend.addr, "  client_idle_timeout: 200ms\n"),
+        svc("dead", dead, ""),
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let set = start(&yaml);
     // Warm up: pools (buffers, pipes) and lazily opened runtime resources settle.
     round(&set).await;
     round(&set).await;

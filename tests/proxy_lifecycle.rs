@@ -5,23 +5,25 @@ mod proxy_common;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use gateway::proxy::ServiceSet;
+use gateway::proxy::balance::Balancer;
 use proxy_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn svc(name: &str, addr: &str, nodes: &str, extra: &str) -> String {
-    format!(
-        "- name: {name}\n  addr: \"{addr}\"\n  handler: {{type: tcp}}\n  listener: {{type: tcp}}\n  forwarder:\n    nodes: {nodes}\n{extra}"
-    )
-}
-
-async fn greet(s: &mut tokio::net::TcpStream) -> String {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    String::from_utf8_lossy(&line).into_owned()
+/// Start service `name` with no static nodes and `discovery` (a YAML flow
+/// mapping), and wait until discovery has found one node. Returns the set and
+/// the service's balancer.
+async fn start_discovering(name: &str, discovery: &str) -> (ServiceSet, Arc<Balancer>) {
+    let set = start(&tcp_services(
+        name,
+        "[]",
+        &format!("    discovery: {discovery}\n"),
+    ));
+    let bal = set.balancer(name).unwrap();
+    assert!(wait_for(Duration::from_secs(2), || bal.nodes().len() == 1).await);
+    (set, bal)
 }
 
 async fn echo(s: &mut tokio::net::TcpStream, msg: &[u8]) -> Vec<u8> {
@@ -37,16 +39,12 @@ async fn echo(s: &mut tokio::net::TcpStream, msg: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn shutdown_drains_in_flight_then_cuts_after_grace() {
     let a = Backend::start("a").await;
-    let yaml = format!(
-        "services:\n{}",
-        svc("d", "127.0.0.1:0", &nodes_yaml(&[&a]), "")
-    );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let set = start(&tcp_services("d", &nodes_yaml(&[&a]), ""));
     let addr = set.local_addr("d").unwrap();
-    let mut finishing = connect_from(addr, None).await;
-    assert_eq!(greet(&mut finishing).await, "a");
-    let mut lingering = connect_from(addr, None).await;
-    assert_eq!(greet(&mut lingering).await, "a");
+    let (mut finishing, name) = connect_greeted(addr).await;
+    assert_eq!(name, "a");
+    let (mut lingering, name) = connect_greeted(addr).await;
+    assert_eq!(name, "a");
 
     let t = Instant::now();
     let shut = tokio::spawn(set.shutdown(Duration::from_millis(800)));
@@ -73,13 +71,9 @@ async fn shutdown_drains_in_flight_then_cuts_after_grace() {
 #[tokio::test]
 async fn shutdown_returns_early_when_drained() {
     let a = Backend::start("a").await;
-    let yaml = format!(
-        "services:\n{}",
-        svc("e", "127.0.0.1:0", &nodes_yaml(&[&a]), "")
-    );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
-    let mut c = connect_from(set.local_addr("e").unwrap(), None).await;
-    assert_eq!(greet(&mut c).await, "a");
+    let set = start(&tcp_services("e", &nodes_yaml(&[&a]), ""));
+    let (c, name) = connect_greeted(set.local_addr("e").unwrap()).await;
+    assert_eq!(name, "a");
     let t = Instant::now();
     let shut = tokio::spawn(set.shutdown(Duration::from_secs(10)));
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -90,46 +84,29 @@ async fn shutdown_returns_early_when_drained() {
 
 #[tokio::test]
 async fn reload_starts_stops_and_replaces_without_rebinding() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = Backend::start_all(["a", "b"]).await;
     let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
     let p_keep = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let p_change = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let p_remove = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let p_new = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    let keep = svc(
-        "keep",
-        &format!("127.0.0.1:{p_keep}"),
-        &nodes_yaml(&[&a]),
-        "",
-    );
-    let change_v1 = svc(
-        "change",
-        &format!("127.0.0.1:{p_change}"),
-        &nodes_yaml(&[&a]),
-        "",
-    );
-    let change_v2 = svc(
-        "change",
-        &format!("127.0.0.1:{p_change}"),
-        &nodes_yaml(&[&b]),
-        "",
-    );
-    let remove = svc(
-        "remove",
-        &format!("127.0.0.1:{p_remove}"),
-        &nodes_yaml(&[&a]),
-        "",
-    );
-    let new = svc("new", &format!("127.0.0.1:{p_new}"), &nodes_yaml(&[&b]), "");
+    // A service on 127.0.0.1:`port` forwarding to `to`.
+    let svc = |name: &str, port: u16, to: &Backend| {
+        tcp_service(name, &format!("127.0.0.1:{port}"), &nodes_yaml(&[to]), "")
+    };
+    let keep = svc("keep", p_keep, &a);
+    let change_v1 = svc("change", p_change, &a);
+    let change_v2 = svc("change", p_change, &b);
+    let remove = svc("remove", p_remove, &a);
+    let new = svc("new", p_new, &b);
 
-    let mut set =
-        ServiceSet::start(&services(&format!("services:\n{keep}{change_v1}{remove}"))).unwrap();
+    let mut set = start(&format!("services:\n{keep}{change_v1}{remove}"));
     set.set_reload_grace(Duration::from_secs(5));
     let at = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-    let mut held_keep = connect_from(at(p_keep), None).await;
-    assert_eq!(greet(&mut held_keep).await, "a");
-    let mut held_change = connect_from(at(p_change), None).await;
-    assert_eq!(greet(&mut held_change).await, "a");
+    let (mut held_keep, name) = connect_greeted(at(p_keep)).await;
+    assert_eq!(name, "a");
+    let (mut held_change, name) = connect_greeted(at(p_change)).await;
+    assert_eq!(name, "a");
 
     set.reload(&services(&format!("services:\n{keep}{change_v2}{new}")))
         .unwrap();
@@ -147,7 +124,7 @@ async fn reload_starts_stops_and_replaces_without_rebinding() {
 
     // A reload that cannot start a service changes nothing.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let bad = svc(
+    let bad = tcp_service(
         "bad",
         &taken.local_addr().unwrap().to_string(),
         &nodes_yaml(&[&a]),
@@ -164,26 +141,14 @@ async fn reload_starts_stops_and_replaces_without_rebinding() {
 
 #[tokio::test]
 async fn file_discovery_follows_the_file_and_keeps_last_good() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("nodes.txt");
-    std::fs::write(&list, format!("{}\n", a.addr)).unwrap();
-    let yaml = format!(
-        "services:\n{}",
-        svc(
-            "disc",
-            "127.0.0.1:0",
-            "[]",
-            &format!(
-                "    discovery: {{kind: file, file_path: \"{}\", interval: 100ms}}\n",
-                list.display()
-            )
-        )
+    let [a, b] = Backend::start_all(["a", "b"]).await;
+    let (_dir, list) = temp_file("nodes.txt", &format!("{}\n", a.addr));
+    let discovery = format!(
+        "{{kind: file, file_path: \"{}\", interval: 100ms}}",
+        list.display()
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let (set, bal) = start_discovering("disc", &discovery).await;
     let addr = set.local_addr("disc").unwrap();
-    let bal = set.balancer("disc").unwrap();
-    assert!(wait_for(Duration::from_secs(2), || bal.nodes().len() == 1).await);
     assert_eq!(which(addr, None).await.as_deref(), Some("a"));
     // Rewrite as JSON with b only.
     std::fs::write(
@@ -210,24 +175,12 @@ async fn file_discovery_follows_the_file_and_keeps_last_good() {
 #[tokio::test]
 async fn exec_discovery_and_setempty_policy() {
     let a = Backend::start("a").await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    std::fs::write(&out, format!("{} weight=2\n", a.addr)).unwrap();
-    let yaml = format!(
-        "services:\n{}",
-        svc(
-            "ex",
-            "127.0.0.1:0",
-            "[]",
-            &format!(
-                "    discovery: {{kind: exec, exec_command: [\"cat\", \"{}\"], interval: 100ms, failpolicy: setempty}}\n",
-                out.display()
-            )
-        )
+    let (_dir, out) = temp_file("out", &format!("{} weight=2\n", a.addr));
+    let discovery = format!(
+        "{{kind: exec, exec_command: [\"cat\", \"{}\"], interval: 100ms, failpolicy: setempty}}",
+        out.display()
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
-    let bal = set.balancer("ex").unwrap();
-    assert!(wait_for(Duration::from_secs(2), || bal.nodes().len() == 1).await);
+    let (set, bal) = start_discovering("ex", &discovery).await;
     assert_eq!(bal.nodes()[0].config.weight, 2);
     assert_eq!(
         which(set.local_addr("ex").unwrap(), None).await.as_deref(),
@@ -266,20 +219,10 @@ async fn fake_dns(target_port: u16) -> std::net::SocketAddr {
 async fn srv_discovery() {
     let a = Backend::start("a").await;
     let dns = fake_dns(a.addr.port()).await;
-    let yaml = format!(
-        "services:\n{}",
-        svc(
-            "srv",
-            "127.0.0.1:0",
-            "[]",
-            &format!(
-                "    discovery: {{kind: srv, srv_lookup_server: \"{dns}\", srv_lookup_pattern: _web._tcp.lan, interval: 100ms}}\n"
-            )
-        )
+    let discovery = format!(
+        "{{kind: srv, srv_lookup_server: \"{dns}\", srv_lookup_pattern: _web._tcp.lan, interval: 100ms}}"
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
-    let bal = set.balancer("srv").unwrap();
-    assert!(wait_for(Duration::from_secs(2), || bal.nodes().len() == 1).await);
+    let (set, bal) = start_discovering("srv", &discovery).await;
     assert_eq!(
         bal.nodes()[0].config.addr,
         format!("localhost:{}", a.addr.port())

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::config::Config;
-use gateway::proxy::ServiceSet;
 use proxy_common::*;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A self-signed certificate for `localhost`, written as cert.pem / key.pem.
 fn cert(dir: &Path) -> (PathBuf, PathBuf) {
@@ -46,15 +45,6 @@ async fn tls_connect(addr: SocketAddr, ca: &Path) -> tokio_rustls::client::TlsSt
     connector.connect(name, tcp).await.unwrap()
 }
 
-async fn read_line<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    String::from_utf8_lossy(&line).into_owned()
-}
-
 #[tokio::test]
 async fn tls_listener_terminates_in_front_of_a_forwarder() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,27 +56,19 @@ async fn tls_listener_terminates_in_front_of_a_forwarder() {
         k.display(),
         b.addr
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
-    let mut s = tls_connect(set.local_addr("tls").unwrap(), &c).await;
+    let set = start(&yaml);
+    let addr = set.local_addr("tls").unwrap();
+    let mut s = tls_connect(addr, &c).await;
     assert_eq!(read_line(&mut s).await, "plain");
     s.write_all(b"over tls").await.unwrap();
     let mut buf = [0u8; 8];
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"over tls");
     // A client speaking plain TCP to the TLS port is dropped, counted.
-    let mut raw = TcpStream::connect(set.local_addr("tls").unwrap())
-        .await
-        .unwrap();
+    let mut raw = TcpStream::connect(addr).await.unwrap();
     raw.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut sink = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), raw.read_to_end(&mut sink))
-        .await
-        .unwrap();
-    assert!(
-        wait_for(Duration::from_secs(2), || set.stats("tls").unwrap().errors
-            == 1)
-        .await
-    );
+    read_to_close(&mut raw, Duration::from_secs(3)).await;
+    assert!(wait_stats(&set, "tls", Duration::from_secs(2), |s| s.errors == 1).await);
     set.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -98,26 +80,22 @@ async fn tls_backend(c: &Path, k: &Path) -> SocketAddr {
         ..Default::default()
     };
     let acceptor = gateway::proxy::tls::acceptor(&cfg).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut s) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let _ = s.write_all(b"tls-node\n").await;
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
+    tcp_server(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut s) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let _ = s.write_all(b"tls-node\n").await;
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
                 }
-            });
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
@@ -130,18 +108,14 @@ async fn forwarder_tls_connects_to_nodes_over_tls() {
         "services:\n- name: btls\n  addr: \"127.0.0.1:0\"\n  listener: {{type: tcp}}\n  handler: {{type: tcp}}\n  forwarder:\n    nodes: [{{addr: \"{node}\"}}]\n    tls: {{caFile: \"{}\", serverName: localhost, secure: true}}\n",
         c.display()
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
-    assert_eq!(
-        which(set.local_addr("btls").unwrap(), None)
-            .await
-            .as_deref(),
-        Some("tls-node")
-    );
+    let set = start(&yaml);
+    let got = which(set.local_addr("btls").unwrap(), None).await;
+    assert_eq!(got.as_deref(), Some("tls-node"));
     set.shutdown(Duration::from_secs(1)).await;
 
     // A wrong serverName fails verification: the client is closed, the failure counted.
     let yaml = yaml.replace("serverName: localhost", "serverName: other.example");
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let set = start(&yaml);
     assert_eq!(which(set.local_addr("btls").unwrap(), None).await, None);
     assert_eq!(set.stats("btls").unwrap().errors, 1);
     set.shutdown(Duration::from_secs(1)).await;
@@ -151,7 +125,7 @@ async fn forwarder_tls_connects_to_nodes_over_tls() {
 async fn http_connect_through_a_service() {
     let b = Backend::start("target").await;
     let yaml = "services:\n- name: hp\n  addr: \"127.0.0.1:0\"\n  listener: {type: tcp}\n  handler: {type: http, auth: {username: u, password: p}}\n";
-    let set = ServiceSet::start(&services(yaml)).unwrap();
+    let set = start(yaml);
     let addr = set.local_addr("hp").unwrap();
     // Without credentials: 407.
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -179,13 +153,9 @@ async fn http_connect_through_a_service() {
     }
     assert_eq!(read_line(&mut s).await, "target");
     drop(s);
+    let auth_failed = || set.handler_stats("hp").is_some_and(|s| s.auth_failed == 1);
     assert!(
-        wait_for(Duration::from_secs(2), || set
-            .handler_stats("hp")
-            .unwrap()
-            .auth_failed
-            == 1)
-        .await,
+        wait_for(Duration::from_secs(2), auth_failed).await,
         "{:?}",
         set.handler_stats("hp")
     );
@@ -215,7 +185,7 @@ async fn socks5_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
 async fn socks5_and_auto_through_services() {
     let b = Backend::start("target").await;
     let yaml = "services:\n- name: s5\n  addr: \"127.0.0.1:0\"\n  listener: {type: tcp}\n  handler: {type: socks5}\n- name: auto\n  addr: \"127.0.0.1:0\"\n  listener: {type: tcp}\n  handler: {type: auto}\n";
-    let set = ServiceSet::start(&services(yaml)).unwrap();
+    let set = start(yaml);
     for name in ["s5", "auto"] {
         let mut s = socks5_connect(set.local_addr(name).unwrap(), b.addr).await;
         assert_eq!(read_line(&mut s).await, "target", "{name}");
@@ -233,18 +203,9 @@ async fn socks5_and_auto_through_services() {
         .await
         .unwrap();
     g.write_all(b"\x16\x03\x01garbage").await.unwrap();
-    let mut sink = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), g.read_to_end(&mut sink))
-        .await
-        .unwrap();
-    assert!(
-        wait_for(Duration::from_secs(2), || set
-            .handler_stats("s5")
-            .unwrap()
-            .bad_request
-            == 1)
-        .await
-    );
+    read_to_close(&mut g, Duration::from_secs(3)).await;
+    let bad_request = || set.handler_stats("s5").is_some_and(|s| s.bad_request == 1);
+    assert!(wait_for(Duration::from_secs(2), bad_request).await);
     set.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -10,31 +10,25 @@ use gateway::proxy::{ProxyError, ServiceSet};
 use proxy_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn svc(name: &str, nodes: &str, extra: &str) -> String {
-    format!(
-        "services:\n- name: {name}\n  addr: \"127.0.0.1:0\"\n  handler: {{type: tcp}}\n  listener: {{type: tcp}}\n  forwarder:\n    nodes: {nodes}\n{extra}"
-    )
+/// Start the one TCP service [`tcp_services`] describes; returns the set and the
+/// service's address.
+fn start_one(name: &str, nodes: &str, extra: &str) -> (ServiceSet, std::net::SocketAddr) {
+    let set = start(&tcp_services(name, nodes, extra));
+    let addr = set.local_addr(name).unwrap();
+    (set, addr)
 }
 
 #[tokio::test]
 async fn forwards_with_half_close() {
     let b = Backend::start("b1").await;
-    let set = ServiceSet::start(&services(&svc("fwd", &nodes_yaml(&[&b]), ""))).unwrap();
-    let addr = set.local_addr("fwd").unwrap();
+    let (set, addr) = start_one("fwd", &nodes_yaml(&[&b]), "");
     let mut c = connect_from(addr, None).await;
     c.write_all(b"ping").await.unwrap();
     c.shutdown().await.unwrap(); // half-close: the answer must still arrive
     let mut got = String::new();
     c.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "b1\nping");
-    assert!(
-        wait_for(Duration::from_secs(2), || set
-            .stats("fwd")
-            .unwrap()
-            .completed
-            == 1)
-        .await
-    );
+    assert!(wait_stats(&set, "fwd", Duration::from_secs(2), |s| s.completed == 1).await);
     set.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -50,7 +44,7 @@ async fn e2e_config_shape_binds_every_address() {
         "services: [{{name: fwd, addr: \":{port}\", handler: {{type: tcp}}, listener: {{type: tcp}}, forwarder: {{nodes: [{{name: b1, addr: \"{}\"}}]}}}}]\n",
         b.addr
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let set = start(&yaml);
     let got = which(format!("127.0.0.1:{port}").parse().unwrap(), None).await;
     assert_eq!(got.as_deref(), Some("b1"));
     set.shutdown(Duration::from_secs(1)).await;
@@ -81,20 +75,11 @@ async fn distribution(addr: std::net::SocketAddr, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn roundrobin_weight_random_fifo() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = Backend::start_all(["a", "b", "c"]).await;
     let nodes = nodes_yaml(&[&a, &b, &c]);
 
-    let set = ServiceSet::start(&services(&svc(
-        "rr",
-        &nodes,
-        "    selector: {strategy: roundrobin}\n",
-    )))
-    .unwrap();
-    let seq = distribution(set.local_addr("rr").unwrap(), 6).await;
+    let (set, addr) = start_one("rr", &nodes, "    selector: {strategy: roundrobin}\n");
+    let seq = distribution(addr, 6).await;
     assert_eq!(seq, ["a", "b", "c", "a", "b", "c"]);
     set.shutdown(Duration::from_secs(1)).await;
 
@@ -102,23 +87,13 @@ async fn roundrobin_weight_random_fifo() {
         "[{{name: a, addr: \"{}\", weight: 3}}, {{name: b, addr: \"{}\"}}]",
         a.addr, b.addr
     );
-    let set = ServiceSet::start(&services(&svc(
-        "w",
-        &weighted,
-        "    selector: {strategy: weight}\n",
-    )))
-    .unwrap();
-    let seq = distribution(set.local_addr("w").unwrap(), 8).await;
+    let (set, addr) = start_one("w", &weighted, "    selector: {strategy: weight}\n");
+    let seq = distribution(addr, 8).await;
     assert_eq!(seq.iter().filter(|s| *s == "a").count(), 6, "{seq:?}");
     set.shutdown(Duration::from_secs(1)).await;
 
-    let set = ServiceSet::start(&services(&svc(
-        "rand",
-        &nodes,
-        "    selector: {strategy: random}\n",
-    )))
-    .unwrap();
-    let seq = distribution(set.local_addr("rand").unwrap(), 60).await;
+    let (set, addr) = start_one("rand", &nodes, "    selector: {strategy: random}\n");
+    let seq = distribution(addr, 60).await;
     for n in ["a", "b", "c"] {
         assert!(
             seq.iter().filter(|s| *s == n).count() >= 5,
@@ -127,38 +102,24 @@ async fn roundrobin_weight_random_fifo() {
     }
     set.shutdown(Duration::from_secs(1)).await;
 
-    let set = ServiceSet::start(&services(&svc(
-        "fifo",
-        &nodes,
-        "    selector: {strategy: fifo}\n",
-    )))
-    .unwrap();
-    let seq = distribution(set.local_addr("fifo").unwrap(), 3).await;
+    let (set, addr) = start_one("fifo", &nodes, "    selector: {strategy: fifo}\n");
+    let seq = distribution(addr, 3).await;
     assert_eq!(seq, ["a", "a", "a"]);
     set.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
 async fn leastconn_avoids_busy_node() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let set = ServiceSet::start(&services(&svc(
-        "lc",
-        &nodes_yaml(&[&a, &b]),
-        "    selector: {strategy: leastconn}\n",
-    )))
-    .unwrap();
-    let addr = set.local_addr("lc").unwrap();
+    let [a, b] = Backend::start_all(["a", "b"]).await;
+    let leastconn = "    selector: {strategy: leastconn}\n";
+    let (set, addr) = start_one("lc", &nodes_yaml(&[&a, &b]), leastconn);
     // Hold two connections open; whichever nodes they went to, the next ones must
     // balance the count.
     let mut held = Vec::new();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..6 {
-        let mut s = connect_from(addr, None).await;
-        let mut buf = [0u8; 2];
-        s.read_exact(&mut buf).await.unwrap();
-        *counts
-            .entry(String::from_utf8_lossy(&buf[..1]).into_owned())
-            .or_default() += 1;
+        let (s, name) = connect_greeted(addr).await;
+        *counts.entry(name).or_default() += 1;
         held.push(s);
     }
     assert_eq!(counts.get("a"), Some(&3), "{counts:?}");
@@ -173,32 +134,19 @@ async fn leastconn_avoids_busy_node() {
             .all(|n| n.active() == 0))
         .await
     );
-    let mut keep = Vec::new();
-    let mut s = connect_from(addr, None).await;
-    let mut buf = [0u8; 2];
-    s.read_exact(&mut buf).await.unwrap();
-    keep.push(s);
-    let first = buf[0];
-    let mut s = connect_from(addr, None).await;
-    s.read_exact(&mut buf).await.unwrap();
-    assert_ne!(first, buf[0], "second connection must go to the idle node");
+    let (_keep, first) = connect_greeted(addr).await;
+    let (_s, second) = connect_greeted(addr).await;
+    assert_ne!(first, second, "second connection must go to the idle node");
     set.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
 async fn leastbandwidth_avoids_the_busy_node() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let set = ServiceSet::start(&services(&svc(
-        "lb",
-        &format!("[{{name: a, addr: \"{}\"}}]", a.addr),
-        "    selector: {strategy: leastbandwidth}\n",
-    )))
-    .unwrap();
-    let addr = set.local_addr("lb").unwrap();
+    let [a, b] = Backend::start_all(["a", "b"]).await;
+    let leastbandwidth = "    selector: {strategy: leastbandwidth}\n";
+    let (set, addr) = start_one("lb", &nodes_yaml(&[&a]), leastbandwidth);
     // Make node a busy: stream through it for the whole test.
-    let mut s = connect_from(addr, None).await;
-    let mut greet = [0u8; 2];
-    s.read_exact(&mut greet).await.unwrap();
+    let (s, _) = connect_greeted(addr).await;
     let (mut r, mut w) = s.into_split();
     let writer = tokio::spawn(async move {
         let chunk = vec![7u8; 65536];
@@ -206,14 +154,7 @@ async fn leastbandwidth_avoids_the_busy_node() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = r.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    });
+    let reader = tokio::spawn(async move { drain(&mut r).await });
     let bal = set.balancer("lb").unwrap();
     assert!(wait_for(Duration::from_secs(3), || bal.nodes()[0].rate() > 0).await);
     assert!(bal.set_nodes(&[
@@ -235,19 +176,10 @@ async fn leastbandwidth_avoids_the_busy_node() {
 
 #[tokio::test]
 async fn iphash_and_iphash1_are_sticky_per_client_ip() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = Backend::start_all(["a", "b", "c"]).await;
     for strategy in ["iphash", "iphash1"] {
-        let set = ServiceSet::start(&services(&svc(
-            "h",
-            &nodes_yaml(&[&a, &b, &c]),
-            &format!("    selector: {{strategy: {strategy}}}\n"),
-        )))
-        .unwrap();
-        let addr = set.local_addr("h").unwrap();
+        let selector = format!("    selector: {{strategy: {strategy}}}\n");
+        let (set, addr) = start_one("h", &nodes_yaml(&[&a, &b, &c]), &selector);
         let mut seen = std::collections::HashSet::new();
         for i in 1..=12 {
             let ip = format!("127.0.0.{i}");
@@ -270,17 +202,13 @@ async fn iphash_and_iphash1_are_sticky_per_client_ip() {
 /// ping health check); only b's clients move; b returns and they move back.
 #[tokio::test]
 async fn iphash1_node_leaving_moves_only_its_clients() {
-    let a = Backend::start("a").await;
-    let b = Backend::start("b").await;
-    let c = Backend::start("c").await;
+    let [a, b, c] = Backend::start_all(["a", "b", "c"]).await;
     let b_addr = b.addr;
-    let set = ServiceSet::start(&services(&svc(
+    let (set, addr) = start_one(
         "h1",
         &nodes_yaml(&[&a, &b, &c]),
         "    selector: {strategy: iphash1, maxFails: 0}\n    healthcheck: {kind: ping, interval: 100ms, timeout: 200ms, fails: 1, passes: 1}\n",
-    )))
-    .unwrap();
-    let addr = set.local_addr("h1").unwrap();
+    );
     let clients: Vec<String> = (1..=30).map(|i| format!("127.0.1.{i}")).collect();
     let mut before = Vec::new();
     for ip in &clients {
@@ -320,13 +248,11 @@ async fn passive_health_skips_dead_node_and_none_healthy_fails_fast() {
         "[{{name: dead, addr: \"{dead}\"}}, {{name: a, addr: \"{}\"}}]",
         a.addr
     );
-    let set = ServiceSet::start(&services(&svc(
+    let (set, addr) = start_one(
         "p",
         &nodes,
         "    selector: {strategy: roundrobin, maxFails: 1, failTimeout: 30s}\n",
-    )))
-    .unwrap();
-    let addr = set.local_addr("p").unwrap();
+    );
     // Every client is served: the dead node is tried once, then benched.
     for _ in 0..4 {
         assert_eq!(which(addr, None).await.as_deref(), Some("a"));
@@ -344,16 +270,13 @@ async fn passive_health_skips_dead_node_and_none_healthy_fails_fast() {
 
 #[tokio::test]
 async fn ping_check_takes_node_out_and_back() {
-    let a = Backend::start("a").await;
-    let b = Backend::start("b").await;
+    let [a, b] = Backend::start_all(["a", "b"]).await;
     let b_addr = b.addr;
-    let set = ServiceSet::start(&services(&svc(
+    let (set, addr) = start_one(
         "ping",
         &nodes_yaml(&[&a, &b]),
         "    selector: {maxFails: 0}\n    healthcheck: {kind: ping, interval: 100ms, timeout: 200ms, fails: 2, passes: 2}\n",
-    )))
-    .unwrap();
-    let addr = set.local_addr("ping").unwrap();
+    );
     let bal = set.balancer("ping").unwrap();
     b.stop();
     assert!(wait_for(Duration::from_secs(3), || !bal.nodes()[1].is_healthy()).await);
@@ -380,18 +303,12 @@ async fn ping_check_takes_node_out_and_back() {
 
 /// A backend answering a probe: replies `reply` to anything.
 async fn probe_backend(reply: &'static str) -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    addr
+    tcp_server(move |mut s| async move {
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(reply.as_bytes()).await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -400,14 +317,14 @@ async fn probe_check_by_prefix_and_regexp() {
     let bad = probe_backend("-ERR loading\r\n").await;
     for (strategy, recv) in [("starts_with", "+PONG"), ("regexp", "^\\\\+PO[N]G")] {
         let nodes = format!("[{{name: good, addr: \"{good}\"}}, {{name: bad, addr: \"{bad}\"}}]");
-        let yaml = svc(
+        let yaml = tcp_services(
             "probe",
             &nodes,
             &format!(
                 "    healthcheck: {{kind: probe, interval: 100ms, timeout: 500ms, probe_send: \"PING\\r\\n\", probe_recv: \"{recv}\", probe_strategy: {strategy}}}\n"
             ),
         );
-        let set = ServiceSet::start(&services(&yaml)).unwrap();
+        let set = start(&yaml);
         let bal = set.balancer("probe").unwrap();
         assert!(
             wait_for(Duration::from_secs(3), || !bal.nodes()[1].is_healthy()).await,
@@ -425,9 +342,7 @@ async fn probe_check_by_prefix_and_regexp() {
 #[tokio::test]
 async fn exec_check_follows_command_output() {
     let a = Backend::start("a").await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::write(&state, "1\n").unwrap();
+    let (dir, state) = temp_file("state", "1\n");
     let script = dir.path().join("check.sh");
     // The check gets host and port as arguments, as in gobetween.
     std::fs::write(
@@ -443,7 +358,7 @@ async fn exec_check_follows_command_output() {
         .arg(&script)
         .status()
         .unwrap();
-    let yaml = svc(
+    let yaml = tcp_services(
         "exec",
         &nodes_yaml(&[&a]),
         &format!(
@@ -451,7 +366,7 @@ async fn exec_check_follows_command_output() {
             script.display()
         ),
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let set = start(&yaml);
     let bal = set.balancer("exec").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(bal.nodes()[0].is_healthy());
@@ -465,12 +380,11 @@ async fn exec_check_follows_command_output() {
 #[tokio::test]
 async fn access_rules_first_match_wins() {
     let a = Backend::start("a").await;
-    let yaml = format!(
-        "{}  access: {{default: deny, rules: [\"deny 127.0.2.7\", \"allow 127.0.2.0/24\"]}}\n",
-        svc("acl", &nodes_yaml(&[&a]), "")
+    let (set, addr) = start_one(
+        "acl",
+        &nodes_yaml(&[&a]),
+        "  access: {default: deny, rules: [\"deny 127.0.2.7\", \"allow 127.0.2.0/24\"]}\n",
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
-    let addr = set.local_addr("acl").unwrap();
     assert_eq!(which(addr, Some("127.0.2.8")).await.as_deref(), Some("a"));
     assert_eq!(which(addr, Some("127.0.2.7")).await, None);
     assert_eq!(which(addr, Some("127.0.3.1")).await, None);
@@ -481,46 +395,31 @@ async fn access_rules_first_match_wins() {
 #[tokio::test]
 async fn max_connections_closes_the_excess() {
     let a = Backend::start("a").await;
-    let yaml = format!(
-        "{}  max_connections: 2\n",
-        svc("max", &nodes_yaml(&[&a]), "")
-    );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
-    let addr = set.local_addr("max").unwrap();
+    let (set, addr) = start_one("max", &nodes_yaml(&[&a]), "  max_connections: 2\n");
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = connect_from(addr, None).await;
-        let mut g = [0u8; 2];
-        s.read_exact(&mut g).await.unwrap();
-        held.push(s);
+        held.push(connect_greeted(addr).await.0);
     }
     assert_eq!(which(addr, None).await, None);
     assert_eq!(set.stats("max").unwrap().over_limit, 1);
     drop(held);
-    assert!(
-        wait_for(Duration::from_secs(2), || set.stats("max").unwrap().active
-            == 0)
-        .await
-    );
+    assert!(wait_stats(&set, "max", Duration::from_secs(2), |s| s.active == 0).await);
     assert_eq!(which(addr, None).await.as_deref(), Some("a"));
     set.shutdown(Duration::from_secs(1)).await;
 }
 
 /// A backend that records the first bytes it receives.
 async fn recording_backend() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<Vec<u8>>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut all = Vec::new();
-                let _ = s.read_to_end(&mut all).await;
-                let _ = tx.send(all).await;
-            });
+    let addr = tcp_server(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut all = Vec::new();
+            let _ = s.read_to_end(&mut all).await;
+            let _ = tx.send(all).await;
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 
@@ -528,12 +427,8 @@ async fn recording_backend() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiv
 async fn proxy_protocol_v1_and_v2() {
     for version in ["1", "2"] {
         let (backend, mut rx) = recording_backend().await;
-        let yaml = format!(
-            "{}  proxy_protocol: {{version: \"{version}\"}}\n",
-            svc("pp", &format!("[{{addr: \"{backend}\"}}]"), "")
-        );
-        let set = ServiceSet::start(&services(&yaml)).unwrap();
-        let addr = set.local_addr("pp").unwrap();
+        let pp = format!("  proxy_protocol: {{version: \"{version}\"}}\n");
+        let (set, addr) = start_one("pp", &addrs_yaml(&[backend]), &pp);
         let mut c = connect_from(addr, Some("127.0.4.5")).await;
         let cport = c.local_addr().unwrap().port();
         c.write_all(b"DATA").await.unwrap();
@@ -570,12 +465,9 @@ async fn idle_timeouts_close_stalled_client_and_half_open_backend() {
             held.push(s);
         }
     });
-    let yaml = format!(
-        "{}  backend_idle_timeout: 300ms\n",
-        svc("idle", &format!("[{{addr: \"{silent_addr}\"}}]"), "")
-    );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
-    let mut c = connect_from(set.local_addr("idle").unwrap(), None).await;
+    let idle = "  backend_idle_timeout: 300ms\n";
+    let (set, addr) = start_one("idle", &addrs_yaml(&[silent_addr]), idle);
+    let mut c = connect_from(addr, None).await;
     let t = Instant::now();
     let mut buf = [0u8; 8];
     let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut buf))
@@ -583,24 +475,14 @@ async fn idle_timeouts_close_stalled_client_and_half_open_backend() {
         .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)));
     assert!(t.elapsed() >= Duration::from_millis(250) && t.elapsed() < Duration::from_secs(2));
-    assert!(
-        wait_for(Duration::from_secs(1), || set
-            .stats("idle")
-            .unwrap()
-            .idle_closed
-            == 1)
-        .await
-    );
+    assert!(wait_stats(&set, "idle", Duration::from_secs(1), |s| s.idle_closed == 1).await);
     set.shutdown(Duration::from_secs(1)).await;
 
     // Stalled client: connects, never sends (the backend greets, then waits).
     let a = Backend::start("a").await;
-    let yaml = format!(
-        "{}  client_idle_timeout: 300ms\n",
-        svc("cidle", &nodes_yaml(&[&a]), "")
-    );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
-    let mut c = connect_from(set.local_addr("cidle").unwrap(), None).await;
+    let idle = "  client_idle_timeout: 300ms\n";
+    let (set, addr) = start_one("cidle", &nodes_yaml(&[&a]), idle);
+    let mut c = connect_from(addr, None).await;
     let mut all = Vec::new();
     tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut all))
         .await
@@ -608,10 +490,7 @@ async fn idle_timeouts_close_stalled_client_and_half_open_backend() {
         .ok();
     assert_eq!(all, b"a\n");
     assert!(
-        wait_for(Duration::from_secs(1), || set
-            .stats("cidle")
-            .unwrap()
-            .idle_closed
+        wait_stats(&set, "cidle", Duration::from_secs(1), |s| s.idle_closed
             == 1)
         .await
     );
@@ -620,33 +499,21 @@ async fn idle_timeouts_close_stalled_client_and_half_open_backend() {
 
 #[tokio::test]
 async fn backend_reset_closes_client_cleanly() {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let baddr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            // SO_LINGER 0 then close: an RST instead of a FIN.
-            let std = s.into_std().unwrap();
-            let sock = socket2::Socket::from(std);
-            sock.set_linger(Some(Duration::ZERO)).unwrap();
-            drop(sock);
-        }
-    });
-    let set = ServiceSet::start(&services(&svc(
-        "rst",
-        &format!("[{{addr: \"{baddr}\"}}]"),
-        "",
-    )))
-    .unwrap();
-    let mut c = connect_from(set.local_addr("rst").unwrap(), None).await;
+    let baddr = tcp_server(|s| async move {
+        // SO_LINGER 0 then close: an RST instead of a FIN.
+        let std = s.into_std().unwrap();
+        let sock = socket2::Socket::from(std);
+        sock.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(sock);
+    })
+    .await;
+    let (set, addr) = start_one("rst", &addrs_yaml(&[baddr]), "");
+    let mut c = connect_from(addr, None).await;
     let _ = c.write_all(b"hello").await;
     let mut buf = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut buf)).await;
     assert!(r.is_ok(), "client not closed after backend reset");
-    assert!(
-        wait_for(Duration::from_secs(2), || set.stats("rst").unwrap().active
-            == 0)
-        .await
-    );
+    assert!(wait_stats(&set, "rst", Duration::from_secs(2), |s| s.active == 0).await);
     set.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -657,7 +524,7 @@ async fn interface_option_sets_the_source_address() {
     let yaml = format!(
         "services:\n- name: ifc\n  addr: \"127.0.0.1:0\"\n  interface: \"127.0.0.9\"\n  handler: {{type: tcp}}\n  listener: {{type: tcp}}\n  forwarder: {{nodes: [{{addr: \"{baddr}\"}}]}}\n"
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let set = start(&yaml);
     let _c = connect_from(set.local_addr("ifc").unwrap(), None).await;
     let (_, peer) = tokio::time::timeout(Duration::from_secs(3), l.accept())
         .await

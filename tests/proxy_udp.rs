@@ -53,15 +53,21 @@ async fn udp_backend(name: &'static str) -> UdpBackend {
     }
 }
 
-fn udp_svc(name: &str, nodes: &[&UdpBackend], extra: &str) -> String {
-    let items: Vec<String> = nodes
-        .iter()
-        .map(|b| format!("{{addr: \"{}\"}}", b.addr))
-        .collect();
-    format!(
-        "services:\n- name: {name}\n  addr: \"127.0.0.1:0\"\n  handler: {{type: udp}}\n  listener: {{type: udp}}\n  forwarder: {{nodes: [{}]}}\n{extra}",
-        items.join(", ")
-    )
+/// Start a UDP forwarding service `name` on a free loopback port with these
+/// nodes and `extra` service lines; returns the set and the service's address.
+fn start_udp(name: &str, nodes: &[&UdpBackend], extra: &str) -> (ServiceSet, SocketAddr) {
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|b| b.addr).collect();
+    let set = start(&format!(
+        "services:\n- name: {name}\n  addr: \"127.0.0.1:0\"\n  handler: {{type: udp}}\n  listener: {{type: udp}}\n  forwarder: {{nodes: {}}}\n{extra}",
+        addrs_yaml(&addrs)
+    ));
+    let addr = set.local_addr(name).unwrap();
+    (set, addr)
+}
+
+/// A client socket on loopback.
+async fn client() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.unwrap()
 }
 
 async fn ask(client: &UdpSocket, to: SocketAddr, msg: &str) -> Option<String> {
@@ -76,18 +82,25 @@ async fn ask(client: &UdpSocket, to: SocketAddr, msg: &str) -> Option<String> {
     }
 }
 
+/// Send `0`, `1`, … `n-1` from `c`, each answered, and return the node that
+/// answered each. A short pause after each lets an ended session be noticed
+/// before the next datagram.
+async fn nodes_answering(c: &UdpSocket, to: SocketAddr, n: usize) -> Vec<String> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let r = ask(c, to, &i.to_string()).await.unwrap();
+        nodes.push(r[..1].to_string());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nodes
+}
+
 #[tokio::test]
 async fn a_session_sticks_to_its_node() {
     let (a, b) = (udp_backend("a").await, udp_backend("b").await);
-    let set = ServiceSet::start(&services(&udp_svc(
-        "s",
-        &[&a, &b],
-        "  client_idle_timeout: 2s\n",
-    )))
-    .unwrap();
-    let to = set.local_addr("s").unwrap();
-    let c1 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let c2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (set, to) = start_udp("s", &[&a, &b], "  client_idle_timeout: 2s\n");
+    let c1 = client().await;
+    let c2 = client().await;
     let first = ask(&c1, to, "1").await.unwrap();
     let node = &first[..1];
     for i in 2..6 {
@@ -106,64 +119,31 @@ async fn a_session_sticks_to_its_node() {
 #[tokio::test]
 async fn max_responses_ends_the_session() {
     let (a, b) = (udp_backend("a").await, udp_backend("b").await);
-    let set = ServiceSet::start(&services(&udp_svc(
-        "r",
-        &[&a, &b],
-        "  udp: {max_responses: 1}\n",
-    )))
-    .unwrap();
-    let to = set.local_addr("r").unwrap();
-    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut nodes = Vec::new();
-    for i in 0..4 {
-        let r = ask(&c, to, &i.to_string()).await.unwrap();
-        nodes.push(r[..1].to_string());
-        // Let the ended session be noticed before the next datagram.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (set, to) = start_udp("r", &[&a, &b], "  udp: {max_responses: 1}\n");
+    let nodes = nodes_answering(&client().await, to, 4).await;
     assert_eq!(nodes, ["a", "b", "a", "b"], "each datagram a new session");
-    assert!(
-        wait_for(Duration::from_secs(1), || set.stats("r").unwrap().completed
-            == 4)
-        .await
-    );
+    assert!(wait_stats(&set, "r", Duration::from_secs(1), |s| s.completed == 4).await);
     set.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
 async fn max_requests_two_then_new_session() {
     let (a, b) = (udp_backend("a").await, udp_backend("b").await);
-    let set = ServiceSet::start(&services(&udp_svc(
+    let (set, to) = start_udp(
         "q",
         &[&a, &b],
         "  udp: {max_requests: 2}\n  backend_idle_timeout: 300ms\n",
-    )))
-    .unwrap();
-    let to = set.local_addr("q").unwrap();
-    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let r: Vec<String> = {
-        let mut v = Vec::new();
-        for i in 0..4 {
-            v.push(ask(&c, to, &i.to_string()).await.unwrap()[..1].to_string());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        v
-    };
-    assert_eq!(r, ["a", "a", "b", "b"]);
+    );
+    let nodes = nodes_answering(&client().await, to, 4).await;
+    assert_eq!(nodes, ["a", "a", "b", "b"]);
     set.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
 async fn fire_and_forget_picks_a_node_per_datagram() {
     let (a, b) = (udp_backend("a").await, udp_backend("b").await);
-    let set = ServiceSet::start(&services(&udp_svc(
-        "ff",
-        &[&a, &b],
-        "  udp: {max_requests: 1}\n",
-    )))
-    .unwrap();
-    let to = set.local_addr("ff").unwrap();
-    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (set, to) = start_udp("ff", &[&a, &b], "  udp: {max_requests: 1}\n");
+    let c = client().await;
     for i in 0..10 {
         c.send_to(format!("{i}").as_bytes(), to).await.unwrap();
     }
@@ -191,21 +171,11 @@ async fn fire_and_forget_picks_a_node_per_datagram() {
 #[tokio::test]
 async fn idle_session_expires() {
     let a = udp_backend("a").await;
-    let set = ServiceSet::start(&services(&udp_svc(
-        "i",
-        &[&a],
-        "  client_idle_timeout: 200ms\n",
-    )))
-    .unwrap();
-    let to = set.local_addr("i").unwrap();
-    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (set, to) = start_udp("i", &[&a], "  client_idle_timeout: 200ms\n");
+    let c = client().await;
     assert!(ask(&c, to, "x").await.is_some());
     assert_eq!(set.stats("i").unwrap().active, 1);
-    assert!(
-        wait_for(Duration::from_secs(2), || set.stats("i").unwrap().active
-            == 0)
-        .await
-    );
+    assert!(wait_stats(&set, "i", Duration::from_secs(2), |s| s.active == 0).await);
     assert_eq!(set.stats("i").unwrap().idle_closed, 1);
     // The next datagram opens a new session.
     assert!(ask(&c, to, "y").await.is_some());
@@ -229,15 +199,10 @@ async fn unlimited_udp_service_is_refused_at_load() {
 #[tokio::test]
 async fn no_node_drops_and_counts() {
     let a = udp_backend("a").await;
-    let set = ServiceSet::start(&services(&udp_svc(
-        "n",
-        &[&a],
-        "  client_idle_timeout: 1s\n",
-    )))
-    .unwrap();
+    let (set, to) = start_udp("n", &[&a], "  client_idle_timeout: 1s\n");
     set.balancer("n").unwrap().nodes()[0].set_healthy(false);
-    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    assert!(ask(&c, set.local_addr("n").unwrap(), "x").await.is_none());
+    let c = client().await;
+    assert!(ask(&c, to, "x").await.is_none());
     let st = set.stats("n").unwrap();
     assert_eq!((st.no_node, st.udp_dropped), (1, 1));
     set.shutdown(Duration::from_secs(1)).await;
@@ -247,13 +212,11 @@ async fn no_node_drops_and_counts() {
 #[tokio::test]
 async fn transparent_keeps_client_source_address() {
     let mut a = udp_backend("a").await;
-    let set = ServiceSet::start(&services(&udp_svc(
+    let (set, to) = start_udp(
         "t",
         &[&a],
         "  client_idle_timeout: 1s\n  udp: {transparent: true}\n",
-    )))
-    .unwrap();
-    let to = set.local_addr("t").unwrap();
+    );
     // The client's socket shares its address with the proxy's transparent socket
     // (both on this host), so both set SO_REUSEADDR.
     let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
@@ -291,13 +254,13 @@ async fn udp_probe_health_check() {
         "services:\n- name: hc\n  addr: \"127.0.0.1:0\"\n  handler: {{type: udp}}\n  listener: {{type: udp}}\n  client_idle_timeout: 1s\n  forwarder:\n    nodes: [{{name: a, addr: \"{}\"}}, {{name: closed, addr: \"{closed}\"}}]\n    healthcheck: {{kind: probe, probe_protocol: udp, probe_send: \"PING\", probe_recv: \"a:PING\", interval: 100ms, timeout: 300ms}}\n",
         a.addr
     );
-    let set = ServiceSet::start(&services(&yaml)).unwrap();
+    let set = start(&yaml);
     let bal = set.balancer("hc").unwrap();
     assert!(wait_for(Duration::from_secs(3), || !bal.nodes()[1].is_healthy()).await);
     assert!(bal.nodes()[0].is_healthy());
     // Every session now goes to a.
     for _ in 0..3 {
-        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let c = client().await;
         assert_eq!(
             ask(&c, set.local_addr("hc").unwrap(), "q").await.as_deref(),
             Some("a:q")
@@ -310,17 +273,12 @@ async fn udp_probe_health_check() {
 #[tokio::test]
 async fn max_connections_bounds_sessions() {
     let a = udp_backend("a").await;
-    let set = ServiceSet::start(&services(&udp_svc(
+    let (set, to) = start_udp(
         "m",
         &[&a],
         "  client_idle_timeout: 300ms\n  max_connections: 1\n",
-    )))
-    .unwrap();
-    let to = set.local_addr("m").unwrap();
-    let (c1, c2) = (
-        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
     );
+    let (c1, c2) = (client().await, client().await);
     assert!(ask(&c1, to, "1").await.is_some());
     assert!(
         ask(&c2, to, "2").await.is_none(),
@@ -332,11 +290,7 @@ async fn max_connections_bounds_sessions() {
         "the existing session goes on"
     );
     // Once the first session idles out, there is room again.
-    assert!(
-        wait_for(Duration::from_secs(2), || set.stats("m").unwrap().active
-            == 0)
-        .await
-    );
+    assert!(wait_stats(&set, "m", Duration::from_secs(2), |s| s.active == 0).await);
     assert!(ask(&c2, to, "4").await.is_some());
     set.shutdown(Duration::from_secs(1)).await;
 }

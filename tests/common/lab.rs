@@ -35,7 +35,10 @@
 //! Assertions should rest on what the network shows — who holds the VIP
 //! ([`Lab::vip_holders`]), what the client reaches ([`Lab::client_get`]), which MAC the
 //! client resolved ([`Lab::client_neigh_mac`]) — polled against deadlines with
-//! [`poll`], never after fixed sleeps.
+//! [`poll`], never after fixed sleeps. The common waits also come as test steps
+//! that panic with what they saw instead ([`Lab::expect_holders`],
+//! [`Lab::expect_holders_stay`], [`GatewayProc::assert_running`]), so a test reads
+//! as its scenario.
 
 use std::fmt;
 use std::fs::File;
@@ -388,6 +391,30 @@ impl Lab {
         }
     }
 
+    /// Start the gateway again where `old` ran, with the config it was started with.
+    pub fn respawn(&self, old: &GatewayProc) -> GatewayProc {
+        let config = std::fs::read_to_string(old.config_path())
+            .unwrap_or_else(|e| panic!("lab {}: cannot read the old config: {e}", self.name));
+        self.spawn_gateway(old.host(), &config)
+    }
+
+    /// A `floating_ip:` section for the gateway node `host`: enabled, with
+    /// `priority`, the other node as `peer_ip`, then the `extra` lines (each written
+    /// at the section's indent, so `"preempt: true"` or `"notify:"` followed by
+    /// `"  master: …"`).
+    pub fn floating_ip_yaml(&self, host: Host, priority: u8, extra: &[&str]) -> String {
+        let mut s = format!(
+            "floating_ip:\n  enabled: true\n  priority: {priority}\n  peer_ip: {}\n",
+            self.ip(host.peer())
+        );
+        for line in extra {
+            s.push_str("  ");
+            s.push_str(line);
+            s.push('\n');
+        }
+        s
+    }
+
     /// Pids of the processes living in a namespace (never our own).
     fn pids_in(ns: &str) -> Vec<i32> {
         let me = std::process::id() as i32;
@@ -521,6 +548,26 @@ impl Lab {
         .is_some()
     }
 
+    /// Like [`Lab::wait_holders`], but a test step: panics, naming `what` and the
+    /// holders seen, when the holders never become `expected`.
+    pub fn expect_holders(&self, vip: Ipv4Addr, expected: &[Host], timeout: Duration, what: &str) {
+        assert!(
+            self.wait_holders(vip, expected, timeout),
+            "lab {}: {what}: the VIP holders should be {expected:?}, are {:?}",
+            self.name,
+            self.vip_holders(vip)
+        );
+    }
+
+    /// Wait until `host` is one of the holders of `vip`. Others may hold it too: a
+    /// dead node's downed interface still lists the address.
+    pub fn wait_holder(&self, vip: Ipv4Addr, host: Host, timeout: Duration) -> bool {
+        poll(timeout, || {
+            self.vip_holders(vip).contains(&host).then_some(())
+        })
+        .is_some()
+    }
+
     /// Check for `duration` that the holders of `vip` stay exactly `expected`;
     /// on the first deviation return what was seen instead.
     pub fn holders_stay(
@@ -538,6 +585,23 @@ impl Lab {
             thread::sleep(POLL_EVERY);
         }
         Ok(())
+    }
+
+    /// Like [`Lab::holders_stay`], but a test step: panics, naming `what` and the
+    /// holders seen, on the first deviation.
+    pub fn expect_holders_stay(
+        &self,
+        vip: Ipv4Addr,
+        expected: &[Host],
+        duration: Duration,
+        what: &str,
+    ) {
+        if let Err(seen) = self.holders_stay(vip, expected, duration) {
+            panic!(
+                "lab {}: {what}: the VIP holders should stay {expected:?}, saw {seen:?}",
+                self.name
+            );
+        }
     }
 
     /// The MAC address of a host's LAN interface (lowercase, colon-separated).
@@ -560,6 +624,15 @@ impl Lab {
         v.as_array()?
             .iter()
             .find_map(|e| e["lladdr"].as_str().map(str::to_ascii_lowercase))
+    }
+
+    /// Wait until the client's neighbour entry for `ip` carries `mac` (as
+    /// [`Lab::host_mac`] writes it), e.g. after a gratuitous ARP.
+    pub fn wait_client_neigh_mac(&self, ip: Ipv4Addr, mac: &str, timeout: Duration) -> bool {
+        poll(timeout, || {
+            self.client_neigh_mac(ip).filter(|m| m == mac).map(drop)
+        })
+        .is_some()
     }
 
     /// From the client: connect to `ip:port`, read until the server closes, return
@@ -726,6 +799,28 @@ impl GatewayProc {
     /// Still running?
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A test step: panics with the daemon's log if it is no longer running.
+    pub fn assert_running(&mut self, what: &str) {
+        assert!(
+            self.is_running(),
+            "{what}: {}'s daemon exited:\n{}",
+            self.host,
+            self.log()
+        );
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit; panics if it does not come.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(timeout).unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within {timeout:?} of SIGTERM:\n{}",
+                self.host,
+                self.log()
+            )
+        })
     }
 
     /// Everything it printed so far.

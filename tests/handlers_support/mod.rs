@@ -1,5 +1,9 @@
 //! Shared pieces of the handler integration tests: a proxy accept loop, a small
 //! HTTP origin server, a UDP echo server and a curl runner.
+//!
+//! A test builds a handler, puts it on a loopback port with [`serve`], points curl
+//! (or a hand-rolled client) at that port and then checks the handler's counters,
+//! usually once every connection has ended ([`settled`]).
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::future::Future;
@@ -8,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use gateway::proxy::handler::ConnInfo;
 use gateway::proxy::handler::conn::BufConn;
+use gateway::proxy::handler::{ConnInfo, Handler, HandlerStats, Protocol, StatsSnapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -32,6 +36,44 @@ where
         }
     });
     addr
+}
+
+/// Serve `handler` (any protocol, including the run-time chosen
+/// `ProxyHandler`) on a fresh loopback port and return that address with the
+/// handler's counters.
+pub async fn serve<P: Protocol>(handler: Handler<P>) -> (SocketAddr, Arc<HandlerStats>) {
+    let stats = handler.stats().clone();
+    let handler = Arc::new(handler);
+    let addr = spawn_proxy(move |stream, conn| {
+        let handler = handler.clone();
+        async move {
+            // The handler has counted the outcome; the error adds nothing here.
+            let _ = handler.handle(stream, conn).await;
+        }
+    })
+    .await;
+    (addr, stats)
+}
+
+/// Wait (5 s at most) until the handler serves no connection any more, then take
+/// its counters: the state a test asserts on once its clients are done.
+pub async fn settled(stats: &HandlerStats) -> StatsSnapshot {
+    wait_for(Duration::from_secs(5), || stats.snapshot().active == 0).await;
+    stats.snapshot()
+}
+
+/// The handlers' bookkeeping promise: every connection ends in exactly one
+/// outcome counter.
+pub fn counts_add_up(s: &StatsSnapshot) -> bool {
+    s.connections
+        == s.completed
+            + s.bad_request
+            + s.auth_failed
+            + s.handshake_timeout
+            + s.target_failed
+            + s.upstream_error
+            + s.unsupported
+            + s.client_error
 }
 
 /// A tiny HTTP/1.1 origin with keep-alive. Routes:
@@ -72,6 +114,18 @@ pub async fn spawn_origin(bind: &str) -> Origin {
         }
     });
     Origin { addr, connections }
+}
+
+impl Origin {
+    /// `http://ADDR{path}`: the origin by address.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://localhost:PORT{path}`: the origin by name, for proxies that resolve.
+    pub fn url_by_name(&self, path: &str) -> String {
+        format!("http://localhost:{}{path}", self.addr.port())
+    }
 }
 
 async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
@@ -154,52 +208,12 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
         );
         let io = conn.get_mut();
         match route.as_str() {
-            "/hello" => {
-                io.write_all(
-                    format!("HTTP/1.1 200 OK\r\n{seen}Content-Length: 5\r\n\r\nhello").as_bytes(),
-                )
-                .await?;
-            }
-            "/echo" => {
-                io.write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\n{seen}Content-Length: {}\r\n\r\n",
-                        body.len()
-                    )
-                    .as_bytes(),
-                )
-                .await?;
-                io.write_all(&body).await?;
-            }
-            "/echo-chunked" => {
-                io.write_all(
-                    format!("HTTP/1.1 200 OK\r\n{seen}Transfer-Encoding: chunked\r\n\r\n")
-                        .as_bytes(),
-                )
-                .await?;
-                for c in body.chunks(7000) {
-                    io.write_all(format!("{:x}\r\n", c.len()).as_bytes())
-                        .await?;
-                    io.write_all(c).await?;
-                    io.write_all(b"\r\n").await?;
-                }
-                io.write_all(b"0\r\n\r\n").await?;
-            }
+            "/hello" => write_ok(io, &seen, b"hello").await?,
+            "/echo" => write_ok(io, &seen, &body).await?,
+            "/echo-chunked" => write_chunked(io, &seen, &body, 7000).await?,
             t if t.starts_with("/big/") => {
                 let n: usize = t[5..].parse().unwrap();
-                io.write_all(
-                    format!("HTTP/1.1 200 OK\r\n{seen}Transfer-Encoding: chunked\r\n\r\n")
-                        .as_bytes(),
-                )
-                .await?;
-                let data = pattern(n);
-                for c in data.chunks(65536) {
-                    io.write_all(format!("{:x}\r\n", c.len()).as_bytes())
-                        .await?;
-                    io.write_all(c).await?;
-                    io.write_all(b"\r\n").await?;
-                }
-                io.write_all(b"0\r\n\r\n").await?;
+                write_chunked(io, &seen, &pattern(n), 65536).await?;
             }
             "/close" => {
                 io.write_all(
@@ -210,10 +224,7 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
             }
             "/slow" => {
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                io.write_all(
-                    format!("HTTP/1.1 200 OK\r\n{seen}Content-Length: 4\r\n\r\nslow").as_bytes(),
-                )
-                .await?;
+                write_ok(io, &seen, b"slow").await?;
             }
             "/reset" => {
                 let (stream, _) = conn.into_parts();
@@ -225,10 +236,7 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
             "/close-after" => {
                 // Answer as if keeping the connection, then drop it (an idle
                 // timeout on the target's side).
-                io.write_all(
-                    format!("HTTP/1.1 200 OK\r\n{seen}Content-Length: 2\r\n\r\nok").as_bytes(),
-                )
-                .await?;
+                write_ok(io, &seen, b"ok").await?;
                 return Ok(());
             }
             "/upgrade" => {
@@ -240,17 +248,7 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
                 tokio::io::copy(&mut r, &mut w).await?;
                 return Ok(());
             }
-            "/conn" => {
-                let b = id.to_string();
-                io.write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\n{seen}Content-Length: {}\r\n\r\n{b}",
-                        b.len()
-                    )
-                    .as_bytes(),
-                )
-                .await?;
-            }
+            "/conn" => write_ok(io, &seen, id.to_string().as_bytes()).await?,
             _ => {
                 io.write_all(
                     format!("HTTP/1.1 404 Not Found\r\n{seen}Content-Length: 0\r\n\r\n").as_bytes(),
@@ -262,6 +260,37 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// A 200 response (with the `X-Seen-*` headers in `seen`) carrying `body` with a
+/// `Content-Length`, in one write.
+async fn write_ok(io: &mut TcpStream, seen: &str, body: &[u8]) -> std::io::Result<()> {
+    let mut msg = format!(
+        "HTTP/1.1 200 OK\r\n{seen}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    msg.extend_from_slice(body);
+    io.write_all(&msg).await
+}
+
+/// A 200 response (with the `X-Seen-*` headers in `seen`) whose `body` goes out in
+/// chunks of `size` bytes.
+async fn write_chunked(
+    io: &mut TcpStream,
+    seen: &str,
+    body: &[u8],
+    size: usize,
+) -> std::io::Result<()> {
+    io.write_all(format!("HTTP/1.1 200 OK\r\n{seen}Transfer-Encoding: chunked\r\n\r\n").as_bytes())
+        .await?;
+    for c in body.chunks(size) {
+        io.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+            .await?;
+        io.write_all(c).await?;
+        io.write_all(b"\r\n").await?;
+    }
+    io.write_all(b"0\r\n\r\n").await
 }
 
 /// Deterministic test data.
@@ -314,6 +343,17 @@ impl Curl {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).to_string()
     }
+
+    /// Assert that curl succeeded and printed exactly `want`. The bodies are
+    /// large, so a mismatch reports the length only; `what` names the case.
+    pub fn assert_body(&self, want: &[u8], what: &str) {
+        assert_eq!(self.status, Some(0), "{what}: {}", self.stderr);
+        assert!(
+            self.stdout == want,
+            "{what} differs ({} bytes)",
+            self.stdout.len()
+        );
+    }
 }
 
 /// Run curl with a 15 s limit; proxies from the environment are ignored.
@@ -338,6 +378,21 @@ pub async fn curl(args: &[&str]) -> Curl {
         stdout: out.stdout,
         stderr: String::from_utf8_lossy(&out.stderr).to_string(),
     }
+}
+
+/// Run curl and assert that it printed `want` (curl's stderr shows on failure).
+pub async fn curl_expect(args: &[&str], want: &str) {
+    let r = curl(args).await;
+    assert_eq!(r.text(), want, "curl {args:?}: {}", r.stderr);
+}
+
+/// Run curl with the body discarded and only the HTTP status code printed
+/// (`-o /dev/null -w %{http_code}`): `text()` is the code, or `000` when curl got
+/// no answer.
+pub async fn curl_code(args: &[&str]) -> Curl {
+    let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    all.extend_from_slice(args);
+    curl(&all).await
 }
 
 /// Send raw bytes, then read until the peer closes (or 5 s pass).

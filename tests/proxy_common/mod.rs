@@ -1,14 +1,21 @@
 //! Helpers shared by the `proxy_*` integration tests: real sockets on loopback.
+//!
+//! A test writes its services as YAML (often with [`tcp_service`]), starts them
+//! with [`start`], talks to them with real clients and backends ([`Backend`],
+//! [`tcp_server`]) and checks the service counters ([`wait_stats`]).
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gateway::config::{Config, ServiceConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use gateway::proxy::ServiceSet;
+use gateway::proxy::server::StatsSnapshot;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -18,6 +25,101 @@ pub fn services(yaml: &str) -> Vec<ServiceConfig> {
         Ok(c) => c.services,
         Err(e) => panic!("config: {e}"),
     }
+}
+
+/// Start the services of a `services:` YAML document.
+pub fn start(yaml: &str) -> ServiceSet {
+    ServiceSet::start(&services(yaml)).unwrap_or_else(|e| panic!("services do not start: {e}"))
+}
+
+/// One TCP forwarding service as an item of a `services:` list: it listens on
+/// `addr` and forwards to `nodes`, a YAML flow list (see [`nodes_yaml`]). `extra`
+/// is appended as it is: lines indented by four spaces belong to the forwarder
+/// (`selector`, `healthcheck`, `discovery`), lines indented by two to the service.
+pub fn tcp_service(name: &str, addr: &str, nodes: &str, extra: &str) -> String {
+    format!(
+        "- name: {name}\n  addr: \"{addr}\"\n  handler: {{type: tcp}}\n  listener: {{type: tcp}}\n  forwarder:\n    nodes: {nodes}\n{extra}"
+    )
+}
+
+/// A `services:` document holding one [`tcp_service`] on a free loopback port.
+pub fn tcp_services(name: &str, nodes: &str, extra: &str) -> String {
+    format!(
+        "services:\n{}",
+        tcp_service(name, "127.0.0.1:0", nodes, extra)
+    )
+}
+
+/// A node list of bare addresses, as a YAML flow list.
+pub fn addrs_yaml(addrs: &[SocketAddr]) -> String {
+    let items: Vec<String> = addrs.iter().map(|a| format!("{{addr: \"{a}\"}}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Wait (polling) up to `limit` until the counters of service `name` satisfy
+/// `cond`; false if they never did.
+pub async fn wait_stats(
+    set: &ServiceSet,
+    name: &str,
+    limit: Duration,
+    cond: impl Fn(&StatsSnapshot) -> bool,
+) -> bool {
+    wait_for(limit, || set.stats(name).is_some_and(|s| cond(&s))).await
+}
+
+/// A TCP server on a fresh loopback port that runs `serve` on each accepted
+/// connection in a task of its own, for as long as the test runs.
+pub async fn tcp_server<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
+/// Read and discard until the peer closes or the connection fails. The buffer is
+/// large so that a sink never limits what a benchmark measures.
+pub async fn drain<S: AsyncRead + Unpin>(s: &mut S) {
+    let mut buf = vec![0u8; 256 * 1024];
+    while let Ok(n) = s.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Read until the peer closes, giving up after `limit`; the read is expected to
+/// end within it (a panic otherwise), how it ended (EOF or error) does not matter.
+pub async fn read_to_close<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) {
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(limit, s.read_to_end(&mut sink)).await;
+    assert!(r.is_ok(), "connection not closed within {limit:?}");
+}
+
+/// Read one line (without the `\n`), byte by byte so nothing after it is taken
+/// from the stream; at EOF, what came until then.
+pub async fn read_line<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Connect through the proxy and read the backend's greeting line; the stream
+/// stays open (it counts as an active connection) and the name is returned.
+pub async fn connect_greeted(proxy: SocketAddr) -> (TcpStream, String) {
+    let mut s = connect_from(proxy, None).await;
+    let name = read_line(&mut s).await;
+    (s, name)
 }
 
 /// A TCP backend that greets each connection with `name\n`, then echoes. It
@@ -71,6 +173,18 @@ impl Backend {
             name: name.to_string(),
             conns,
             task,
+        }
+    }
+
+    /// One backend per name, started in order.
+    pub async fn start_all<const N: usize>(names: [&str; N]) -> [Backend; N] {
+        let mut all = Vec::with_capacity(N);
+        for name in names {
+            all.push(Backend::start(name).await);
+        }
+        match all.try_into() {
+            Ok(all) => all,
+            Err(_) => unreachable!("one backend per name"),
         }
     }
 
@@ -137,6 +251,15 @@ pub fn nodes_yaml(backends: &[&Backend]) -> String {
         .map(|b| format!("{{name: {}, addr: \"{}\"}}", b.name, b.addr))
         .collect();
     format!("[{}]", items.join(", "))
+}
+
+/// A file `name` holding `contents` in a fresh temporary directory, which is
+/// removed when the returned guard drops.
+pub fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).unwrap();
+    (dir, path)
 }
 
 /// A flag a test flips from another task.
