@@ -13,18 +13,8 @@ use gateway::net::{IfAddr, Interfaces};
 fn host() -> Interfaces {
     Interfaces {
         addrs: vec![
-            IfAddr {
-                ifname: "lo".into(),
-                addr: Ipv4Addr::LOCALHOST,
-                netmask: Ipv4Addr::new(255, 0, 0, 0),
-                loopback: true,
-            },
-            IfAddr {
-                ifname: "eth0".into(),
-                addr: Ipv4Addr::new(192, 168, 3, 35),
-                netmask: Ipv4Addr::new(255, 255, 255, 0),
-                loopback: false,
-            },
+            IfAddr::new("lo", Ipv4Addr::LOCALHOST, 8),
+            IfAddr::new("eth0", Ipv4Addr::new(192, 168, 3, 35), 24),
         ],
     }
 }

@@ -587,24 +587,9 @@ mod tests {
     fn host() -> Interfaces {
         Interfaces {
             addrs: vec![
-                IfAddr {
-                    ifname: "lo".into(),
-                    addr: Ipv4Addr::LOCALHOST,
-                    netmask: Ipv4Addr::new(255, 0, 0, 0),
-                    loopback: true,
-                },
-                IfAddr {
-                    ifname: "eth0".into(),
-                    addr: Ipv4Addr::new(192, 168, 3, 35),
-                    netmask: Ipv4Addr::new(255, 255, 255, 0),
-                    loopback: false,
-                },
-                IfAddr {
-                    ifname: "eth1".into(),
-                    addr: Ipv4Addr::new(10, 1, 0, 5),
-                    netmask: Ipv4Addr::new(255, 255, 0, 0),
-                    loopback: false,
-                },
+                IfAddr::new("lo", Ipv4Addr::LOCALHOST, 8),
+                IfAddr::new("eth0", Ipv4Addr::new(192, 168, 3, 35), 24),
+                IfAddr::new("eth1", Ipv4Addr::new(10, 1, 0, 5), 16),
             ],
         }
     }
@@ -708,12 +693,8 @@ mod tests {
     fn stale_vip_on_interface_is_not_local_ip() {
         let mut h = host();
         // A crash left the VIP behind as a secondary address of eth0.
-        h.addrs.push(IfAddr {
-            ifname: "eth0".into(),
-            addr: Ipv4Addr::new(192, 168, 3, 234),
-            netmask: Ipv4Addr::new(255, 255, 255, 0),
-            loopback: false,
-        });
+        h.addrs
+            .push(IfAddr::new("eth0", Ipv4Addr::new(192, 168, 3, 234), 24));
         let f = parse("enabled: true").resolve(&h).unwrap();
         assert_eq!(f.vip, Ipv4Addr::new(192, 168, 3, 234));
         assert_eq!(f.local_ip, Ipv4Addr::new(192, 168, 3, 35));

@@ -16,6 +16,23 @@ pub struct IfAddr {
     pub loopback: bool,
 }
 
+impl IfAddr {
+    /// An address given as `addr/prefix` (a prefix over 32 counts as 32): how
+    /// tests and examples write a made-up host. Loopback is inferred from the
+    /// address.
+    pub fn new(ifname: &str, addr: Ipv4Addr, prefix: u8) -> IfAddr {
+        let bits = u32::MAX
+            .checked_shl(32 - u32::from(prefix.min(32)))
+            .unwrap_or(0);
+        IfAddr {
+            ifname: ifname.to_string(),
+            addr,
+            netmask: Ipv4Addr::from(bits),
+            loopback: addr.is_loopback(),
+        }
+    }
+}
+
 /// The host's IPv4 addresses, in the order the kernel lists them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Interfaces {
@@ -135,6 +152,16 @@ eth0\t0003A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
             Some(Ipv4Addr::new(192, 168, 3, 1))
         );
         assert_eq!(parse_default_gateway(table, "eth1"), None);
+    }
+
+    #[test]
+    fn ifaddr_from_prefix() {
+        let a = IfAddr::new("eth0", Ipv4Addr::new(10, 1, 0, 5), 16);
+        assert_eq!(a.netmask, Ipv4Addr::new(255, 255, 0, 0));
+        assert!(!a.loopback);
+        assert!(IfAddr::new("lo", Ipv4Addr::LOCALHOST, 8).loopback);
+        assert_eq!(IfAddr::new("x", a.addr, 0).netmask, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(IfAddr::new("x", a.addr, 40).netmask, Ipv4Addr::BROADCAST);
     }
 
     #[test]
