@@ -2,6 +2,9 @@
 //! exit codes, and the refusal to run failover without privileges — checked inside
 //! a lab namespace so that the interface lookups see a known network.
 
+// Network namespaces (the lab in tests/common/lab.rs) exist on Linux only.
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use common::lab::{Host, Lab};

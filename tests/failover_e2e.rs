@@ -8,6 +8,9 @@
 //! Needs root (network namespaces) and nftables; `scripts/ci-deps.sh` installs the
 //! tools. Run with `cargo test --test failover_e2e`.
 
+// Network namespaces (the lab in tests/common/lab.rs) exist on Linux only.
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::net::Ipv4Addr;

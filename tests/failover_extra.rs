@@ -3,6 +3,9 @@
 //! heartbeats to `peer_ip` when broadcast is lost, and a link that goes down under a
 //! master. Same lab, same rule: assert on what the network shows.
 
+// Network namespaces (the lab in tests/common/lab.rs) exist on Linux only.
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! works, the helpers see what the kernel sees, and nothing outlives a lab — not
 //! after a normal drop and not after a panic. Needs root (CI runs as root).
 
+// Network namespaces (the lab in tests/common/lab.rs) exist on Linux only.
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::panic;

@@ -124,6 +124,21 @@ fn heartbeat_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
     s.set_broadcast(true)?;
     #[cfg(target_os = "linux")]
     s.bind_device(Some(iface.as_bytes()))?;
+    // macOS has no SO_BINDTODEVICE; IP_BOUND_IF pins the socket to the interface.
+    #[cfg(target_os = "macos")]
+    {
+        let index = crate::net::interface_index(iface)
+            .and_then(std::num::NonZeroU32::new)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no interface {iface}"),
+                )
+            })?;
+        s.bind_device_by_index_v4(Some(index))?;
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    let _ = iface;
     s.set_nonblocking(true)?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
     UdpSocket::from_std(s.into())

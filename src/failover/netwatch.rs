@@ -129,7 +129,9 @@ impl Tracker {
         }
     }
 
-    /// Record one VIP entry appearing (`present`) or disappearing.
+    /// Record one VIP entry appearing (`present`) or disappearing. (Only netlink
+    /// reports single entries; the polling fallback elsewhere compares whole sets.)
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn vip_entry(&mut self, prefix: u8, present: bool) -> Option<NetEvent> {
         let set = self.vip_prefixes.get_or_insert_with(Default::default);
         let was = !set.is_empty();
