@@ -10,7 +10,7 @@
 //!   carrier, operstate, statistics…), `RTM_DELLINK` when it disappears;
 //! * `RTMGRP_IPV4_IFADDR` — `RTM_NEWADDR` / `RTM_DELADDR` for every IPv4 address.
 //!
-//! [`watch`] joins both, keeps a small [`Tracker`] of "is the link up, which entries of
+//! [`watch`] joins both, keeps a small `Tracker` of "is the link up, which entries of
 //! the VIP are on the interface", and turns the stream of notifications into the few
 //! [`NetEvent`]s the failover driver cares about, each sent only when the tracked
 //! state actually changes (a link emits many `RTM_NEWLINK`s that change nothing we

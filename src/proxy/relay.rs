@@ -31,7 +31,7 @@
 //!
 //! ## Small idle connections
 //!
-//! Each direction is a hand-written state machine ([`Direction`]) rather than an
+//! Each direction is a hand-written state machine (`Direction`) rather than an
 //! `async fn`: a few words of state instead of nested futures, so ten thousand
 //! idle connections cost little more than their sockets. The copying path takes a
 //! 16 KiB buffer from a pool per chunk and gives it back once written.
