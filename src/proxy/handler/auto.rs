@@ -25,13 +25,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::conn::BufConn;
-use super::http::{Http, HttpMetadata, default_response_timeout, validate_headers};
-use super::socks::{
-    Socks4, Socks4Metadata, Socks5, Socks5Metadata, default_udp_buffer_size, validate_udp_buffer,
-};
+use super::http::{Http, HttpMetadata, default_response_timeout};
+use super::socks::{Socks4, Socks4Metadata, Socks5, Socks5Metadata, default_udp_buffer_size};
 use super::{
     ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, Io, Metadata, Outcome,
-    Protocol, default_read_timeout, deserialize_go_duration, validate_timeout,
+    Protocol, default_read_timeout, deserialize_go_duration,
 };
 use crate::config::FieldError;
 
@@ -74,15 +72,40 @@ impl Default for AutoMetadata {
     }
 }
 
+impl AutoMetadata {
+    /// The part of these options the HTTP protocol reads.
+    fn http(&self) -> HttpMetadata {
+        HttpMetadata {
+            header: self.header.clone(),
+            read_timeout: self.read_timeout,
+            response_timeout: self.response_timeout,
+        }
+    }
+
+    /// The part of these options SOCKS5 reads.
+    fn socks5(&self) -> Socks5Metadata {
+        Socks5Metadata {
+            read_timeout: self.read_timeout,
+            udp: self.udp,
+            udp_buffer_size: self.udp_buffer_size,
+        }
+    }
+
+    /// The part of these options SOCKS4 reads.
+    fn socks4(&self) -> Socks4Metadata {
+        Socks4Metadata {
+            read_timeout: self.read_timeout,
+        }
+    }
+}
+
 impl Metadata for AutoMetadata {
+    /// Each protocol checks its own part, so `auto` accepts exactly what the
+    /// protocols it dispatches to accept.
     fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_udp_buffer(self.udp_buffer_size, field)?;
-        validate_headers(&self.header, field)?;
-        validate_timeout(self.read_timeout, format!("{field}.metadata.readTimeout"))?;
-        validate_timeout(
-            self.response_timeout,
-            format!("{field}.metadata.responseTimeout"),
-        )
+        self.socks5().validate(field)?;
+        self.http().validate(field)?;
+        self.socks4().validate(field)
     }
 }
 
@@ -102,33 +125,18 @@ impl FromOptions for Auto {
     type Metadata = AutoMetadata;
 
     fn from_options(opts: AutoHandlerOptions) -> Self {
+        // The same credentials under each protocol's part of the metadata.
+        fn with<M>(opts: &AutoHandlerOptions, metadata: M) -> HandlerOptions<M> {
+            HandlerOptions {
+                auth: opts.auth.clone(),
+                metadata,
+            }
+        }
         let m = &opts.metadata;
-        let http = HandlerOptions {
-            auth: opts.auth.clone(),
-            metadata: HttpMetadata {
-                header: m.header.clone(),
-                read_timeout: m.read_timeout,
-                response_timeout: m.response_timeout,
-            },
-        };
-        let socks5 = HandlerOptions {
-            auth: opts.auth.clone(),
-            metadata: Socks5Metadata {
-                read_timeout: m.read_timeout,
-                udp: m.udp,
-                udp_buffer_size: m.udp_buffer_size,
-            },
-        };
-        let socks4 = HandlerOptions {
-            auth: opts.auth.clone(),
-            metadata: Socks4Metadata {
-                read_timeout: m.read_timeout,
-            },
-        };
         Self {
-            http: Http::from_options(http),
-            socks5: Socks5::from_options(socks5),
-            socks4: Socks4::from_options(socks4),
+            http: Http::from_options(with(&opts, m.http())),
+            socks5: Socks5::from_options(with(&opts, m.socks5())),
+            socks4: Socks4::from_options(with(&opts, m.socks4())),
             read_timeout: m.read_timeout,
         }
     }

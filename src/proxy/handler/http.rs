@@ -124,7 +124,7 @@ impl Metadata for HttpMetadata {
 
 /// Header names must be HTTP tokens and values must not break the line: a value
 /// with CR/LF would let the config inject arbitrary response lines.
-pub(crate) fn validate_headers(
+fn validate_headers(
     headers: &BTreeMap<String, String>,
     field: &str,
 ) -> Result<(), FieldError> {

@@ -151,7 +151,7 @@ impl Metadata for Socks5Metadata {
     }
 }
 
-pub(crate) fn validate_udp_buffer(size: usize, field: &str) -> Result<(), FieldError> {
+fn validate_udp_buffer(size: usize, field: &str) -> Result<(), FieldError> {
     if !(UDP_BUFFER_MIN..=UDP_BUFFER_MAX).contains(&size) {
         return Err(FieldError::new(
             format!("{field}.metadata.udpBufferSize"),
