@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use gateway::config::service::HandlerConfig;
 use gateway::proxy::handler::{HandlerStats, ProxyHandler};
 use gateway::proxy::router::Router;
 use handlers_support::*;
@@ -101,9 +102,10 @@ async fn one_round(http: SocketAddr, socks: SocketAddr, auto: SocketAddr, origin
 async fn bad_connections_leak_nothing() {
     let origin = spawn_origin("127.0.0.1:0").await;
     // Built as a service builds them, from `type` and `metadata`.
-    let fast: serde_yaml_ng::Value = serde_yaml_ng::from_str("{readTimeout: 200ms}").unwrap();
     let handler = |kind: &str| {
-        ProxyHandler::from_parts(kind, None, Some(&fast), Router::default(), kind).unwrap()
+        let yaml = format!("{{type: {kind}, metadata: {{readTimeout: 200ms}}}}");
+        let cfg: HandlerConfig = gateway::config::from_yaml(&yaml).unwrap();
+        ProxyHandler::from_config(&cfg, Router::default()).unwrap()
     };
     let (hp, http) = serve(handler("http")).await;
     let (sp, socks) = serve(handler("socks5")).await;

@@ -20,7 +20,7 @@ async fn proxy(opts: HttpHandlerOptions) -> (SocketAddr, Arc<HandlerStats>) {
 }
 
 fn opts_yaml(yaml: &str) -> HttpHandlerOptions {
-    serde_yaml_ng::from_str(yaml).expect("options parse")
+    gateway::config::from_yaml(yaml).expect("options parse")
 }
 
 /// An origin and an HTTP proxy with `opts` in front of it: the origin, the proxy
@@ -391,9 +391,9 @@ async fn ipv6_target() {
 #[test]
 fn options_reject_unknown_fields() {
     let e =
-        serde_yaml_ng::from_str::<HttpHandlerOptions>("metadata: {readTimout: 1s}").unwrap_err();
+        gateway::config::from_yaml::<HttpHandlerOptions>("metadata: {readTimout: 1s}").unwrap_err();
     assert!(e.to_string().contains("readTimout"), "{e}");
-    let e = serde_yaml_ng::from_str::<HttpHandlerOptions>("metadata: {readTimeout: 5 apples}")
+    let e = gateway::config::from_yaml::<HttpHandlerOptions>("metadata: {readTimeout: 5 apples}")
         .unwrap_err();
     assert!(e.to_string().contains("expected a duration"), "{e}");
     let o = opts_yaml("auth: {username: u, password: p}\nmetadata: {readTimeout: 2}");

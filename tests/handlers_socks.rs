@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::config::auth::{AuthConfig, Secret};
+use gateway::config::service::HandlerConfig;
 use gateway::proxy::handler::auto::{AutoHandler, AutoHandlerOptions};
 use gateway::proxy::handler::socks::{Socks4Handler, Socks5Handler, Socks5HandlerOptions};
 use gateway::proxy::handler::{HandlerStats, ProxyHandler};
@@ -35,7 +36,13 @@ async fn hello_behind_alice(kind: &str) -> (String, String, Arc<HandlerStats>) {
         username: "alice".into(),
         password: Secret("s3cret".into()),
     };
-    let handler = ProxyHandler::from_parts(kind, Some(alice), None, Router::default(), kind);
+    let cfg = HandlerConfig {
+        kind: gateway::config::from_yaml(kind).expect("handler type"),
+        auth: Some(alice),
+        chain: None,
+        metadata: None,
+    };
+    let handler = ProxyHandler::from_config(&cfg, Router::default());
     let (p, stats) = serve(handler.expect("handler")).await;
     (origin.url("/hello"), p.to_string(), stats)
 }
@@ -47,7 +54,7 @@ fn as_user<'a>(flag: &'a str, px: &'a str, user: &'a str, url: &'a str) -> [&'a 
 }
 
 fn with_udp() -> Socks5HandlerOptions {
-    serde_yaml_ng::from_str("metadata: {udp: true, readTimeout: 2s}").unwrap()
+    gateway::config::from_yaml("metadata: {udp: true, readTimeout: 2s}").unwrap()
 }
 
 /// Greeting with no auth, then a request; returns the stream and the reply.
@@ -274,7 +281,7 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
 #[tokio::test]
 async fn stalled_handshake_times_out() {
     let opts: Socks5HandlerOptions =
-        serde_yaml_ng::from_str("metadata: {readTimeout: 300ms}").unwrap();
+        gateway::config::from_yaml("metadata: {readTimeout: 300ms}").unwrap();
     let (p, stats) = socks5(opts).await;
     let mut s = TcpStream::connect(p).await.unwrap();
     s.write_all(&[5, 2]).await.unwrap(); // promises two methods, sends one
@@ -347,11 +354,11 @@ async fn auto_with_auth_applies_to_every_protocol() {
 #[test]
 fn options_validation() {
     let o: Socks5HandlerOptions =
-        serde_yaml_ng::from_str("metadata: {udpBufferSize: 100}").unwrap();
+        gateway::config::from_yaml("metadata: {udpBufferSize: 100}").unwrap();
     let e = o.validate("services[3].handler").unwrap_err();
     assert_eq!(e.field, "services[3].handler.metadata.udpBufferSize");
-    assert!(serde_yaml_ng::from_str::<Socks5HandlerOptions>("metadata: {bind: true}").is_err());
-    let o: AutoHandlerOptions = serde_yaml_ng::from_str(
+    assert!(gateway::config::from_yaml::<Socks5HandlerOptions>("metadata: {bind: true}").is_err());
+    let o: AutoHandlerOptions = gateway::config::from_yaml(
         "auth: {username: a, password: b}\nmetadata: {udp: true, header: {X: y}}",
     )
     .unwrap();

@@ -595,7 +595,7 @@ mod tests {
     }
 
     fn parse(yaml: &str) -> FloatingIpConfig {
-        serde_yaml_ng::from_str(yaml).unwrap()
+        crate::config::from_yaml(yaml).unwrap()
     }
 
     #[test]

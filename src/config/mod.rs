@@ -3,20 +3,24 @@
 //! A config file is read in three steps, and each step can only fail with a
 //! [`ConfigError`] that names the file, the line and the field:
 //!
-//! 1. **Parse** with `serde_yaml_ng` into plain structs. Every struct is
-//!    `#[serde(deny_unknown_fields)]`: a misspelt option is an error, never silently
-//!    ignored. Defaults are named functions so the reference in
+//! 1. **Parse** with [`from_yaml`] into typed values: enums for every `type`,
+//!    addresses, access rules and interface lists parsed as they are read. Every
+//!    struct is `#[serde(deny_unknown_fields)]`: a misspelt option is an error,
+//!    never silently ignored. Defaults are named functions so the reference in
 //!    `docs/configuration.md` can point at them.
-//! 2. **Validate** what can be checked from the file alone (ranges, address syntax,
-//!    mutually exclusive options).
+//! 2. **Validate** what can be checked from the file alone (ranges, combinations
+//!    of options, mutually exclusive options), right after parsing.
 //! 3. **Resolve** what depends on the host: `floating_ip` fills its defaults from the
 //!    interfaces this machine has (see [`floating_ip::FloatingIpConfig::resolve`]).
 //!
-//! Why `serde_yaml_ng` and not `serde_yaml`: `serde_yaml` was archived by its author
-//! in 2024 and receives no fixes. `serde_yaml_ng` is a maintained fork with the same
-//! API, so the code reads as if it used `serde_yaml`.
+//! What leaves this module is typed and checked; `proxy/` and `failover/` only
+//! consume it. Why `serde-saphyr`: `serde_yaml` is archived and its forks parse
+//! through the archived `unsafe-libyaml`; `serde-saphyr` is pure Rust, panic-free,
+//! has no `Value` type (none is needed once the model is typed) and limits what
+//! aliases can expand to.
 
 pub mod auth;
+pub mod duration;
 pub mod floating_ip;
 pub mod service;
 pub mod tls;
@@ -92,30 +96,12 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| {
-            let loc = e.location();
-            let message = e.to_string();
-            // serde_yaml_ng prefixes the message with the field path ("a.b: ...");
-            // keep it in the message and also expose it as the field.
-            let field = message
-                .split_once(": ")
-                .map(|(p, _)| p.to_string())
-                .filter(|p| !p.contains(' '));
-            let message = strip_location(&message);
-            let message = match &field {
-                Some(f) => message
-                    .strip_prefix(&format!("{f}: "))
-                    .unwrap_or(&message)
-                    .to_string(),
-                None => message,
-            };
-            ConfigError {
-                file: path.to_path_buf(),
-                line: loc.as_ref().map(|l| l.line()),
-                column: loc.as_ref().map(|l| l.column()),
-                field,
-                message,
-            }
+        let config: Config = from_yaml(text).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: e.line,
+            column: e.column,
+            field: e.field,
+            message: e.message,
         })?;
         config.validate().map_err(|e| at_field(text, path, e))?;
         Ok(config)
@@ -129,6 +115,65 @@ impl Config {
         service::validate_services(&self.services)?;
         Ok(())
     }
+}
+
+/// A YAML document that does not fit the type it is read into: where, which
+/// field, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct YamlError {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Dotted path of the field being read, e.g. `services[0].handler.type`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, " at line {l} column {c}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse a YAML document into `T`: the one parser of the program (config files
+/// go through it via [`load`], which adds the file name and the validation).
+///
+/// `serde-saphyr` parses in pure Rust without `unsafe`, refuses alias bombs with
+/// its default budget (events replayed through aliases are capped), and reports
+/// line and column; `serde_path_to_error` adds the path of the field that failed,
+/// which serde's own errors do not carry.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    let mut path = None;
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let p = e.path().to_string();
+            // "." is the root: no field to name.
+            path = (p != ".").then_some(p);
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let loc = e.location();
+        let message = serde_saphyr::MessageFormatter::format_message(
+            &serde_saphyr::DefaultMessageFormatter,
+            &e,
+        )
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+        YamlError {
+            line: loc.map(|l| l.line() as usize).filter(|l| *l > 0),
+            column: loc.map(|l| l.column() as usize).filter(|c| *c > 0),
+            field: path,
+            message,
+        }
+    })
 }
 
 /// A config file read, validated and resolved against this host.
@@ -158,14 +203,6 @@ pub fn load(path: &Path, ifs: &crate::net::Interfaces) -> Result<Loaded, ConfigE
         config,
         floating_ip,
     })
-}
-
-/// serde_yaml_ng appends " at line L column C"; we print the location ourselves.
-fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
-    }
 }
 
 /// Turn a [`FieldError`] into a [`ConfigError`] pointing at the field's line in `text`.
@@ -298,5 +335,38 @@ services:
     fn empty_file_is_empty_config() {
         let c = Config::from_str_named("\n", Path::new("g.yml")).unwrap();
         assert!(c.floating_ip.is_none() && c.services.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod yaml_tests {
+    use super::*;
+
+    /// An alias bomb ("billion laughs"): nine levels of ten aliases each would
+    /// expand to 10^9 strings. Read into a type that walks all of it, the
+    /// parser's budget refuses it at once instead of eating memory and time.
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [lol]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            let list = [prev.as_str(); 10].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{list}]\n"));
+        }
+        let started = std::time::Instant::now();
+        let e = from_yaml::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(&text)
+            .expect_err("an alias bomb was accepted");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(e.message.contains("budget"), "{e}");
+    }
+
+    #[test]
+    fn errors_carry_line_column_and_field() {
+        let text = "services:\n- name: a\n  addr: \":1\"\n  listener: {type: tcp}\n  handler: {type: ftp}\n";
+        let e = Config::from_str_named(text, Path::new("g.yml")).unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.column.is_some(), "{e}");
+        assert_eq!(e.field.as_deref(), Some("services[0].handler.type"), "{e}");
+        assert!(e.message.contains("ftp"), "{e}");
     }
 }

@@ -91,10 +91,10 @@ impl Node {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Count one connection for `leastconn` until the guard is dropped.
-    pub fn acquire(self: &Arc<Self>) -> ActiveGuard {
+    /// Count one connection for `leastconn` until the lease is dropped.
+    pub fn acquire(self: &Arc<Self>) -> NodeLease {
         self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self.clone())
+        NodeLease(self.clone())
     }
 
     /// The counter the relay adds moved bytes to.
@@ -158,17 +158,18 @@ impl Node {
     }
 }
 
-/// Decrements the node's in-flight count on drop.
+/// A connection's hold on its node: the node's in-flight count (what
+/// `leastconn` compares) is one higher until the lease is dropped.
 #[derive(Debug)]
-pub struct ActiveGuard(Arc<Node>);
+pub struct NodeLease(Arc<Node>);
 
-impl ActiveGuard {
+impl NodeLease {
     pub fn node(&self) -> &Arc<Node> {
         &self.0
     }
 }
 
-impl Drop for ActiveGuard {
+impl Drop for NodeLease {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
     }

@@ -28,9 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::balance::{Balancer, Node};
 use super::router::Router;
-use crate::config::service::{
-    HealthcheckConfig, HealthcheckKind, ProbeProtocol, ProbeStrategy, unescape,
-};
+use crate::config::service::{HealthcheckConfig, HealthcheckKind, ProbeProtocol, ProbeStrategy};
 
 /// What a check needs, prepared once.
 struct Check {
@@ -67,7 +65,7 @@ pub async fn run(
         }
         _ => None,
     };
-    let send = unescape(&cfg.probe_send).unwrap_or_else(|_| cfg.probe_send.clone().into_bytes());
+    let send = cfg.probe_send.0.clone();
     let mut router = router;
     router.connect_timeout = cfg.timeout.0;
     let check = Arc::new(Check {

@@ -13,33 +13,39 @@
 //! # Ok(()) }
 //! ```
 //!
-//! How a TCP forwarding connection flows through the modules:
+//! The modules, by concern:
 //!
-//! 1. [`listen`] bound the socket with `IP_FREEBIND`, so a service can sit on the
-//!    floating IP before this node holds it.
-//! 2. The accept loop in [`server`] applies the access rules and
-//!    `max_connections`, then spawns the connection into the service's tracker.
-//! 3. [`balance`] picks a node (strategy, weights, priorities, active and passive
-//!    health); the [`router`] connects to it (timeout, GOST's `interface` exit);
-//!    a failed node is reported and the next one tried.
-//! 4. [`proxy_protocol`] writes a PROXY header if configured; [`relay`] moves the
-//!    bytes with `splice(2)` and half-close, under the idle timeouts.
+//! * [`lifecycle`]: a service built from its typed config, bound (or handed its
+//!   predecessor's socket on reload), drained and stopped;
+//! * [`service`]: what all connections of a service share (nodes, access rules,
+//!   counters, drain handles);
+//! * [`forward`]: the path of a TCP connection from accept to the relay;
+//!   [`udp`]: datagrams and sessions;
+//! * [`handler`]: the proxy protocols (`http`, `socks5`, `socks4`, `auto`);
+//! * [`balance`], [`health`], [`discovery`]: the forwarder's nodes, how one is
+//!   chosen, and how the list and its health are kept current;
+//! * [`router`]: connecting to a target (timeout, GOST's `interface` exit);
+//!   [`listen`]: binding with `IP_FREEBIND`; [`relay`]: moving bytes;
+//!   [`proxy_protocol`], [`tls`], [`cut`]: what their names say;
+//! * [`stats`]: the counters, in one vocabulary.
 //!
-//! Alongside, per forwarder: [`health`] runs active checks and takes nodes in and
-//! out of rotation; [`discovery`] refreshes the node list. UDP services are in
-//! [`udp`].
+//! Configuration arrives typed and validated (`crate::config::service`):
+//! nothing here parses configuration text. The path of a connection, and where
+//! its bytes are copied, is described in docs/architecture.md ("Services").
 
 pub mod balance;
 pub mod cut;
 pub mod discovery;
-pub mod dispatch;
+pub mod forward;
 pub mod handler;
 pub mod health;
+pub mod lifecycle;
 pub mod listen;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod router;
-pub mod server;
+pub mod service;
+pub mod stats;
 pub mod tls;
 pub mod udp;
 
@@ -52,7 +58,8 @@ use tracing::info;
 
 use crate::config::ServiceConfig;
 use balance::Balancer;
-use server::{Bound, Running, StatsSnapshot, bound_key};
+use lifecycle::{Bound, Running, bound_key};
+use stats::{HandlerCounts, ServiceCounts};
 
 /// Errors starting or reloading services.
 #[derive(Debug, thiserror::Error)]
@@ -175,12 +182,12 @@ impl ServiceSet {
     }
 
     /// The counters of a service.
-    pub fn stats(&self, service: &str) -> Option<StatsSnapshot> {
+    pub fn stats(&self, service: &str) -> Option<ServiceCounts> {
         self.running.get(service).map(|r| r.stats.snapshot())
     }
 
     /// The counters of a proxy handler (`http`, `socks5`, `socks4`, `auto`).
-    pub fn handler_stats(&self, service: &str) -> Option<handler::StatsSnapshot> {
+    pub fn handler_stats(&self, service: &str) -> Option<HandlerCounts> {
         self.running
             .get(service)
             .and_then(|r| r.handler_stats.as_ref())

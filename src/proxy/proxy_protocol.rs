@@ -8,6 +8,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::config::service::ProxyProtocolVersion;
+
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack listener) are written as IPv4.
@@ -67,11 +69,10 @@ pub fn v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 }
 
 /// The header for `version` ("1" or "2", validated at config load).
-pub fn header(version: &str, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    if version == "2" {
-        v2(src, dst)
-    } else {
-        v1(src, dst)
+pub fn header(version: ProxyProtocolVersion, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    match version {
+        ProxyProtocolVersion::V1 => v1(src, dst),
+        ProxyProtocolVersion::V2 => v2(src, dst),
     }
 }
 

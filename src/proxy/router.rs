@@ -1,39 +1,27 @@
 //! The router: how a handler reaches a target address — directly, through GOST's
 //! `interface` option (the network exit), with a connect timeout.
 //!
-//! `interface` is a list tried in order: an interface name binds the socket to
-//! that device (`SO_BINDTODEVICE`), an address binds it to that source address.
-//! An entry marked strict with a trailing `!` ends the list when it fails, as in
-//! GOST: `interface: "192.168.0.100,192.168.0.101!,192.168.0.102"` never reaches
-//! `.102` if `.101` fails.
+//! `interface` is a list tried in order (parsed by the config: see
+//! [`Interface`]): an interface name binds the socket to that device
+//! (`SO_BINDTODEVICE`), an address binds it to that source address. An entry
+//! marked strict with a trailing `!` ends the list when it fails.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 
+pub use crate::config::service::interface::{Exit, Interface, Via};
+
 #[derive(Debug, Clone)]
 pub struct Router {
     pub connect_timeout: Duration,
-    /// GOST's `interface`, parsed. Empty: the kernel chooses.
+    /// GOST's `interface`, as the config parsed it. Empty: the kernel chooses.
     pub exits: Vec<Exit>,
 }
 
 /// One entry of the `interface` list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exit {
-    pub via: Via,
-    /// If this entry fails, do not try the next.
-    pub strict: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Via {
-    Device(String),
-    Source(IpAddr),
-}
-
 impl Default for Router {
     fn default() -> Self {
         Self {
@@ -43,31 +31,13 @@ impl Default for Router {
     }
 }
 
-/// Parse GOST's `interface` value: `eth0`, `192.168.0.1`, `fd::1,192.168.0.2!`.
-pub fn parse_interface(value: &str) -> Vec<Exit> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(|e| {
-            let (name, strict) = match e.strip_suffix('!') {
-                Some(n) => (n, true),
-                None => (e, false),
-            };
-            let via = match name.parse::<IpAddr>() {
-                Ok(ip) => Via::Source(ip),
-                Err(_) => Via::Device(name.to_string()),
-            };
-            Exit { via, strict }
-        })
-        .collect()
-}
-
 impl Router {
-    pub fn new(connect_timeout: Duration, interface: Option<&str>) -> Router {
+    /// A router with this connect timeout and GOST's `interface` exits (none:
+    /// the kernel chooses).
+    pub fn new(connect_timeout: Duration, interface: Option<&Interface>) -> Router {
         Router {
             connect_timeout,
-            exits: interface.map(parse_interface).unwrap_or_default(),
+            exits: interface.map(|i| i.exits.clone()).unwrap_or_default(),
         }
     }
 
@@ -159,39 +129,23 @@ impl Router {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_interface_lists() {
-        let e = parse_interface("eth0, 192.168.0.1!,fd::1");
-        assert_eq!(
-            e[0],
-            Exit {
-                via: Via::Device("eth0".into()),
-                strict: false
-            }
-        );
-        assert_eq!(
-            e[1],
-            Exit {
-                via: Via::Source("192.168.0.1".parse().unwrap()),
-                strict: true
-            }
-        );
-        assert_eq!(e[2].via, Via::Source("fd::1".parse().unwrap()));
+    fn iface(s: &str) -> Interface {
+        Interface::parse(s).unwrap()
     }
 
     #[tokio::test]
     async fn connects_from_chosen_source_and_stops_at_strict() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let r = Router::new(Duration::from_secs(2), Some("127.0.0.7"));
+        let r = Router::new(Duration::from_secs(2), Some(&iface("127.0.0.7")));
         let target = addr.to_string();
         let (c, a) = tokio::join!(r.connect(&target), l.accept());
         c.unwrap();
         assert_eq!(a.unwrap().1.ip().to_string(), "127.0.0.7");
         // 192.0.2.9 is not local: bind fails; strict stops before "lo".
-        let r = Router::new(Duration::from_secs(2), Some("192.0.2.9!,lo"));
+        let r = Router::new(Duration::from_secs(2), Some(&iface("192.0.2.9!,lo")));
         assert!(r.connect_addr(addr).await.is_err());
-        let r = Router::new(Duration::from_secs(2), Some("192.0.2.9,lo"));
+        let r = Router::new(Duration::from_secs(2), Some(&iface("192.0.2.9,lo")));
         r.connect_addr(addr).await.unwrap();
     }
 }

@@ -60,7 +60,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::FieldError;
-use crate::config::tls::TlsConfig;
+use crate::config::tls::{TlsConfig, TlsVersion};
 
 /// How often, at most, a handshake checks whether the certificate files changed.
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -99,52 +99,26 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Map a version name to rustls. Both spellings are accepted, case-insensitively.
-fn parse_version(
-    name: &str,
-    field: &'static str,
-) -> Result<&'static SupportedProtocolVersion, TlsError> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "versiontls12" | "tls1.2" | "tls12" => Ok(&rustls::version::TLS12),
-        "versiontls13" | "tls1.3" | "tls13" => Ok(&rustls::version::TLS13),
-        "versiontls10" | "versiontls11" | "versionssl30" | "tls1.0" | "tls1.1" | "tls10"
-        | "tls11" | "ssl3" | "ssl3.0" => Err(TlsError::new(
-            field,
-            format!(
-                "{name:?} is not supported: rustls implements TLS 1.2 and 1.3 only; expected \
-                 VersionTLS12 or VersionTLS13 (or tls1.2 / tls1.3)"
-            ),
-        )),
-        _ => Err(TlsError::new(
-            field,
-            format!("expected VersionTLS12 or VersionTLS13 (or tls1.2 / tls1.3), got {name:?}"),
-        )),
-    }
-}
-
-/// The protocol versions enabled by `options.minVersion` / `maxVersion`.
+/// The rustls protocol versions enabled by `options.minVersion` / `maxVersion`
+/// (names checked by the config: [`TlsOptions::versions`]).
+///
+/// [`TlsOptions::versions`]: crate::config::tls::TlsOptions::versions
 pub fn protocol_versions(
     cfg: &TlsConfig,
 ) -> Result<Vec<&'static SupportedProtocolVersion>, TlsError> {
-    let all: [&'static SupportedProtocolVersion; 2] =
-        [&rustls::version::TLS12, &rustls::version::TLS13];
-    let index =
-        |v: &SupportedProtocolVersion| usize::from(v.version == rustls::ProtocolVersion::TLSv1_3);
-    let min = match &cfg.options.min_version {
-        Some(n) => index(parse_version(n, "options.minVersion")?),
-        None => 0,
-    };
-    let max = match &cfg.options.max_version {
-        Some(n) => index(parse_version(n, "options.maxVersion")?),
-        None => 1,
-    };
-    if min > max {
-        return Err(TlsError::new(
-            "options.minVersion",
-            "expected minVersion not above maxVersion",
-        ));
-    }
-    Ok(all[min..=max].to_vec())
+    let (min, max) = cfg
+        .options
+        .versions()
+        .map_err(|(f, m)| TlsError::new(f, m))?;
+    let all: [(TlsVersion, &'static SupportedProtocolVersion); 2] = [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ];
+    Ok(all
+        .iter()
+        .filter(|(v, _)| (min..=max).contains(v))
+        .map(|(_, r)| *r)
+        .collect())
 }
 
 fn read_certs(path: &Path, field: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -567,22 +541,6 @@ impl ServerCertVerifier for BackendVerification {
     }
 }
 
-/// Static checks for a `tls:` section (no file access): version names and their
-/// order, paired cert/key. `section` is its path, e.g. `services[1].listener.tls`.
-pub fn validate(cfg: &TlsConfig, section: &str) -> Result<(), FieldError> {
-    protocol_versions(cfg).map_err(|e| e.at(section))?;
-    both_paths(cfg).map_err(|e| e.at(section))?;
-    if let Some(name) = &cfg.server_name {
-        ServerName::try_from(name.as_str()).map_err(|e| {
-            FieldError::new(
-                format!("{section}.serverName"),
-                format!("expected a DNS name or IP address, got {name:?}: {e}"),
-            )
-        })?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,19 +577,6 @@ mod tests {
         assert!(e.message.contains("not above"), "{e}");
         let e = v(Some("TLSv9"), None).unwrap_err();
         assert!(e.message.starts_with("expected VersionTLS12"), "{e}");
-    }
-
-    #[test]
-    fn validate_names_the_field() {
-        let cfg = TlsConfig {
-            cert_file: Some("/x.pem".into()),
-            ..Default::default()
-        };
-        let e = validate(&cfg, "services[0].listener.tls").unwrap_err();
-        assert_eq!(e.field, "services[0].listener.tls.keyFile");
-        let cfg = with_versions(Some("VersionSSL30"), None);
-        let e = validate(&cfg, "s.tls").unwrap_err();
-        assert_eq!(e.field, "s.tls.options.minVersion");
     }
 
     #[test]

@@ -40,8 +40,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::balance::Node;
-use super::server::{Ctx, inc};
+use super::service::Service;
+use super::stats::{Active, inc};
 use crate::config::service::UdpConfig;
+
+/// A UDP service: the shared [`Service`] and gobetween's `udp` options.
+pub(crate) struct UdpService {
+    pub svc: Service,
+    pub cfg: UdpConfig,
+}
 
 /// Largest datagram handled (the IPv4 maximum payload).
 const MAX_DATAGRAM: usize = 65_507;
@@ -55,48 +62,58 @@ struct SessionHandle {
     tx: mpsc::Sender<Vec<u8>>,
 }
 
+/// Datagrams a session had queued but will not send, handed back to the receive
+/// loop with their client so that they open a new session instead of being lost.
+type HandBack = mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>;
+
 /// Receive datagrams on `sock` until `stop`, dispatching them to sessions.
-pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<Ctx>, stop: CancellationToken) {
-    let cfg = ctx.config.udp.clone().unwrap_or_default();
+pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<UdpService>, stop: CancellationToken) {
+    let svc = &ctx.svc;
+    let cfg = &ctx.cfg;
+    let (back_tx, mut back_rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
     let mut sessions: HashMap<SocketAddr, SessionHandle> = HashMap::new();
     let mut ff_sockets: HashMap<String, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     loop {
-        let (n, client) = tokio::select! {
+        let (n, client, back) = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             _ = sweep.tick() => {
                 sessions.retain(|_, s| !s.tx.is_closed());
                 continue;
             }
+            // Already admitted and counted when it first arrived.
+            Some((client, d)) = back_rx.recv() => (0, client, Some(d)),
             r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
+                Ok((n, client)) => {
+                    if !svc.admits(client) {
+                        continue;
+                    }
+                    inc(&svc.stats.udp_in);
+                    (n, client, None)
+                }
                 Err(e) => {
                     // ICMP errors from earlier sends surface here on some kernels;
                     // they concern one peer, not the socket.
-                    debug!(service = %ctx.name, error = %e, "udp receive error");
+                    debug!(service = %svc.name, error = %e, "udp receive error");
                     continue;
                 }
             },
         };
-        if let Some(a) = &ctx.access
-            && !a.allows(client.ip())
-        {
-            inc(&ctx.stats.denied);
-            continue;
-        }
-        inc(&ctx.stats.udp_in);
-        let data = &buf[..n];
+        let data: &[u8] = match &back {
+            Some(d) => d,
+            None => &buf[..n],
+        };
         if cfg.max_requests == 1 {
-            fire_and_forget(&ctx, &cfg, client, data, &mut ff_sockets).await;
+            fire_and_forget(svc, cfg, client, data, &mut ff_sockets).await;
             continue;
         }
         if let Some(s) = sessions.get(&client) {
             match s.tx.try_send(data.to_vec()) {
                 Ok(()) => continue,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    inc(&ctx.stats.udp_dropped);
+                    inc(&svc.stats.udp_dropped);
                     continue;
                 }
                 // The session ended: this datagram opens a new one.
@@ -104,39 +121,39 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<Ctx>, stop: Cancellatio
             }
         }
         // max_connections bounds the sessions alive at once.
-        let max = ctx.config.max_connections as u64;
-        if max > 0 && ctx.stats.active.load(Ordering::Relaxed) >= max {
-            inc(&ctx.stats.over_limit);
-            inc(&ctx.stats.udp_dropped);
+        let max = svc.max_connections as u64;
+        if max > 0 && svc.stats.active.load(Ordering::Relaxed) >= max {
+            inc(&svc.stats.over_limit);
+            inc(&svc.stats.udp_dropped);
             continue;
         }
-        let Some((node, backend)) = open_backend(&ctx, &cfg, client).await else {
-            inc(&ctx.stats.udp_dropped);
+        let Some((node, backend)) = open_backend(svc, cfg, client).await else {
+            inc(&svc.stats.udp_dropped);
             continue;
         };
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         if tx.try_send(data.to_vec()).is_err() {
-            inc(&ctx.stats.udp_dropped);
+            inc(&svc.stats.udp_dropped);
         }
         sessions.insert(client, SessionHandle { tx });
-        inc(&ctx.stats.accepted);
+        inc(&svc.stats.accepted);
         let session = Session {
             ctx: ctx.clone(),
-            cfg: cfg.clone(),
             client,
             listener: sock.clone(),
             backend,
             node,
+            hand_back: back_tx.clone(),
         };
-        ctx.tracker.spawn(session.run(rx));
+        svc.tracker.spawn(session.run(rx));
     }
-    debug!(service = %ctx.name, "udp receive loop ended");
+    debug!(service = %svc.name, "udp receive loop ended");
 }
 
 /// Pick a node and open a socket connected to it (from the client's address in
 /// transparent mode). Failures are counted and logged.
 async fn open_backend(
-    ctx: &Ctx,
+    ctx: &Service,
     cfg: &UdpConfig,
     client: SocketAddr,
 ) -> Option<(Arc<Node>, UdpSocket)> {
@@ -149,16 +166,13 @@ async fn open_backend(
             }
             Err(e) => {
                 inc(&ctx.stats.connect_failures);
-                node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+                ctx.node_failed(&node);
                 warn!(service = %ctx.name, node = node.label(), error = %e, "cannot open udp socket to node");
                 tried.push(node);
             }
         }
     }
-    inc(&ctx.stats.no_node);
-    if let Some(suppressed) = ctx.no_node_log.permit() {
-        warn!(service = %ctx.name, %client, suppressed, "no healthy node available; dropping datagram");
-    }
+    ctx.no_node(client.ip(), tried.len(), "dropping datagram");
     None
 }
 
@@ -210,18 +224,15 @@ fn transparent_socket(_src: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 async fn fire_and_forget(
-    ctx: &Ctx,
+    ctx: &Service,
     cfg: &UdpConfig,
     client: SocketAddr,
     data: &[u8],
     cache: &mut HashMap<String, Arc<UdpSocket>>,
 ) {
     let Some(node) = ctx.balancer.pick(client.ip(), &[]) else {
-        inc(&ctx.stats.no_node);
         inc(&ctx.stats.udp_dropped);
-        if let Some(suppressed) = ctx.no_node_log.permit() {
-            warn!(service = %ctx.name, %client, suppressed, "no healthy node available; dropping datagram");
-        }
+        ctx.no_node(client.ip(), 0, "dropping datagram");
         return;
     };
     let sent = if cfg.transparent {
@@ -250,7 +261,7 @@ async fn fire_and_forget(
         Err(e) => {
             cache.remove(node.addr());
             inc(&ctx.stats.udp_dropped);
-            node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+            ctx.node_failed(&node);
             debug!(service = %ctx.name, node = node.label(), error = %e, "udp send failed");
         }
     }
@@ -266,19 +277,20 @@ enum End {
 }
 
 struct Session {
-    ctx: Arc<Ctx>,
-    cfg: UdpConfig,
+    ctx: Arc<UdpService>,
     client: SocketAddr,
     listener: Arc<UdpSocket>,
     backend: UdpSocket,
     node: Arc<Node>,
+    hand_back: HandBack,
 }
 
 impl Session {
     async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>) {
-        let ctx = &self.ctx;
-        let _node_guard = self.node.acquire();
-        ctx.stats.active.fetch_add(1, Ordering::Relaxed);
+        let ctx = &self.ctx.svc;
+        let cfg = &self.ctx.cfg;
+        let _lease = self.node.acquire();
+        let _active = Active::new(&ctx.stats.active);
         let counter = self.node.byte_counter();
         let kill = ctx.kill.clone();
         let (mut requests, mut responses) = (0u64, 0u64);
@@ -301,10 +313,10 @@ impl Session {
                                 break End::Error;
                             }
                         }
-                        if self.cfg.max_requests > 0 && requests >= self.cfg.max_requests {
+                        if cfg.max_requests > 0 && requests >= cfg.max_requests {
                             // No more requests in this session; replies may still come.
                             accepting = false;
-                            rx.close();
+                            self.hand_back(&mut rx);
                             if self.no_timeouts() {
                                 // The linger period counts from the last request.
                                 last_backend = Instant::now();
@@ -324,7 +336,7 @@ impl Session {
                                 last_backend = Instant::now();
                                 responses += 1;
                                 counter.fetch_add(n as u64, Ordering::Relaxed);
-                                if self.cfg.max_responses > 0 && responses >= self.cfg.max_responses {
+                                if cfg.max_responses > 0 && responses >= cfg.max_responses {
                                     ended = Some(End::Done);
                                     break;
                                 }
@@ -332,7 +344,7 @@ impl Session {
                             Ok(None) => break,
                             Err(e) => {
                                 // ECONNREFUSED: the node's port is closed (ICMP unreachable).
-                                self.node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
+                                ctx.node_failed(&self.node);
                                 debug!(service = %ctx.name, node = self.node.label(), error = %e, "node receive error");
                                 ended = Some(End::Error);
                                 break;
@@ -349,15 +361,27 @@ impl Session {
                 },
             }
         };
-        rx.close();
+        self.hand_back(&mut rx);
         inc(match end {
             End::Killed => &ctx.stats.killed,
             End::Idle => &ctx.stats.idle_closed,
             End::Done => &ctx.stats.completed,
             End::Error => &ctx.stats.errors,
         });
-        ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
         debug!(service = %ctx.name, client = %self.client, requests, responses, ?end, "udp session ended");
+    }
+
+    /// Stop taking requests, and hand the ones already queued (they arrived
+    /// after the last one this session sends) back to the receive loop, which
+    /// opens a new session for them. Without this they would vanish uncounted.
+    /// When the loop is gone (a drain) they are counted as dropped.
+    fn hand_back(&self, rx: &mut mpsc::Receiver<Vec<u8>>) {
+        rx.close();
+        while let Ok(d) = rx.try_recv() {
+            if self.hand_back.send((self.client, d)).is_err() {
+                inc(&self.ctx.svc.stats.udp_dropped);
+            }
+        }
     }
 
     /// Move one queued reply from the node to the client. `Ok(None)`: none queued.
@@ -371,27 +395,27 @@ impl Session {
             Err(e) => return Err(e),
         };
         match self.listener.try_send_to(&buf[..n], self.client) {
-            Ok(_) => inc(&self.ctx.stats.udp_out),
+            Ok(_) => inc(&self.ctx.svc.stats.udp_out),
             Err(e) => {
-                inc(&self.ctx.stats.udp_dropped);
-                debug!(service = %self.ctx.name, client = %self.client, error = %e, "send to client failed");
+                inc(&self.ctx.svc.stats.udp_dropped);
+                debug!(service = %self.ctx.svc.name, client = %self.client, error = %e, "send to client failed");
             }
         }
         Ok(Some(n))
     }
 
     fn no_timeouts(&self) -> bool {
-        self.ctx.client_idle.is_none() && self.ctx.backend_idle.is_none()
+        self.ctx.svc.client_idle.is_none() && self.ctx.svc.backend_idle.is_none()
     }
 
     /// When the session ends for silence, given what has been heard when.
     fn deadline(&self, accepting: bool, last_client: Instant, last_backend: Instant) -> Instant {
         let mut d: Option<Instant> = None;
         let mut earliest = |t: Instant| d = Some(d.map_or(t, |x: Instant| x.min(t)));
-        if let Some(t) = self.ctx.client_idle {
+        if let Some(t) = self.ctx.svc.client_idle {
             earliest(last_client + t);
         }
-        if let Some(t) = self.ctx.backend_idle {
+        if let Some(t) = self.ctx.svc.backend_idle {
             earliest(last_backend + t);
         }
         if !accepting && self.no_timeouts() {

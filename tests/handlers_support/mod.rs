@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gateway::proxy::handler::conn::BufConn;
-use gateway::proxy::handler::{ConnInfo, Handler, HandlerStats, Protocol, StatsSnapshot};
+use gateway::proxy::handler::{ConnInfo, Handler, HandlerCounts, HandlerStats, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -57,14 +57,14 @@ pub async fn serve<P: Protocol>(handler: Handler<P>) -> (SocketAddr, Arc<Handler
 
 /// Wait (5 s at most) until the handler serves no connection any more, then take
 /// its counters: the state a test asserts on once its clients are done.
-pub async fn settled(stats: &HandlerStats) -> StatsSnapshot {
+pub async fn settled(stats: &HandlerStats) -> HandlerCounts {
     wait_for(Duration::from_secs(5), || stats.snapshot().active == 0).await;
     stats.snapshot()
 }
 
 /// The handlers' bookkeeping promise: every connection ends in exactly one
 /// outcome counter.
-pub fn counts_add_up(s: &StatsSnapshot) -> bool {
+pub fn counts_add_up(s: &HandlerCounts) -> bool {
     s.connections
         == s.completed
             + s.bad_request

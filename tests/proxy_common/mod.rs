@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use gateway::config::{Config, ServiceConfig};
 use gateway::proxy::ServiceSet;
-use gateway::proxy::server::StatsSnapshot;
+use gateway::proxy::stats::ServiceCounts;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -62,7 +62,7 @@ pub async fn wait_stats(
     set: &ServiceSet,
     name: &str,
     limit: Duration,
-    cond: impl Fn(&StatsSnapshot) -> bool,
+    cond: impl Fn(&ServiceCounts) -> bool,
 ) -> bool {
     wait_for(limit, || set.stats(name).is_some_and(|s| cond(&s))).await
 }

@@ -19,95 +19,19 @@
 //! hand over. A client that connects and sends nothing is a handshake timeout
 //! like on any other handler.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::conn::BufConn;
-use super::http::{Http, HttpMetadata, default_response_timeout};
-use super::socks::{Socks4, Socks4Metadata, Socks5, Socks5Metadata, default_udp_buffer_size};
+use super::http::Http;
+use super::socks::{Socks4, Socks5};
 use super::{
-    ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, Io, Metadata, Outcome,
-    Protocol, default_read_timeout, deserialize_go_duration,
+    ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, Io, Outcome, Protocol,
 };
-use crate::config::FieldError;
+pub use crate::config::service::handler::AutoMetadata;
 
 /// The `handler:` section of an `auto` service, minus `type`: the union of the
 /// `http` and `socks5` options.
 pub type AutoHandlerOptions = HandlerOptions<AutoMetadata>;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AutoMetadata {
-    #[serde(
-        rename = "readTimeout",
-        default = "default_read_timeout",
-        deserialize_with = "deserialize_go_duration"
-    )]
-    pub read_timeout: Duration,
-    #[serde(default)]
-    pub udp: bool,
-    #[serde(rename = "udpBufferSize", default = "default_udp_buffer_size")]
-    pub udp_buffer_size: usize,
-    #[serde(default)]
-    pub header: BTreeMap<String, String>,
-    #[serde(
-        rename = "responseTimeout",
-        default = "default_response_timeout",
-        deserialize_with = "deserialize_go_duration"
-    )]
-    pub response_timeout: Duration,
-}
-
-impl Default for AutoMetadata {
-    fn default() -> Self {
-        Self {
-            read_timeout: default_read_timeout(),
-            udp: false,
-            udp_buffer_size: default_udp_buffer_size(),
-            header: BTreeMap::new(),
-            response_timeout: default_response_timeout(),
-        }
-    }
-}
-
-impl AutoMetadata {
-    /// The part of these options the HTTP protocol reads.
-    fn http(&self) -> HttpMetadata {
-        HttpMetadata {
-            header: self.header.clone(),
-            read_timeout: self.read_timeout,
-            response_timeout: self.response_timeout,
-        }
-    }
-
-    /// The part of these options SOCKS5 reads.
-    fn socks5(&self) -> Socks5Metadata {
-        Socks5Metadata {
-            read_timeout: self.read_timeout,
-            udp: self.udp,
-            udp_buffer_size: self.udp_buffer_size,
-        }
-    }
-
-    /// The part of these options SOCKS4 reads.
-    fn socks4(&self) -> Socks4Metadata {
-        Socks4Metadata {
-            read_timeout: self.read_timeout,
-        }
-    }
-}
-
-impl Metadata for AutoMetadata {
-    /// Each protocol checks its own part, so `auto` accepts exactly what the
-    /// protocols it dispatches to accept.
-    fn validate(&self, field: &str) -> Result<(), FieldError> {
-        self.socks5().validate(field)?;
-        self.http().validate(field)?;
-        self.socks4().validate(field)
-    }
-}
 
 /// One port, three protocols: see [`Handler`] for its use.
 pub type AutoHandler = Handler<Auto>;
@@ -134,10 +58,10 @@ impl FromOptions for Auto {
         }
         let m = &opts.metadata;
         Self {
-            http: Http::from_options(with(&opts, m.http())),
-            socks5: Socks5::from_options(with(&opts, m.socks5())),
-            socks4: Socks4::from_options(with(&opts, m.socks4())),
-            read_timeout: m.read_timeout,
+            http: Http::from_options(with(&opts, m.http.clone())),
+            socks5: Socks5::from_options(with(&opts, m.socks5.clone())),
+            socks4: Socks4::from_options(with(&opts, m.socks4.clone())),
+            read_timeout: m.socks5.read_timeout,
         }
     }
 }

@@ -60,24 +60,22 @@
 //! After an error reply the connection is closed: its remaining bytes (an unread
 //! body) cannot be trusted to be a request boundary.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::conn::{BufConn, CopyError};
 use super::{
-    ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, HandlerStats, Io,
-    Metadata, Outcome, Protocol, credentials_match, default_read_timeout, deserialize_go_duration,
-    validate_timeout,
+    ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, Io, Outcome, Protocol,
+    credentials_match,
 };
-use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
+pub use crate::config::service::handler::HttpMetadata;
+use crate::proxy::stats::inc;
 
 /// Largest request or response head we accept.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -86,81 +84,6 @@ const MAX_HEADERS: usize = 128;
 
 /// The `handler:` section of an `http` service, minus `type`.
 pub type HttpHandlerOptions = HandlerOptions<HttpMetadata>;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpMetadata {
-    /// GOST's `header`: extra headers on the responses the proxy itself generates
-    /// (`200 Connection established`, error replies).
-    #[serde(default)]
-    pub header: BTreeMap<String, String>,
-    /// How long a client may take to send a complete request head (also the idle
-    /// limit between keep-alive requests).
-    #[serde(
-        rename = "readTimeout",
-        default = "default_read_timeout",
-        deserialize_with = "deserialize_go_duration"
-    )]
-    pub read_timeout: Duration,
-    /// How long the target may take to send its response head (504 after that).
-    #[serde(
-        rename = "responseTimeout",
-        default = "default_response_timeout",
-        deserialize_with = "deserialize_go_duration"
-    )]
-    pub response_timeout: Duration,
-}
-
-impl Metadata for HttpMetadata {
-    fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_headers(&self.header, field)?;
-        validate_timeout(self.read_timeout, format!("{field}.metadata.readTimeout"))?;
-        validate_timeout(
-            self.response_timeout,
-            format!("{field}.metadata.responseTimeout"),
-        )
-    }
-}
-
-/// Header names must be HTTP tokens and values must not break the line: a value
-/// with CR/LF would let the config inject arbitrary response lines.
-fn validate_headers(headers: &BTreeMap<String, String>, field: &str) -> Result<(), FieldError> {
-    for (name, value) in headers {
-        let token = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !token {
-            return Err(FieldError::new(
-                format!("{field}.metadata.header"),
-                format!(
-                    "expected header names made of letters, digits and !#$%&'*+-.^_`|~, got {name:?}"
-                ),
-            ));
-        }
-        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(FieldError::new(
-                format!("{field}.metadata.header.{name}"),
-                "expected a value without CR, LF or NUL",
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub fn default_response_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-impl Default for HttpMetadata {
-    fn default() -> Self {
-        Self {
-            header: BTreeMap::new(),
-            read_timeout: default_read_timeout(),
-            response_timeout: default_response_timeout(),
-        }
-    }
-}
 
 /// An HTTP proxy for one service: see [`Handler`] for its use.
 pub type HttpHandler = Handler<Http>;
@@ -308,7 +231,7 @@ impl Protocol for Http {
                 Ok(Err(HeadError::Io(e))) => return Err(HandlerError::Client(e)),
             };
             first = false;
-            HandlerStats::bump(&ctx.stats.requests);
+            inc(&ctx.stats.requests);
             tracing::debug!(peer = %conn.peer, method = %head.method, target = %head.target, "http request");
 
             if let Some(auth) = &self.opts.auth
@@ -1176,24 +1099,6 @@ mod tests {
         assert!(!authorized(&auth, &garbage));
         let none = req("GET http://h/ HTTP/1.1\r\n\r\n");
         assert!(!authorized(&auth, &none));
-    }
-
-    #[test]
-    fn header_option_validation() {
-        let mut h = BTreeMap::new();
-        h.insert("X-Proxy".to_string(), "gw 1".to_string());
-        assert!(validate_headers(&h, "s").is_ok());
-        h.insert("Bad Name".to_string(), "v".to_string());
-        assert_eq!(
-            validate_headers(&h, "s").unwrap_err().field,
-            "s.metadata.header"
-        );
-        let mut h = BTreeMap::new();
-        h.insert("X".to_string(), "a\r\nSet-Cookie: x".to_string());
-        assert_eq!(
-            validate_headers(&h, "s").unwrap_err().field,
-            "s.metadata.header.X"
-        );
     }
 
     #[test]

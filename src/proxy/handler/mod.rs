@@ -50,27 +50,13 @@
 //! protocol holds the other three and hands each connection to one of them, under
 //! the same context and counters. [`ProxyHandler`] is the handler of a service
 //! loop that learns the protocol from `handler.type` at run time
-//! ([`ProxyHandler::from_parts`]).
+//! ([`ProxyHandler::from_config`]).
 //!
-//! The option types ([`HandlerOptions`] with each protocol's `metadata`) deserialize the YAML `handler:` section without its `type`
-//! key, so a service config can hold them in an internally tagged enum:
-//!
-//! ```
-//! # use serde::Deserialize;
-//! # use gateway::proxy::handler::{http::HttpHandlerOptions, socks::Socks5HandlerOptions};
-//! #[derive(Deserialize)]
-//! #[serde(tag = "type")]
-//! enum Handler {
-//!     #[serde(rename = "http")]
-//!     Http(HttpHandlerOptions),
-//!     #[serde(rename = "socks5", alias = "socks")]
-//!     Socks5(Socks5HandlerOptions),
-//! }
-//! let h: Handler = serde_yaml_ng::from_str("type: socks5\nmetadata: {udp: true}").unwrap();
-//! assert!(matches!(h, Handler::Socks5(o) if o.metadata.udp));
-//! // deny_unknown_fields still applies inside the tagged enum:
-//! assert!(serde_yaml_ng::from_str::<Handler>("type: http\nmetadata: {udp: true}").is_err());
-//! ```
+//! The options come typed from the config (`crate::config::service::handler`):
+//! `handler.type` is an enum, and each protocol reads its own resolved view of
+//! GOST's `metadata` ([`HandlerOptions<M>`](HandlerOptions), e.g.
+//! `HandlerOptions<HttpMetadata>`), checked when the file was read. Nothing here
+//! parses configuration text.
 //!
 //! # Failure policy
 //!
@@ -89,20 +75,18 @@ pub mod socks;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use self::conn::BufConn;
-use crate::config::FieldError;
-use crate::config::auth::AuthConfig;
-use crate::config::service::DurationStr;
+use crate::config::service::handler::{HandlerConfig, HandlerType};
+pub use crate::config::service::handler::{HandlerOptions, Metadata};
 use crate::proxy::relay::RelayOpts;
 use crate::proxy::router::Router;
+use crate::proxy::stats::{Active, inc};
+pub use crate::proxy::stats::{HandlerCounts, HandlerStats};
 
 /// A proxy handler: one protocol `P` ([`http::Http`], [`socks::Socks5`],
 /// [`socks::Socks4`], [`auto::Auto`] or, chosen at run time, [`AnyProtocol`])
@@ -168,41 +152,11 @@ pub trait Protocol: Send + Sync + 'static {
 
 /// A protocol that one `handler.type` selects, built from that section's options.
 pub trait FromOptions: Protocol {
+    /// Its view of the handler `metadata` (see [`crate::config::service::handler`]).
     type Metadata: Metadata;
 
     /// The options have been validated, or are defaults (which are valid).
     fn from_options(opts: HandlerOptions<Self::Metadata>) -> Self;
-}
-
-/// The `metadata:` options of one protocol.
-pub trait Metadata: DeserializeOwned + Default {
-    /// Check what the types cannot express (bounds, header syntax). `field` is the
-    /// path of the whole `handler:` section, e.g. `services[2].handler`.
-    fn validate(&self, field: &str) -> Result<(), FieldError>;
-}
-
-/// The `handler:` section of a service, minus `type`. Each protocol names its own
-/// ([`http::HttpHandlerOptions`], ...).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    bound(deserialize = "M: Deserialize<'de> + Default")
-)]
-pub struct HandlerOptions<M> {
-    /// Credentials the client must present, in its protocol's way:
-    /// `Proxy-Authorization: Basic` for HTTP, RFC 1929 username/password for
-    /// SOCKS5; SOCKS4 carries only a user id (see [`socks`] for how that applies).
-    #[serde(default)]
-    pub auth: Option<AuthConfig>,
-    #[serde(default)]
-    pub metadata: M,
-}
-
-impl<M: Metadata> HandlerOptions<M> {
-    /// `field` is the path of this section, e.g. `services[2].handler`.
-    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
-        self.metadata.validate(field)
-    }
 }
 
 impl<P> Handler<P> {
@@ -289,59 +243,19 @@ impl Protocol for AnyProtocol {
 }
 
 impl ProxyHandler {
-    /// Build the handler of one service from the pieces of its `handler:`
-    /// section: `type`, `auth` and `metadata` (absent means all defaults).
-    /// `field` is the section's path for errors, e.g. `services[2].handler`.
-    /// `type` names follow GOST: `http`, `socks5` (alias `socks`), `socks4`
-    /// (alias `socks4a`), `auto`.
-    pub fn from_parts(
-        kind: &str,
-        auth: Option<AuthConfig>,
-        metadata: Option<&serde_yaml_ng::Value>,
-        router: Router,
-        field: &str,
-    ) -> Result<ProxyHandler, FieldError> {
-        fn build<P: FromOptions>(
-            auth: Option<AuthConfig>,
-            metadata: Option<&serde_yaml_ng::Value>,
-            field: &str,
-        ) -> Result<P, FieldError> {
-            let metadata = match metadata {
-                None | Some(serde_yaml_ng::Value::Null) => P::Metadata::default(),
-                Some(v) => serde_yaml_ng::from_value(v.clone())
-                    .map_err(|e| FieldError::new(format!("{field}.metadata"), e.to_string()))?,
-            };
-            let opts = HandlerOptions { auth, metadata };
-            opts.validate(field)?;
-            Ok(P::from_options(opts))
-        }
-        let protocol = match kind {
-            "http" => AnyProtocol::Http(build(auth, metadata, field)?),
-            "socks5" | "socks" => AnyProtocol::Socks5(build(auth, metadata, field)?),
-            "socks4" | "socks4a" => AnyProtocol::Socks4(build(auth, metadata, field)?),
-            "auto" => AnyProtocol::Auto(Box::new(build(auth, metadata, field)?)),
-            other => {
-                return Err(FieldError::new(
-                    format!("{field}.type"),
-                    format!(
-                        "{other:?} is not a proxy handler: expected http, socks5, socks, socks4, socks4a or auto"
-                    ),
-                ));
+    /// The proxy handler of a service's (validated) `handler:` section; `None`
+    /// for the forwarding types `tcp` and `udp`, which have no proxy protocol.
+    pub fn from_config(cfg: &HandlerConfig, router: Router) -> Option<ProxyHandler> {
+        let protocol = match cfg.kind {
+            HandlerType::Http => AnyProtocol::Http(http::Http::from_options(cfg.options())),
+            HandlerType::Socks5 => AnyProtocol::Socks5(socks::Socks5::from_options(cfg.options())),
+            HandlerType::Socks4 => AnyProtocol::Socks4(socks::Socks4::from_options(cfg.options())),
+            HandlerType::Auto => {
+                AnyProtocol::Auto(Box::new(auto::Auto::from_options(cfg.options())))
             }
+            HandlerType::Tcp | HandlerType::Udp => return None,
         };
-        Ok(Handler::assemble(protocol, router, Arc::default()))
-    }
-
-    /// Config-time check of a `handler:` section (unknown or malformed
-    /// `metadata` keys, bounds), without starting anything.
-    pub fn validate_parts(
-        kind: &str,
-        auth: Option<&AuthConfig>,
-        metadata: Option<&serde_yaml_ng::Value>,
-        field: &str,
-    ) -> Result<(), FieldError> {
-        let router = Router::default();
-        Self::from_parts(kind, auth.cloned(), metadata, router, field).map(drop)
+        Some(Handler::assemble(protocol, router, Arc::default()))
     }
 }
 
@@ -392,81 +306,10 @@ pub enum HandlerError {
     Client(#[from] io::Error),
 }
 
-/// Per-handler counters, shared by every connection of one service. Plain atomics:
-/// cheap to bump on the hot path, read by the metrics exporter with [`snapshot`].
-///
-/// [`snapshot`]: HandlerStats::snapshot
-#[derive(Debug, Default)]
-pub struct HandlerStats {
-    /// Connections handed to the handler.
-    pub connections: AtomicU64,
-    /// Connections currently being served (a gauge).
-    pub active: AtomicU64,
-    /// HTTP requests and SOCKS commands received (several per keep-alive connection).
-    pub requests: AtomicU64,
-    /// Connections that ended normally.
-    pub completed: AtomicU64,
-    pub bad_request: AtomicU64,
-    pub handshake_timeout: AtomicU64,
-    pub auth_failed: AtomicU64,
-    pub target_failed: AtomicU64,
-    pub upstream_error: AtomicU64,
-    pub unsupported: AtomicU64,
-    pub client_error: AtomicU64,
-    /// SOCKS5 UDP associations opened.
-    pub udp_associations: AtomicU64,
-    /// UDP datagrams relayed client → target and target → client.
-    pub udp_datagrams_out: AtomicU64,
-    pub udp_datagrams_in: AtomicU64,
-    /// UDP datagrams dropped (malformed header, fragments, unknown sender, bad target).
-    pub udp_dropped: AtomicU64,
-}
-
-/// A point-in-time copy of [`HandlerStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub connections: u64,
-    pub active: u64,
-    pub requests: u64,
-    pub completed: u64,
-    pub bad_request: u64,
-    pub handshake_timeout: u64,
-    pub auth_failed: u64,
-    pub target_failed: u64,
-    pub upstream_error: u64,
-    pub unsupported: u64,
-    pub client_error: u64,
-    pub udp_associations: u64,
-    pub udp_datagrams_out: u64,
-    pub udp_datagrams_in: u64,
-    pub udp_dropped: u64,
-}
-
 impl HandlerStats {
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StatsSnapshot {
-            connections: g(&self.connections),
-            active: g(&self.active),
-            requests: g(&self.requests),
-            completed: g(&self.completed),
-            bad_request: g(&self.bad_request),
-            handshake_timeout: g(&self.handshake_timeout),
-            auth_failed: g(&self.auth_failed),
-            target_failed: g(&self.target_failed),
-            upstream_error: g(&self.upstream_error),
-            unsupported: g(&self.unsupported),
-            client_error: g(&self.client_error),
-            udp_associations: g(&self.udp_associations),
-            udp_datagrams_out: g(&self.udp_datagrams_out),
-            udp_datagrams_in: g(&self.udp_datagrams_in),
-            udp_dropped: g(&self.udp_dropped),
-        }
-    }
-
     /// Count the outcome of one connection (exactly one counter moves).
     pub fn record(&self, outcome: &Outcome) {
-        let counter = match outcome {
+        inc(match outcome {
             Ok(()) => &self.completed,
             Err(HandlerError::BadRequest(_)) => &self.bad_request,
             Err(HandlerError::HandshakeTimeout(_)) => &self.handshake_timeout,
@@ -475,28 +318,14 @@ impl HandlerStats {
             Err(HandlerError::Upstream { .. }) => &self.upstream_error,
             Err(HandlerError::Unsupported(_)) => &self.unsupported,
             Err(HandlerError::Client(_)) => &self.client_error,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        });
     }
 
     /// Mark a connection as started; the guard keeps `active` right on every exit
     /// path, including a task that is cancelled (dropped) mid-connection.
-    pub(crate) fn start(&self) -> ActiveGuard<'_> {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(&self.active)
-    }
-}
-
-pub(crate) struct ActiveGuard<'a>(&'a AtomicU64);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    pub(crate) fn start(&self) -> Active<'_> {
+        inc(&self.connections);
+        Active::new(&self.active)
     }
 }
 
@@ -511,28 +340,6 @@ pub(crate) fn log_outcome(kind: &str, conn: &ConnInfo, outcome: &Outcome) {
         }
         Err(e) => tracing::debug!(handler = kind, peer = %conn.peer, "{e}"),
     }
-}
-
-/// GOST's default `readTimeout` for handshakes.
-pub fn default_read_timeout() -> Duration {
-    Duration::from_secs(15)
-}
-
-/// serde adapter: a Go-style duration (`"15s"`, `"500ms"`, a bare number of
-/// seconds), parsed by the config's [`DurationStr`], as a plain `Duration`.
-pub fn deserialize_go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    DurationStr::deserialize(d).map(|d| d.0)
-}
-
-/// Timeouts must be positive: a zero `readTimeout` would refuse every client.
-pub(crate) fn validate_timeout(value: Duration, field: String) -> Result<(), FieldError> {
-    if value.is_zero() {
-        return Err(FieldError::new(
-            field,
-            "expected a positive duration like \"15s\"",
-        ));
-    }
-    Ok(())
 }
 
 /// Format `host:port` for the router, bracketing IPv6 literals.
@@ -568,44 +375,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_via_config_parser() {
-        #[derive(Deserialize)]
-        struct T {
-            #[serde(deserialize_with = "deserialize_go_duration")]
-            d: Duration,
-        }
-        let t: T = serde_yaml_ng::from_str("d: 1m30s").unwrap();
-        assert_eq!(t.d, Duration::from_secs(90));
-        let t: T = serde_yaml_ng::from_str("d: 2").unwrap();
-        assert_eq!(t.d, Duration::from_secs(2));
-        assert!(serde_yaml_ng::from_str::<T>("d: 5 parsecs").is_err());
-        assert!(validate_timeout(Duration::ZERO, "x".into()).is_err());
-    }
-
-    #[test]
-    fn handlers_from_config_parts() {
+    fn handlers_from_config() {
         let router = crate::proxy::router::Router::default();
-        let v: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str("{udp: true, udpBufferSize: 8192}").unwrap();
-        let h = ProxyHandler::from_parts("socks", None, Some(&v), router.clone(), "s[0].handler");
-        assert!(matches!(h.map(|h| h.protocol), Ok(AnyProtocol::Socks5(_))));
-        // `udp` is not an http option: the error names the section.
-        let e = ProxyHandler::from_parts("http", None, Some(&v), router.clone(), "s[0].handler")
-            .err()
-            .unwrap();
-        assert_eq!(e.field, "s[0].handler.metadata");
-        assert!(e.message.contains("udp"), "{}", e.message);
-        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str("{readTimeout: 0s}").unwrap();
-        let e = ProxyHandler::from_parts("auto", None, Some(&v), router.clone(), "h")
-            .err()
-            .unwrap();
+        let h = |y: &str| -> HandlerConfig { crate::config::from_yaml(y).unwrap() };
+        let p =
+            ProxyHandler::from_config(&h("{type: socks, metadata: {udp: true}}"), router.clone());
+        assert!(matches!(
+            p.map(|h| h.protocol),
+            Some(AnyProtocol::Socks5(_))
+        ));
+        let p = ProxyHandler::from_config(&h("{type: socks4a}"), router.clone());
+        assert!(matches!(
+            p.map(|h| h.protocol),
+            Some(AnyProtocol::Socks4(_))
+        ));
+        assert!(ProxyHandler::from_config(&h("{type: tcp}"), router).is_none());
+        // `udp` is not an http option: the error names it.
+        let e = h("{type: http, metadata: {udp: true}}")
+            .validate("s[0].handler")
+            .unwrap_err();
+        assert_eq!(e.field, "s[0].handler.metadata.udp");
+        let e = h("{type: auto, metadata: {readTimeout: 0s}}")
+            .validate("h")
+            .unwrap_err();
         assert_eq!(e.field, "h.metadata.readTimeout");
-        let e = ProxyHandler::from_parts("tcp", None, None, router.clone(), "h")
-            .err()
-            .unwrap();
-        assert_eq!(e.field, "h.type");
-        let h = ProxyHandler::from_parts("socks4a", None, None, router, "h");
-        assert!(matches!(h.map(|h| h.protocol), Ok(AnyProtocol::Socks4(_))));
     }
 
     #[test]

@@ -56,17 +56,16 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::AsyncRead;
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::conn::BufConn;
 use super::{
     ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, HandlerStats, Io,
-    Metadata, Outcome, Protocol, credentials_match, default_read_timeout, deserialize_go_duration,
-    join_host_port, validate_timeout,
+    Metadata, Outcome, Protocol, credentials_match, join_host_port,
 };
-use crate::config::FieldError;
+pub use crate::config::service::handler::{Socks4Metadata, Socks5Metadata};
+use crate::proxy::stats::inc;
 
 const VERSION5: u8 = 0x05;
 const METHOD_NONE: u8 = 0x00;
@@ -97,9 +96,6 @@ pub mod rep {
 const SOCKS4_GRANTED: u8 = 90;
 const SOCKS4_REJECTED: u8 = 91;
 
-/// GOST's bounds on `udpBufferSize`.
-const UDP_BUFFER_MIN: usize = 512;
-const UDP_BUFFER_MAX: usize = 65535;
 /// Idle time before TCP keepalive probes start on a UDP association's control
 /// connection; with 3 probes 10 s apart a vanished client is noticed in ~90 s.
 const UDP_CONTROL_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -112,84 +108,8 @@ const UDP_MAX_DESTINATIONS: usize = 4096;
 /// The `handler:` section of a `socks5` service, minus `type`.
 pub type Socks5HandlerOptions = HandlerOptions<Socks5Metadata>;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Socks5Metadata {
-    /// The whole handshake (greeting, auth, request) must arrive within this.
-    #[serde(
-        rename = "readTimeout",
-        default = "default_read_timeout",
-        deserialize_with = "deserialize_go_duration"
-    )]
-    pub read_timeout: Duration,
-    /// Allow UDP ASSOCIATE. Off by default, as in GOST.
-    #[serde(default)]
-    pub udp: bool,
-    /// Largest datagram relayed, SOCKS header included (512..=65535).
-    #[serde(rename = "udpBufferSize", default = "default_udp_buffer_size")]
-    pub udp_buffer_size: usize,
-}
-
-pub fn default_udp_buffer_size() -> usize {
-    4096
-}
-
-impl Default for Socks5Metadata {
-    fn default() -> Self {
-        Self {
-            read_timeout: default_read_timeout(),
-            udp: false,
-            udp_buffer_size: default_udp_buffer_size(),
-        }
-    }
-}
-
-impl Metadata for Socks5Metadata {
-    fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_udp_buffer(self.udp_buffer_size, field)?;
-        validate_timeout(self.read_timeout, format!("{field}.metadata.readTimeout"))
-    }
-}
-
-fn validate_udp_buffer(size: usize, field: &str) -> Result<(), FieldError> {
-    if !(UDP_BUFFER_MIN..=UDP_BUFFER_MAX).contains(&size) {
-        return Err(FieldError::new(
-            format!("{field}.metadata.udpBufferSize"),
-            format!(
-                "expected a size between {UDP_BUFFER_MIN} and {UDP_BUFFER_MAX} bytes, got {size}"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// The `handler:` section of a `socks4` service, minus `type`.
 pub type Socks4HandlerOptions = HandlerOptions<Socks4Metadata>;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Socks4Metadata {
-    #[serde(
-        rename = "readTimeout",
-        default = "default_read_timeout",
-        deserialize_with = "deserialize_go_duration"
-    )]
-    pub read_timeout: Duration,
-}
-
-impl Metadata for Socks4Metadata {
-    fn validate(&self, field: &str) -> Result<(), FieldError> {
-        validate_timeout(self.read_timeout, format!("{field}.metadata.readTimeout"))
-    }
-}
-
-impl Default for Socks4Metadata {
-    fn default() -> Self {
-        Self {
-            read_timeout: default_read_timeout(),
-        }
-    }
-}
 
 /// A SOCKS address: what the client asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -323,7 +243,7 @@ impl Protocol for Socks5 {
 
     async fn serve<S: Io>(&self, ctx: &Context, mut client: BufConn<S>, conn: ConnInfo) -> Outcome {
         let req = within(self.opts.metadata.read_timeout, self.handshake(&mut client)).await?;
-        HandlerStats::bump(&ctx.stats.requests);
+        inc(&ctx.stats.requests);
         tracing::debug!(peer = %conn.peer, cmd = req.cmd, target = ?req.addr, "socks5 request");
         match req.cmd {
             CMD_CONNECT => {
@@ -502,7 +422,7 @@ impl Socks5 {
             }
         }
         client.write_all(&reply5(rep::SUCCEEDED, bound)).await?;
-        HandlerStats::bump(&ctx.stats.udp_associations);
+        inc(&ctx.stats.udp_associations);
         tracing::debug!(peer = %conn.peer, relay = %bound, "socks5 udp association");
 
         let mut assoc = UdpAssociation {
@@ -531,7 +451,7 @@ impl Socks5 {
                 recv = assoc.socket.recv_from(&mut buf) => {
                     match recv {
                         Ok((n, from)) if n < buf.len() => assoc.on_datagram(&buf[..n], from).await,
-                        Ok(_) => HandlerStats::bump(&ctx.stats.udp_dropped),
+                        Ok(_) => inc(&ctx.stats.udp_dropped),
                         // An ICMP error for an earlier send surfaces here on Linux;
                         // it concerns one destination, not the association.
                         Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable) => {}
@@ -587,11 +507,11 @@ impl UdpAssociation<'_> {
             encode_addr(&mut out, from);
             out.extend_from_slice(data);
             match self.socket.send_to(&out, client).await {
-                Ok(_) => HandlerStats::bump(&self.stats.udp_datagrams_in),
-                Err(_) => HandlerStats::bump(&self.stats.udp_dropped),
+                Ok(_) => inc(&self.stats.udp_datagrams_in),
+                Err(_) => inc(&self.stats.udp_dropped),
             }
         } else {
-            HandlerStats::bump(&self.stats.udp_dropped);
+            inc(&self.stats.udp_dropped);
         }
     }
 
@@ -602,12 +522,12 @@ impl UdpAssociation<'_> {
             _ => None, // reserved bytes set, or a fragment: not supported
         };
         let Some((addr, hlen)) = parsed else {
-            HandlerStats::bump(&self.stats.udp_dropped);
+            inc(&self.stats.udp_dropped);
             return;
         };
         let payload = &data[3 + hlen..];
         let Some(dest) = self.resolve(&addr).await else {
-            HandlerStats::bump(&self.stats.udp_dropped);
+            inc(&self.stats.udp_dropped);
             return;
         };
         if self.destinations.len() >= UDP_MAX_DESTINATIONS {
@@ -615,8 +535,8 @@ impl UdpAssociation<'_> {
         }
         self.destinations.insert(canonical(dest));
         match self.socket.send_to(payload, dest).await {
-            Ok(_) => HandlerStats::bump(&self.stats.udp_datagrams_out),
-            Err(_) => HandlerStats::bump(&self.stats.udp_dropped),
+            Ok(_) => inc(&self.stats.udp_datagrams_out),
+            Err(_) => inc(&self.stats.udp_dropped),
         }
     }
 
@@ -651,7 +571,7 @@ impl Protocol for Socks4 {
     async fn serve<S: Io>(&self, ctx: &Context, mut client: BufConn<S>, conn: ConnInfo) -> Outcome {
         let timeout = self.opts.metadata.read_timeout;
         let (cmd, addr, user) = within(timeout, read_socks4(&mut client)).await?;
-        HandlerStats::bump(&ctx.stats.requests);
+        inc(&ctx.stats.requests);
         tracing::debug!(peer = %conn.peer, cmd, target = ?addr, "socks4 request");
         let reject = reply4(SOCKS4_REJECTED);
         if let Some(auth) = &self.opts.auth
@@ -798,13 +718,5 @@ mod tests {
     fn mapped_addresses_are_one_client() {
         let a: SocketAddr = "[::ffff:127.0.0.1]:5".parse().unwrap();
         assert_eq!(canonical(a), "127.0.0.1:5".parse().unwrap());
-    }
-
-    #[test]
-    fn udp_buffer_bounds() {
-        assert!(validate_udp_buffer(4096, "h").is_ok());
-        let e = validate_udp_buffer(100, "services[0].handler").unwrap_err();
-        assert_eq!(e.field, "services[0].handler.metadata.udpBufferSize");
-        assert!(validate_udp_buffer(70000, "h").is_err());
     }
 }

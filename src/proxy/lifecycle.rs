@@ -1,0 +1,301 @@
+//! One service's life: built from its typed config, bound (or handed its
+//! predecessor's socket), started, drained, stopped.
+//!
+//! Every service owns three things that make stopping it clean:
+//!
+//! * `stop` — a cancellation token for everything that *starts* work: the accept
+//!   (or receive) loop, health checks, discovery. Cancelling it closes the door.
+//! * `tracker` — a [`TaskTracker`] holding every connection task, so a drain can
+//!   wait for "all in-flight connections finished".
+//! * `kill` — a second token every connection task selects on. It is cancelled
+//!   only when the grace period is over: a connection still running then is cut.
+//!
+//! So a drain is: cancel `stop`, wait for `tracker` up to the grace period, cancel
+//! `kill`, wait for the (now quick) remainder.
+//!
+//! The listening socket is held in an `Arc` so that a reload that changes a
+//! service but not its address can hand the very same socket to the new version
+//! ([`bound_key`]): no re-bind, no window in which new clients are refused.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::ProxyError;
+use super::balance::Balancer;
+use super::forward::{TLS_HANDSHAKE_TIMEOUT, TcpService};
+use super::handler::{HandlerStats, ProxyHandler};
+use super::relay::RelayOpts;
+use super::router::Router;
+use super::service::Service;
+use super::stats::{LogLimiter, ServiceStats};
+use super::udp::UdpService;
+use super::{discovery, forward, health, listen, tls, udp};
+use crate::config::service::{
+    DiscoveryKind, ForwarderConfig, HealthcheckKind, ListenerType, ServiceConfig, Strategy,
+};
+
+/// The bound socket of a service, shareable with its successor on reload.
+#[derive(Clone)]
+pub(crate) enum Bound {
+    Tcp(Arc<TcpListener>),
+    Udp(Arc<UdpSocket>),
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(l) => l.local_addr(),
+            Bound::Udp(u) => u.local_addr(),
+        }
+    }
+}
+
+/// The key under which a listener can be reused: protocol and configured address
+/// (plus the service name for port 0, where equal addresses are different sockets).
+pub(crate) fn bound_key(cfg: &ServiceConfig) -> (bool, String, String) {
+    let name = if cfg.addr.addr.port() == 0 {
+        cfg.name.clone()
+    } else {
+        String::new()
+    };
+    (cfg.is_udp(), cfg.addr.text.clone(), name)
+}
+
+/// A started service.
+pub(crate) struct Running {
+    pub config: ServiceConfig,
+    /// Taken out (and so closed, once the accept loop lets go) when the service
+    /// stops accepting: clients then get a refusal instead of a silent backlog.
+    bound: Mutex<Option<Bound>>,
+    local_addr: Option<SocketAddr>,
+    pub stats: Arc<ServiceStats>,
+    pub balancer: Option<Arc<Balancer>>,
+    /// The proxy handler's own counters (`http`, `socks5`, `socks4`, `auto`).
+    pub handler_stats: Option<Arc<HandlerStats>>,
+    stop: CancellationToken,
+    kill: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("name", &self.config.name)
+            .field("addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl Running {
+    /// Bind (or reuse `reuse`) and start a validated service. Must run inside a
+    /// tokio runtime.
+    pub fn start(cfg: &ServiceConfig, reuse: Option<Bound>) -> Result<Running, ProxyError> {
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let fail = |what: String| ProxyError::Service {
+            service: cfg.name.clone(),
+            message: what,
+        };
+        let addr = cfg.addr.addr;
+        let connect_timeout = cfg.connect_timeout();
+        let router = Router::new(connect_timeout, cfg.interface.as_ref());
+        // Everything that can fail is built before the socket is bound: here only
+        // the files a TLS section names can (they are read now).
+        let mut proxy = ProxyHandler::from_config(&cfg.handler, router.clone());
+        if let Some(h) = &mut proxy {
+            // The service's idle timeouts apply to the tunnels the handler opens.
+            h.set_relay_opts(RelayOpts {
+                a_idle: cfg.client_idle_timeout.get(),
+                b_idle: cfg.backend_idle_timeout.get(),
+                counter: None,
+            });
+        }
+        let tls = match (cfg.listener.kind, &cfg.listener.tls) {
+            (ListenerType::Tls, Some(t)) => {
+                Some(tls::acceptor(t).map_err(|e| fail(format!("listener.tls.{e}")))?)
+            }
+            (ListenerType::Tls, None) => {
+                return Err(fail("a tls listener needs tls: {certFile, keyFile}".into()));
+            }
+            _ => None,
+        };
+        let backend_tls = match cfg.forwarder.as_ref().and_then(|f| f.tls.as_ref()) {
+            Some(t) => {
+                Some(tls::TlsClient::new(t).map_err(|e| fail(format!("forwarder.tls.{e}")))?)
+            }
+            None => None,
+        };
+        // Proxy handlers reach their targets through the router: their balancer is
+        // empty and nothing runs for it.
+        let empty = ForwarderConfig {
+            nodes: Vec::new(),
+            selector: Default::default(),
+            healthcheck: None,
+            discovery: None,
+            tls: None,
+        };
+        let fwd = cfg.forwarder.as_ref().unwrap_or(&empty);
+        let balancer = Arc::new(Balancer::new(&fwd.selector, &fwd.nodes));
+
+        // Last: everything above can fail without a socket to clean up.
+        let bound = match reuse {
+            Some(b) => b,
+            None if cfg.is_udp() => Bound::Udp(Arc::new(
+                listen::bind_udp(addr).map_err(|e| fail(format!("cannot bind udp {addr}: {e}")))?,
+            )),
+            None => Bound::Tcp(Arc::new(
+                listen::bind_tcp(addr).map_err(|e| fail(format!("cannot bind tcp {addr}: {e}")))?,
+            )),
+        };
+        let stop = CancellationToken::new();
+        let kill = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let stats = Arc::new(ServiceStats::default());
+        spawn_forwarder_tasks(&name, fwd, &balancer, &router, &stop);
+
+        let svc = Service {
+            name: name.clone(),
+            balancer: balancer.clone(),
+            access: cfg.access.clone(),
+            max_connections: cfg.max_connections,
+            client_idle: cfg.client_idle_timeout.get(),
+            backend_idle: cfg.backend_idle_timeout.get(),
+            stats: stats.clone(),
+            kill: kill.clone(),
+            tracker: tracker.clone(),
+            no_node_log: LogLimiter::default(),
+        };
+        let is_proxy = proxy.is_some();
+        let handler_stats = proxy.as_ref().map(|h| h.stats().clone());
+        let local = bound.local_addr().ok();
+        match &bound {
+            Bound::Tcp(l) => {
+                let ctx = Arc::new(TcpService {
+                    svc,
+                    router,
+                    proxy_protocol: cfg.proxy_protocol.as_ref().map(|p| p.version),
+                    handshake_timeout: cfg
+                        .client_idle_timeout
+                        .get()
+                        .unwrap_or(TLS_HANDSHAKE_TIMEOUT),
+                    connect_timeout,
+                    proxy,
+                    tls,
+                    backend_tls,
+                });
+                tokio::spawn(forward::accept_loop(l.clone(), ctx, stop.clone()));
+            }
+            Bound::Udp(u) => {
+                let ctx = Arc::new(UdpService {
+                    svc,
+                    cfg: cfg.udp.clone().unwrap_or_default(),
+                });
+                tokio::spawn(udp::serve(u.clone(), ctx, stop.clone()));
+            }
+        }
+        info!(service = %name, addr = ?local, handler = %cfg.handler.kind, "service started");
+        Ok(Running {
+            config: cfg.clone(),
+            bound: Mutex::new(Some(bound)),
+            local_addr: local,
+            stats,
+            balancer: (!is_proxy).then_some(balancer),
+            handler_stats,
+            stop,
+            kill,
+            tracker,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The listening socket, for a successor on reload (`None` once stopped).
+    pub fn bound(&self) -> Option<Bound> {
+        self.bound.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// Close the door: no new connections, no more health checks or discovery.
+    pub fn stop_accepting(&self) {
+        if let Ok(mut b) = self.bound.lock() {
+            b.take();
+        }
+        self.stop.cancel();
+        self.tracker.close();
+    }
+
+    /// Wait for in-flight connections up to `deadline`, then cut the rest.
+    pub async fn drain_until(&self, deadline: tokio::time::Instant) {
+        self.stop_accepting();
+        if tokio::time::timeout_at(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            let left = self.tracker.len();
+            warn!(service = %self.config.name, left, "grace period over; cutting connections still open");
+            self.kill.cancel();
+            // Cut tasks finish at their next poll; bound the wait anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+        }
+        info!(service = %self.config.name, "service stopped");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A service dropped without a drain must not leave tasks behind.
+        self.stop.cancel();
+        self.kill.cancel();
+    }
+}
+
+/// Background work of a forwarder, until `stop`: active health checks,
+/// discovery, bandwidth sampling for `leastbandwidth`.
+fn spawn_forwarder_tasks(
+    name: &Arc<str>,
+    fwd: &ForwarderConfig,
+    balancer: &Arc<Balancer>,
+    router: &Router,
+    stop: &CancellationToken,
+) {
+    if let Some(hc) = &fwd.healthcheck
+        && hc.kind != HealthcheckKind::None
+    {
+        tokio::spawn(health::run(
+            name.clone(),
+            balancer.clone(),
+            hc.clone(),
+            router.clone(),
+            stop.clone(),
+        ));
+    }
+    if let Some(d) = &fwd.discovery
+        && d.kind != DiscoveryKind::Static
+    {
+        tokio::spawn(discovery::run(
+            name.clone(),
+            balancer.clone(),
+            d.clone(),
+            stop.clone(),
+        ));
+    }
+    if fwd.selector.strategy == Strategy::Leastbandwidth {
+        let (b, s) = (balancer.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    _ = t.tick() => b.tick(),
+                }
+            }
+        });
+    }
+}
