@@ -53,7 +53,7 @@ fn expect_100<'a>(px: &'a str, url: &'a str) -> [&'a str; 7] {
     ["-x", px, "-H", expect, "--data-binary", "payload", url]
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_absolute_uri_and_rewrites_the_request() {
     let (origin, px, _) = origin_and_proxy(HttpHandlerOptions::default()).await;
     let r = curl(&["-i", "-x", &px, &origin.url("/hello?x=1")]).await;
@@ -73,7 +73,7 @@ async fn forwards_absolute_uri_and_rewrites_the_request() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_reuses_both_connections() {
     let (origin, px, stats) = origin_and_proxy(HttpHandlerOptions::default()).await;
     let u = origin.url("/conn");
@@ -95,7 +95,7 @@ async fn keep_alive_reuses_both_connections() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_content_length_and_chunked_bodies() {
     let (origin, px, _) = origin_and_proxy(HttpHandlerOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -129,7 +129,7 @@ async fn streams_content_length_and_chunked_bodies() {
     curl_expect(&["-x", &px, &origin.url("/close")], "bye").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_upstream_connection_is_replaced() {
     let (origin, px, stats) = origin_and_proxy(HttpHandlerOptions::default()).await;
     // The second request finds the kept connection closed and goes on a new one.
@@ -143,7 +143,7 @@ async fn stale_upstream_connection_is_replaced() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_continue_both_ways() {
     let (origin, px, _) = origin_and_proxy(HttpHandlerOptions::default()).await;
     // The target says 100: the body follows at once (no 1 s wait in curl).
@@ -159,7 +159,7 @@ async fn expect_continue_both_ways() {
     assert_eq!(r.text(), "413", "{}", r.stderr);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_refusal_of_an_upload_reaches_the_client() {
     let (origin, px, _) = origin_and_proxy(HttpHandlerOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -188,7 +188,7 @@ async fn early_refusal_of_an_upload_reaches_the_client() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_switches_to_a_raw_relay() {
     let origin = spawn_origin("127.0.0.1:0").await;
     let (p, _) = proxy(HttpHandlerOptions::default()).await;
@@ -217,7 +217,7 @@ async fn upgrade_switches_to_a_raw_relay() {
     assert_eq!(&back, b"raw bytes");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_tunnel() {
     let (origin, px, stats) = origin_and_proxy(HttpHandlerOptions::default()).await;
     // -p makes curl tunnel through CONNECT even for http://.
@@ -230,7 +230,7 @@ async fn connect_tunnel() {
     assert_eq!(stats.snapshot().requests, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tunnel_is_cut_by_relay_options() {
     let origin = spawn_origin("127.0.0.1:0").await;
     let mut h = HttpHandler::new(HttpHandlerOptions::default(), Router::default());
@@ -252,7 +252,7 @@ async fn idle_tunnel_is_cut_by_relay_options() {
     wait_for(Duration::from_secs(2), counted).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_407_then_success() {
     let opts = HttpHandlerOptions {
         auth: Some(AuthConfig {
@@ -298,7 +298,7 @@ async fn basic_auth_407_then_success() {
     assert_eq!(s.auth_failed, 4, "{s:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_statuses() {
     let origin = spawn_origin("127.0.0.1:0").await;
     let opts = opts_yaml("metadata: {responseTimeout: 500ms, header: {X-Proxy: gw}}");
@@ -342,11 +342,11 @@ async fn error_statuses() {
     )
     .await;
     assert!(reply.starts_with(b"HTTP/1.1 400"));
-    // A head that never ends → 431.
-    let mut huge = b"GET http://a/ HTTP/1.1\r\n".to_vec();
-    while huge.len() < 70 * 1024 {
-        huge.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
-    }
+    // A head that never ends → 431 once it passes 64 KiB. One long field, so
+    // the size limit is what answers, not the field-count limit (see
+    // `too_many_header_fields_431`).
+    let mut huge = b"GET http://a/ HTTP/1.1\r\nX-Filler: ".to_vec();
+    huge.resize(70 * 1024, b'a');
     let reply = raw_exchange(p, &huge).await;
     assert!(
         reply.starts_with(b"HTTP/1.1 431"),
@@ -362,7 +362,7 @@ async fn error_statuses() {
     assert!(counts_add_up(&s), "{s:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_client_is_dropped_after_read_timeout() {
     let (p, stats) = proxy(opts_yaml("metadata: {readTimeout: 300ms}")).await;
     let mut s = tokio::net::TcpStream::connect(p).await.unwrap();
@@ -375,7 +375,7 @@ async fn stalled_client_is_dropped_after_read_timeout() {
     wait_for(Duration::from_secs(2), counted).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_target() {
     let Ok(l) = std::net::TcpListener::bind("[::1]:0") else {
         eprintln!("no IPv6 loopback; skipped");
@@ -386,6 +386,26 @@ async fn ipv6_target() {
     let (p, _) = proxy(HttpHandlerOptions::default()).await;
     let url = format!("http://[::1]:{}/hello", origin.addr.port());
     curl_expect(&["-x", &format!("http://{p}"), &url], "hello").await;
+}
+
+/// The other limit on a head: more than 128 fields in a complete, small head
+/// (about 5 KiB) is answered like an oversized one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_header_fields_431() {
+    let (p, stats) = proxy(HttpHandlerOptions::default()).await;
+    let mut head = b"GET http://a/ HTTP/1.1\r\n".to_vec();
+    for i in 0..129 {
+        head.extend_from_slice(format!("X-F{i}: v\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    assert!(head.len() < 8 * 1024);
+    let reply = raw_exchange(p, &head).await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(settled(&stats).await.bad_request, 1);
 }
 
 #[test]

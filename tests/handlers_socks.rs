@@ -114,7 +114,7 @@ fn reply_addr(reply: &[u8]) -> SocketAddr {
     SocketAddr::new(ip.into(), u16::from_be_bytes([reply[8], reply[9]]))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_connect_ipv4_domain_ipv6() {
     let origin = spawn_origin("127.0.0.1:0").await;
     let (p, stats) = socks5(Socks5HandlerOptions::default()).await;
@@ -135,7 +135,7 @@ async fn curl_connect_ipv4_domain_ipv6() {
     assert!(s.completed >= 2 && s.completed == s.connections, "{s:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_user_password() {
     let (url, px, stats) = hello_behind_alice("socks5").await;
     curl_expect(&as_user("--socks5", &px, "alice:s3cret", &url), "hello").await;
@@ -152,7 +152,7 @@ async fn curl_user_password() {
     wait_for(Duration::from_secs(5), || stats.snapshot().auth_failed == 3).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_codes() {
     let (p, stats) = socks5(Socks5HandlerOptions::default()).await;
     // Refused → 0x05.
@@ -193,7 +193,7 @@ async fn reply_codes() {
     assert_eq!(s.completed, 1, "{s:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
     let echo = spawn_udp_echo("127.0.0.1:0").await;
     let (p, stats) = socks5(with_udp()).await;
@@ -278,7 +278,7 @@ async fn udp_associate_relays_and_ends_with_the_tcp_connection() {
     assert_eq!(stats.snapshot().completed, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshake_times_out() {
     let opts: Socks5HandlerOptions =
         gateway::config::from_yaml("metadata: {readTimeout: 300ms}").unwrap();
@@ -295,7 +295,7 @@ async fn stalled_handshake_times_out() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks4_and_4a() {
     let origin = spawn_origin("127.0.0.1:0").await;
     let (p, stats) = serve(Socks4Handler::new(Default::default(), Router::default())).await;
@@ -309,7 +309,7 @@ async fn socks4_and_4a() {
     assert_eq!((s.completed, s.target_failed), (2, 1), "{s:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_detects_all_protocols_on_one_port() {
     let origin = spawn_origin("127.0.0.1:0").await;
     let (p, stats) = auto(AutoHandlerOptions::default()).await;
@@ -338,7 +338,7 @@ async fn auto_detects_all_protocols_on_one_port() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_with_auth_applies_to_every_protocol() {
     let (url, proxy, stats) = hello_behind_alice("auto").await;
     let http = format!("http://{proxy}");

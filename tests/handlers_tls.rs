@@ -164,7 +164,7 @@ async fn handshake(
 const BOTH: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_swapped_on_disk_is_served_without_restart() {
     let pki = Pki::new("test ca", &["localhost"]);
     let cfg = TlsConfig {
@@ -208,7 +208,7 @@ async fn certificate_swapped_on_disk_is_served_without_restart() {
     assert_eq!(leaf, der3);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_limits() {
     let pki = Pki::new("test ca", &["localhost"]);
     let with = |min: Option<&str>, max: Option<&str>| TlsConfig {
@@ -239,7 +239,7 @@ async fn version_limits() {
     assert_eq!(e.field, "options.minVersion");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_s_client_verifies_chain_and_alpn() {
     let pki = Pki::new("test ca", &["localhost"]);
     let cfg = TlsConfig {
@@ -271,7 +271,7 @@ async fn openssl_s_client_verifies_chain_and_alpn() {
     assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_proxy_through_tls_listener_and_http_handler() {
     // TLS termination in front of a handler: the handler is generic over the stream.
     let pki = Pki::new("test ca", &["localhost"]);
@@ -294,7 +294,7 @@ async fn https_proxy_through_tls_listener_and_http_handler() {
 }
 
 /// The backend side: a server that requires client certificates.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_client_with_ca_client_cert_and_sni() {
     let pki = Pki::new("backend ca", &["backend.test"]);
     let (dir, ca, ca_path) = (&pki.dir, &pki.ca, &pki.ca_path);
@@ -396,7 +396,7 @@ async fn backend_client_with_ca_client_cert_and_sni() {
     assert_eq!(TlsClient::new(&half).unwrap_err().field, "keyFile");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_or_garbage_tls_clients_are_dropped() {
     let pki = Pki::new("test ca", &["localhost"]);
     let acceptor = acceptor(&pki.server()).unwrap();

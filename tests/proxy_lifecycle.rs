@@ -6,6 +6,7 @@ mod proxy_common;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gateway::proxy::ServiceSet;
 use gateway::proxy::balance::Balancer;
@@ -36,7 +37,7 @@ async fn echo(s: &mut tokio::net::TcpStream, msg: &[u8]) -> Vec<u8> {
     buf
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_then_cuts_after_grace() {
     let a = Backend::start("a").await;
     let set = start(&tcp_services("d", &nodes_yaml(&[&a]), ""));
@@ -68,7 +69,7 @@ async fn shutdown_drains_in_flight_then_cuts_after_grace() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_early_when_drained() {
     let a = Backend::start("a").await;
     let set = start(&tcp_services("e", &nodes_yaml(&[&a]), ""));
@@ -82,7 +83,7 @@ async fn shutdown_returns_early_when_drained() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_starts_stops_and_replaces_without_rebinding() {
     let [a, b] = Backend::start_all(["a", "b"]).await;
     let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
@@ -139,7 +140,72 @@ async fn reload_starts_stops_and_replaces_without_rebinding() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+/// Breaks if a reload that changes a service but keeps its address closes the old
+/// listening socket and binds a new one instead of handing the socket over: in
+/// between, clients are refused. A prober connects in a tight loop (blocking
+/// sockets on a thread of its own) across twenty reloads that flip the service's
+/// node; every connection must be answered by a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_hands_the_listening_socket_over() {
+    let [a, b] = Backend::start_all(["a", "b"]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let to = |n: &Backend| {
+        format!(
+            "services:\n{}",
+            tcp_service("flip", &addr.to_string(), &nodes_yaml(&[n]), "")
+        )
+    };
+    let mut set = start(&to(&a));
+    set.set_reload_grace(Duration::from_secs(2));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let (mut answered, mut refused) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match std::net::TcpStream::connect(addr) {
+                    Ok(mut s) => {
+                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut greeting = [0u8; 2];
+                        match s.read_exact(&mut greeting) {
+                            Ok(()) => answered += 1,
+                            Err(e) => refused.push(format!("read: {e}")),
+                        }
+                    }
+                    Err(e) => refused.push(format!("connect: {e}")),
+                }
+            }
+            (answered, refused)
+        })
+    };
+    // Let the prober get going, then flip the node back and forth.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..20 {
+        let next = if i % 2 == 0 { &b } else { &a };
+        set.reload(&services(&to(next))).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(which(addr, None).await.as_deref(), Some("a"));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, refused) = prober.join().unwrap();
+    assert!(
+        refused.is_empty(),
+        "{} refused across reloads: {:?}",
+        refused.len(),
+        &refused[..refused.len().min(5)]
+    );
+    assert!(answered > 20, "the prober got only {answered} answers");
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_discovery_follows_the_file_and_keeps_last_good() {
     let [a, b] = Backend::start_all(["a", "b"]).await;
     let (_dir, list) = temp_file("nodes.txt", &format!("{}\n", a.addr));
@@ -172,7 +238,7 @@ async fn file_discovery_follows_the_file_and_keeps_last_good() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_discovery_and_setempty_policy() {
     let a = Backend::start("a").await;
     let (_dir, out) = temp_file("out", &format!("{} weight=2\n", a.addr));
@@ -215,7 +281,7 @@ async fn fake_dns(target_port: u16) -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_discovery() {
     let a = Backend::start("a").await;
     let dns = fake_dns(a.addr.port()).await;

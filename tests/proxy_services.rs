@@ -45,7 +45,7 @@ async fn tls_connect(addr: SocketAddr, ca: &Path) -> tokio_rustls::client::TlsSt
     connector.connect(name, tcp).await.unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_terminates_in_front_of_a_forwarder() {
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = cert(dir.path());
@@ -98,7 +98,7 @@ async fn tls_backend(c: &Path, k: &Path) -> SocketAddr {
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarder_tls_connects_to_nodes_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = cert(dir.path());
@@ -121,7 +121,7 @@ async fn forwarder_tls_connects_to_nodes_over_tls() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connect_through_a_service() {
     let b = Backend::start("target").await;
     let yaml = "services:\n- name: hp\n  addr: \"127.0.0.1:0\"\n  listener: {type: tcp}\n  handler: {type: http, auth: {username: u, password: p}}\n";
@@ -181,7 +181,7 @@ async fn socks5_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
     s
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks5_and_auto_through_services() {
     let b = Backend::start("target").await;
     let yaml = "services:\n- name: s5\n  addr: \"127.0.0.1:0\"\n  listener: {type: tcp}\n  handler: {type: socks5}\n- name: auto\n  addr: \"127.0.0.1:0\"\n  listener: {type: tcp}\n  handler: {type: auto}\n";

@@ -3,12 +3,12 @@
 
 mod proxy_common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use gateway::proxy::{ProxyError, ServiceSet};
 use proxy_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Start the one TCP service [`tcp_services`] describes; returns the set and the
 /// service's address.
@@ -18,7 +18,7 @@ fn start_one(name: &str, nodes: &str, extra: &str) -> (ServiceSet, std::net::Soc
     (set, addr)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_with_half_close() {
     let b = Backend::start("b1").await;
     let (set, addr) = start_one("fwd", &nodes_yaml(&[&b]), "");
@@ -33,7 +33,7 @@ async fn forwards_with_half_close() {
 }
 
 /// The shape the failover end-to-end tests use (`addr: ":port"`).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_config_shape_binds_every_address() {
     let b = Backend::start("b1").await;
     let port = {
@@ -50,7 +50,7 @@ async fn e2e_config_shape_binds_every_address() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_failure_names_the_service() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
@@ -73,7 +73,7 @@ async fn distribution(addr: std::net::SocketAddr, n: usize) -> Vec<String> {
     v
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roundrobin_weight_random_fifo() {
     let [a, b, c] = Backend::start_all(["a", "b", "c"]).await;
     let nodes = nodes_yaml(&[&a, &b, &c]);
@@ -108,39 +108,45 @@ async fn roundrobin_weight_random_fifo() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+/// Breaks if leastconn stops counting connections in flight: round robin (or any
+/// strategy blind to the load) would send the two new connections to different
+/// nodes, leastconn sends both to the node whose connections were closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leastconn_avoids_busy_node() {
     let [a, b] = Backend::start_all(["a", "b"]).await;
     let leastconn = "    selector: {strategy: leastconn}\n";
     let (set, addr) = start_one("lc", &nodes_yaml(&[&a, &b]), leastconn);
-    // Hold two connections open; whichever nodes they went to, the next ones must
-    // balance the count.
-    let mut held = Vec::new();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for _ in 0..6 {
-        let (s, name) = connect_greeted(addr).await;
-        *counts.entry(name).or_default() += 1;
-        held.push(s);
+    // Four connections: two on each node, whatever the order.
+    let mut held: Vec<(TcpStream, String)> = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_greeted(addr).await);
     }
-    assert_eq!(counts.get("a"), Some(&3), "{counts:?}");
-    assert_eq!(counts.get("b"), Some(&3), "{counts:?}");
-    // Free a's connections: the next three all go to a.
-    let balancer = set.balancer("lc").unwrap();
-    drop(held);
-    assert!(
-        wait_for(Duration::from_secs(2), || balancer
-            .nodes()
-            .iter()
-            .all(|n| n.active() == 0))
-        .await
+    let on = |node: &str, held: &[(TcpStream, String)]| held.iter().filter(|h| h.1 == node).count();
+    assert_eq!(
+        (on("a", &held), on("b", &held)),
+        (2, 2),
+        "balanced while equal"
     );
-    let (_keep, first) = connect_greeted(addr).await;
-    let (_s, second) = connect_greeted(addr).await;
-    assert_ne!(first, second, "second connection must go to the idle node");
+    // Close the two on a: a carries 0, b still 2.
+    held.retain(|h| h.1 != "a");
+    let balancer = set.balancer("lc").unwrap();
+    let settled = || {
+        let n = balancer.nodes();
+        n.iter().map(|n| n.active()).sum::<u64>() == 2
+    };
+    assert!(wait_for(Duration::from_secs(2), settled).await);
+    // Both new connections go to the idle node: a (0 -> 1 -> 2), never b (2).
+    let (_s1, first) = connect_greeted(addr).await;
+    let (_s2, second) = connect_greeted(addr).await;
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("a", "a"),
+        "leastconn must fill the idle node"
+    );
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leastbandwidth_avoids_the_busy_node() {
     let [a, b] = Backend::start_all(["a", "b"]).await;
     let leastbandwidth = "    selector: {strategy: leastbandwidth}\n";
@@ -174,7 +180,7 @@ async fn leastbandwidth_avoids_the_busy_node() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iphash_and_iphash1_are_sticky_per_client_ip() {
     let [a, b, c] = Backend::start_all(["a", "b", "c"]).await;
     for strategy in ["iphash", "iphash1"] {
@@ -200,7 +206,7 @@ async fn iphash_and_iphash1_are_sticky_per_client_ip() {
 
 /// The consistency property over real connections: node b dies (found by the
 /// ping health check); only b's clients move; b returns and they move back.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iphash1_node_leaving_moves_only_its_clients() {
     let [a, b, c] = Backend::start_all(["a", "b", "c"]).await;
     let b_addr = b.addr;
@@ -237,7 +243,7 @@ async fn iphash1_node_leaving_moves_only_its_clients() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_health_skips_dead_node_and_none_healthy_fails_fast() {
     let a = Backend::start("a").await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
@@ -268,7 +274,7 @@ async fn passive_health_skips_dead_node_and_none_healthy_fails_fast() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_check_takes_node_out_and_back() {
     let [a, b] = Backend::start_all(["a", "b"]).await;
     let b_addr = b.addr;
@@ -311,7 +317,7 @@ async fn probe_backend(reply: &'static str) -> std::net::SocketAddr {
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_check_by_prefix_and_regexp() {
     let good = probe_backend("+PONG\r\n").await;
     let bad = probe_backend("-ERR loading\r\n").await;
@@ -339,7 +345,7 @@ async fn probe_check_by_prefix_and_regexp() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_check_follows_command_output() {
     let a = Backend::start("a").await;
     let (dir, state) = temp_file("state", "1\n");
@@ -377,7 +383,7 @@ async fn exec_check_follows_command_output() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_rules_first_match_wins() {
     let a = Backend::start("a").await;
     let (set, addr) = start_one(
@@ -392,7 +398,7 @@ async fn access_rules_first_match_wins() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_closes_the_excess() {
     let a = Backend::start("a").await;
     let (set, addr) = start_one("max", &nodes_yaml(&[&a]), "  max_connections: 2\n");
@@ -423,7 +429,7 @@ async fn recording_backend() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiv
     (addr, rx)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_v1_and_v2() {
     for version in ["1", "2"] {
         let (backend, mut rx) = recording_backend().await;
@@ -454,7 +460,7 @@ async fn proxy_protocol_v1_and_v2() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeouts_close_stalled_client_and_half_open_backend() {
     // Half-open backend: accepts, never sends, never closes.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -497,7 +503,7 @@ async fn idle_timeouts_close_stalled_client_and_half_open_backend() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_reset_closes_client_cleanly() {
     let baddr = tcp_server(|s| async move {
         // SO_LINGER 0 then close: an RST instead of a FIN.
@@ -517,7 +523,7 @@ async fn backend_reset_closes_client_cleanly() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interface_option_sets_the_source_address() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let baddr = l.local_addr().unwrap();

@@ -95,7 +95,7 @@ async fn nodes_answering(c: &UdpSocket, to: SocketAddr, n: usize) -> Vec<String>
     nodes
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_sticks_to_its_node() {
     let (a, b) = (udp_backend("a").await, udp_backend("b").await);
     let (set, to) = start_udp("s", &[&a, &b], "  client_idle_timeout: 2s\n");
@@ -116,7 +116,7 @@ async fn a_session_sticks_to_its_node() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_responses_ends_the_session() {
     let (a, b) = (udp_backend("a").await, udp_backend("b").await);
     let (set, to) = start_udp("r", &[&a, &b], "  udp: {max_responses: 1}\n");
@@ -126,7 +126,7 @@ async fn max_responses_ends_the_session() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_two_then_new_session() {
     let (a, b) = (udp_backend("a").await, udp_backend("b").await);
     let (set, to) = start_udp(
@@ -139,7 +139,40 @@ async fn max_requests_two_then_new_session() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Datagrams that reach a session after the last one it takes (`max_requests`)
+/// but before it stops are not lost: they open the next session. The three are
+/// sent back to back, so on this single-threaded runtime the receive loop queues
+/// all of them before the first session runs; the session takes two, and the
+/// third used to vanish without being sent or counted.
 #[tokio::test]
+async fn datagrams_queued_past_a_sessions_end_open_the_next_one() {
+    let a = udp_backend("a").await;
+    let (set, to) = start_udp(
+        "hb",
+        &[&a],
+        "  udp: {max_requests: 2}\n  backend_idle_timeout: 300ms\n",
+    );
+    let c = client().await;
+    for m in ["1", "2", "3"] {
+        c.send_to(m.as_bytes(), to).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(2), c.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            _ => break,
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["a:1", "a:2", "a:3"]);
+    assert_eq!(a.count.load(Ordering::SeqCst), 3);
+    let s = set.stats("hb").unwrap();
+    assert_eq!((s.udp_in, s.accepted, s.udp_dropped), (3, 2, 0), "{s:?}");
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fire_and_forget_picks_a_node_per_datagram() {
     let (a, b) = (udp_backend("a").await, udp_backend("b").await);
     let (set, to) = start_udp("ff", &[&a, &b], "  udp: {max_requests: 1}\n");
@@ -168,7 +201,7 @@ async fn fire_and_forget_picks_a_node_per_datagram() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_session_expires() {
     let a = udp_backend("a").await;
     let (set, to) = start_udp("i", &[&a], "  client_idle_timeout: 200ms\n");
@@ -183,7 +216,7 @@ async fn idle_session_expires() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlimited_udp_service_is_refused_at_load() {
     let yaml = "services: [{name: u, addr: \":5353\", handler: {type: udp}, listener: {type: udp}, forwarder: {nodes: [{addr: \"127.0.0.1:53\"}]}}]\n";
     let e = Config::from_str_named(yaml, std::path::Path::new("g.yml"))
@@ -196,7 +229,7 @@ async fn unlimited_udp_service_is_refused_at_load() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_node_drops_and_counts() {
     let a = udp_backend("a").await;
     let (set, to) = start_udp("n", &[&a], "  client_idle_timeout: 1s\n");
@@ -209,7 +242,7 @@ async fn no_node_drops_and_counts() {
 }
 
 /// Transparent mode: the backend sees the client's own address as the source.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transparent_keeps_client_source_address() {
     let mut a = udp_backend("a").await;
     let (set, to) = start_udp(
@@ -243,7 +276,7 @@ async fn transparent_keeps_client_source_address() {
 }
 
 /// UDP probe health check: a node that answers stays, a closed port leaves.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_probe_health_check() {
     let a = udp_backend("a").await;
     let closed = {
@@ -269,28 +302,38 @@ async fn udp_probe_health_check() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-/// On a UDP service `max_connections` bounds the sessions alive at once.
-#[tokio::test]
+/// On a UDP service `max_connections` bounds the sessions alive at once. The
+/// refused client is checked by its counter, not by waiting for a reply that
+/// does not come: that wait would outlast the idle timeout, and the first
+/// client's next datagram would then open a new session instead of proving that
+/// the existing one goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_bounds_sessions() {
     let a = udp_backend("a").await;
     let (set, to) = start_udp(
         "m",
         &[&a],
-        "  client_idle_timeout: 300ms\n  max_connections: 1\n",
+        "  client_idle_timeout: 1500ms\n  max_connections: 1\n",
     );
     let (c1, c2) = (client().await, client().await);
     assert!(ask(&c1, to, "1").await.is_some());
+    c2.send_to(b"2", to).await.unwrap();
     assert!(
-        ask(&c2, to, "2").await.is_none(),
+        wait_stats(&set, "m", Duration::from_secs(1), |s| s.over_limit == 1).await,
         "second session must be refused"
     );
-    assert_eq!(set.stats("m").unwrap().over_limit, 1);
     assert!(
         ask(&c1, to, "3").await.is_some(),
         "the existing session goes on"
     );
+    let s = set.stats("m").unwrap();
+    assert_eq!(
+        (s.accepted, s.idle_closed),
+        (1, 0),
+        "still the first session: {s:?}"
+    );
     // Once the first session idles out, there is room again.
-    assert!(wait_stats(&set, "m", Duration::from_secs(2), |s| s.active == 0).await);
+    assert!(wait_stats(&set, "m", Duration::from_secs(4), |s| s.active == 0).await);
     assert!(ask(&c2, to, "4").await.is_some());
     set.shutdown(Duration::from_secs(1)).await;
 }
