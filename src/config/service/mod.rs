@@ -194,16 +194,8 @@ pub enum ProxyProtocolVersion {
 
 impl<'de> Deserialize<'de> for ProxyProtocolVersion {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::N(n) => n.to_string(),
-            Raw::S(s) => s,
-        };
+        // A plain scalar: `version: 2` and `version: "2"` both read as text.
+        let text = String::deserialize(d)?;
         match text.as_str() {
             "1" => Ok(ProxyProtocolVersion::V1),
             "2" => Ok(ProxyProtocolVersion::V2),
@@ -538,6 +530,17 @@ services:
         assert!(e.contains("wieght"), "{e}");
         let e = load("services: [{name: t, addr: \":1\", handler: {type: tcp}, listener: {type: tcp}, forwarder: {nodes: [{addr: \"a:1\"}], selector: {strategy: fastest}}}]").unwrap_err();
         assert!(e.contains("fastest"), "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_version_quoted_or_not() {
+        let pp = |v: &str| {
+            crate::config::from_yaml::<ProxyProtocolConfig>(&format!("version: {v}"))
+                .map(|p| p.version)
+        };
+        assert_eq!(pp("1"), Ok(ProxyProtocolVersion::V1));
+        assert_eq!(pp("\"2\""), Ok(ProxyProtocolVersion::V2));
+        assert!(pp("3").is_err());
     }
 
     #[test]
