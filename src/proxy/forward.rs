@@ -1,6 +1,6 @@
 //! The path of a TCP connection, from accept to the relay.
 //!
-//! 1. [`accept_loop`]: the access rules and `max_connections` decide at accept
+//! 1. `accept_loop`: the access rules and `max_connections` decide at accept
 //!    (a refused client is closed at once and counted), then the connection gets
 //!    a task in the service's tracker.
 //! 2. `serve_tcp` races the connection against the two ways it can be cut: the

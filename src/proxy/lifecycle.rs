@@ -15,7 +15,7 @@
 //!
 //! The listening socket is held in an `Arc` so that a reload that changes a
 //! service but not its address can hand the very same socket to the new version
-//! ([`bound_key`]): no re-bind, no window in which new clients are refused.
+//! (`bound_key`): no re-bind, no window in which new clients are refused.
 
 use std::fmt;
 use std::net::SocketAddr;

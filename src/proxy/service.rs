@@ -3,7 +3,7 @@
 //! handles a drain works with.
 //!
 //! The TCP path ([`forward`](super::forward)) and UDP ([`udp`](super::udp)) each
-//! wrap a [`Service`] with what only they need; [`lifecycle`](super::lifecycle)
+//! wrap a `Service` with what only they need; [`lifecycle`](super::lifecycle)
 //! builds it from the typed config and owns its tasks.
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,6 +1,6 @@
 //! Counters, in one vocabulary for the whole proxy.
 //!
-//! Every set of counters is declared with [`counters!`]: a struct of atomics that
+//! Every set of counters is declared with `counters!`: a struct of atomics that
 //! the hot path bumps ([`inc`]) and a plain `Copy` struct with the same field
 //! names that [`snapshot`](ServiceStats::snapshot) returns for status pages and
 //! tests. Two sets exist:
