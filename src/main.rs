@@ -286,6 +286,15 @@ fn reload(path: &std::path::Path, current: &mut Loaded, services: &mut ServiceSe
         tracing::error!("reload rejected, keeping the running configuration: {e}");
         return;
     }
+    if new.config.services.is_empty() && !current.config.services.is_empty() {
+        // Allowed (the file has a floating_ip section and asks for no services),
+        // but an operator should see it was not an accident.
+        tracing::warn!(
+            stopped = current.config.services.len(),
+            "reload stops every running service: {} lists no services",
+            path.display()
+        );
+    }
     if new.floating_ip != current.floating_ip {
         tracing::warn!(
             "floating_ip changed in {}: it takes effect at the next restart",

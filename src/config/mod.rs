@@ -41,6 +41,9 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
+/// Why a file with neither section is refused (at `-test`, at start and on reload).
+pub const EMPTY_CONFIG: &str = "no services and no floating_ip: refusing an empty configuration";
+
 /// A configuration error, always tied to a file and, when known, a line and a field.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -88,9 +91,20 @@ impl FieldError {
 impl Config {
     /// Parse and validate YAML text; `path` is only used in error messages.
     pub fn from_str_named(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        // An empty file is a valid, empty config (nothing enabled).
-        if text.trim().is_empty() {
-            return Ok(Config::default());
+        // An empty (or truncated to nothing) file asks for nothing; say so rather
+        // than let it stop every service on a reload.
+        let empty = || ConfigError {
+            file: path.to_path_buf(),
+            line: Some(1),
+            column: None,
+            field: None,
+            message: EMPTY_CONFIG.to_string(),
+        };
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Err(empty());
         }
         let config: Config = serde_yaml_ng::from_str(text).map_err(|e| {
             let loc = e.location();
@@ -117,6 +131,9 @@ impl Config {
                 message,
             }
         })?;
+        if config.floating_ip.is_none() && config.services.is_empty() {
+            return Err(empty());
+        }
         config.validate().map_err(|e| at_field(text, path, e))?;
         Ok(config)
     }
@@ -295,8 +312,23 @@ services:
     }
 
     #[test]
-    fn empty_file_is_empty_config() {
-        let c = Config::from_str_named("\n", Path::new("g.yml")).unwrap();
-        assert!(c.floating_ip.is_none() && c.services.is_empty());
+    fn empty_configs_are_refused() {
+        for text in [
+            "",
+            "\n",
+            "# only a comment\n",
+            "services: []\n",
+            "floating_ip:\n",
+            "---\n",
+        ] {
+            let e = Config::from_str_named(text, Path::new("g.yml")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("g.yml:1: {EMPTY_CONFIG}"),
+                "{text:?}"
+            );
+        }
+        // Asking for nothing explicitly is allowed: the section is there.
+        Config::from_str_named("floating_ip: {enabled: false}\n", Path::new("g.yml")).unwrap();
     }
 }

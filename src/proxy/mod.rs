@@ -30,6 +30,7 @@
 //! [`udp`].
 
 pub mod balance;
+pub mod clock;
 pub mod cut;
 pub mod discovery;
 pub mod dispatch;

@@ -183,6 +183,11 @@ pub(crate) struct Ctx {
     pub config: ServiceConfig,
     /// "No node" can happen for every client of a dead pool; log it once a second.
     pub no_node_log: LogLimiter,
+    /// Out of descriptors or buffers: every new connection fails the same way.
+    pub resource_log: LogLimiter,
+    /// A node refusing connections (or TLS handshakes) with `maxFails: 0` never
+    /// gets benched, so its failures repeat at the rate clients arrive.
+    pub node_fail_log: LogLimiter,
     /// Limit of a `tls` listener's handshake (`client_idle_timeout`, else 10 s).
     pub handshake_timeout: Duration,
     /// Limit of a connection to a node, TLS handshake included.
@@ -245,14 +250,18 @@ impl Ctx {
                     // Out of descriptors or buffers here: the node is not to blame,
                     // and another node would fail the same way.
                     inc(&self.stats.connect_failures);
-                    warn!(service = %self.name, error = %e, "cannot open a connection to a node: local resources exhausted");
+                    if let Some(suppressed) = self.resource_log.permit() {
+                        warn!(service = %self.name, error = %e, suppressed, "cannot open a connection to a node: local resources exhausted");
+                    }
                     return None;
                 }
                 Err(e) => {
                     inc(&self.stats.connect_failures);
                     let benched =
                         node.connect_failed(self.balancer.max_fails, self.balancer.fail_timeout);
-                    warn!(service = %self.name, node = node.label(), addr = node.addr(), error = %e, benched, "connect to node failed");
+                    if let Some(suppressed) = self.node_fail_log.permit() {
+                        warn!(service = %self.name, node = node.label(), addr = node.addr(), error = %e, benched, suppressed, "connect to node failed");
+                    }
                     tried.push(node);
                 }
             }
@@ -425,6 +434,8 @@ impl Running {
             tracker: tracker.clone(),
             config: cfg.clone(),
             no_node_log: LogLimiter::default(),
+            resource_log: LogLimiter::default(),
+            node_fail_log: LogLimiter::default(),
             handshake_timeout: cfg
                 .client_idle_timeout
                 .get()
@@ -641,7 +652,7 @@ async fn proxy<S>(h: &ProxyHandler, stream: S, peer: SocketAddr, local: SocketAd
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match h.handle(stream, ConnInfo { peer, local }).await {
+    match h.handle(stream, ConnInfo::new(peer, local)).await {
         Ok(()) => inc(&ctx.stats.completed),
         Err(_) => inc(&ctx.stats.errors),
     }
@@ -683,13 +694,17 @@ async fn open_backend(
         Ok(Err(e)) => {
             inc(&ctx.stats.errors);
             node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
-            warn!(service = %ctx.name, node = node.label(), error = %e, "TLS handshake with node failed");
+            if let Some(suppressed) = ctx.node_fail_log.permit() {
+                warn!(service = %ctx.name, node = node.label(), error = %e, suppressed, "TLS handshake with node failed");
+            }
             None
         }
         Err(_) => {
             inc(&ctx.stats.errors);
             node.connect_failed(ctx.balancer.max_fails, ctx.balancer.fail_timeout);
-            warn!(service = %ctx.name, node = node.label(), "TLS handshake with node timed out");
+            if let Some(suppressed) = ctx.node_fail_log.permit() {
+                warn!(service = %ctx.name, node = node.label(), suppressed, "TLS handshake with node timed out");
+            }
             None
         }
     }
@@ -808,6 +823,8 @@ mod tests {
             tracker: TaskTracker::new(),
             config: cfg,
             no_node_log: LogLimiter::default(),
+            resource_log: LogLimiter::default(),
+            node_fail_log: LogLimiter::default(),
             handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             connect_timeout: Duration::from_secs(1),
             proxy: None,
