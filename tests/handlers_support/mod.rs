@@ -6,6 +6,8 @@
 //! usually once every connection has ended ([`settled`]).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod lenient;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

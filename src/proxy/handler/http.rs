@@ -35,6 +35,15 @@
 //! `Expect: 100-continue` is honoured: the target gets a second to say `100` or
 //! refuse before the body starts.
 //!
+//! # Every phase bounded
+//!
+//! Heads by `readTimeout` (from the accept for the first request) and
+//! `responseTimeout` (once per request); bodies, and head writes, by the
+//! service's idle timeouts as per-read/per-write idle limits ([`BodyIdle`]),
+//! [`DEFAULT_BODY_IDLE`] when the service sets none. A client trickling its upload
+//! or not reading its download, a target stalling mid-body: each is cut after one
+//! idle period. The table is in docs/handlers.md.
+//!
 //! # Keep-alive
 //!
 //! The client connection stays open across requests when both the client wants it
@@ -50,10 +59,11 @@
 //!
 //! | situation | reply |
 //! |---|---|
-//! | unparseable head, bad URI, conflicting framing | `400 Bad Request` |
+//! | unparseable head, bad URI, ambiguous framing ([`framing`]) | `400 Bad Request` |
 //! | head larger than 64 KiB or with more than 128 fields | `431 Request Header Fields Too Large` |
 //! | auth configured and missing/wrong | `407` with `Proxy-Authenticate: Basic` |
-//! | target refused / unreachable / bad response | `502 Bad Gateway` |
+//! | request body idle past `client_idle_timeout` | `408 Request Timeout` |
+//! | target refused / unreachable / bad or ambiguous response | `502 Bad Gateway` |
 //! | connect or response head timed out | `504 Gateway Timeout` |
 //! | a non-`http:` absolute URI | `501 Not Implemented` |
 //!
