@@ -140,31 +140,25 @@ fn strict(bytes: &[u8], response: bool) -> Strict {
         }
     }
     let mut hs = [httparse::EMPTY_HEADER; 128];
-    let (code, version, headers): (u16, u8, Vec<(String, Vec<u8>)>) = if response {
-        let mut r = httparse::Response::new(&mut hs);
-        match r.parse(head) {
-            Ok(httparse::Status::Complete(n)) if n == head.len() => {}
-            other => return Strict::Bad(format!("head: {other:?}")),
-        }
-        let h = r
-            .headers
-            .iter()
+    let lower = |hs: &[httparse::Header<'_>]| -> Vec<(String, Vec<u8>)> {
+        hs.iter()
             .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-            .collect();
-        (r.code.unwrap(), r.version.unwrap(), h)
+            .collect()
+    };
+    let (parsed, code, version, headers) = if response {
+        let mut r = httparse::Response::new(&mut hs);
+        let parsed = r.parse(head);
+        (parsed, r.code.unwrap_or(0), r.version, lower(r.headers))
     } else {
         let mut r = httparse::Request::new(&mut hs);
-        match r.parse(head) {
-            Ok(httparse::Status::Complete(n)) if n == head.len() => {}
-            other => return Strict::Bad(format!("head: {other:?}")),
-        }
-        let h = r
-            .headers
-            .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-            .collect();
-        (0, r.version.unwrap(), h)
+        let parsed = r.parse(head);
+        (parsed, 0, r.version, lower(r.headers))
     };
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        other => return Strict::Bad(format!("head: {other:?}")),
+    }
+    let version = version.unwrap_or(1);
     let values = |n: &str| -> Vec<&[u8]> {
         headers
             .iter()

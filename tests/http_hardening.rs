@@ -95,20 +95,23 @@ fn around_idle(took: Duration, what: &str) {
     );
 }
 
-#[tokio::test]
-async fn connection_naming_content_length_does_not_smuggle() {
+/// Send `first` (whose body is the request `SMUGGLED`, framed by `framing`,
+/// a header block naming its framing header in `Connection`), then a second
+/// request on the same connection. The origin must see exactly `/a` and
+/// `/second`, and the client must get the answer to each.
+const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: b\r\n\r\n";
+
+async fn assert_not_smuggled(framing: impl Fn(&str) -> String) {
     let origin = Lenient::spawn().await;
     let (gw, _) = gateway(HttpHandlerOptions::default(), Some(IDLE)).await;
     let b = origin.addr;
-    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: b\r\n\r\n";
     let mut s = TcpStream::connect(gw).await.unwrap();
     let first = format!(
-        "POST http://{b}/a HTTP/1.1\r\nHost: {b}\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{smuggled}",
-        smuggled.len()
+        "POST http://{b}/a HTTP/1.1\r\nHost: {b}\r\n{}",
+        framing(SMUGGLED)
     );
     s.write_all(first.as_bytes()).await.unwrap();
-    let (_, body) = response(&mut s).await;
-    assert_eq!(body, b"seen /a");
+    assert_eq!(response(&mut s).await.1, b"seen /a");
     s.write_all(format!("GET http://{b}/second HTTP/1.1\r\nHost: {b}\r\n\r\n").as_bytes())
         .await
         .unwrap();
@@ -118,29 +121,29 @@ async fn connection_naming_content_length_does_not_smuggle() {
         "the client got someone else's response"
     );
     assert_eq!(origin.targets(), ["/a", "/second"]);
-    assert_eq!(origin.log.lock().unwrap()[0].body, smuggled.as_bytes());
+    assert_eq!(origin.log.lock().unwrap()[0].body, SMUGGLED.as_bytes());
+}
+
+#[tokio::test]
+async fn connection_naming_content_length_does_not_smuggle() {
+    assert_not_smuggled(|body| {
+        format!(
+            "Connection: content-length\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn connection_naming_transfer_encoding_does_not_smuggle() {
-    let origin = Lenient::spawn().await;
-    let (gw, _) = gateway(HttpHandlerOptions::default(), Some(IDLE)).await;
-    let b = origin.addr;
-    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: b\r\n\r\n";
-    let mut s = TcpStream::connect(gw).await.unwrap();
-    let first = format!(
-        "POST http://{b}/a HTTP/1.1\r\nHost: {b}\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
-        smuggled.len()
-    );
-    s.write_all(first.as_bytes()).await.unwrap();
-    let (_, body) = response(&mut s).await;
-    assert_eq!(body, b"seen /a");
-    s.write_all(format!("GET http://{b}/second HTTP/1.1\r\nHost: {b}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (_, body) = response(&mut s).await;
-    assert_eq!(body, b"seen /second");
-    assert_eq!(origin.targets(), ["/a", "/second"]);
+    assert_not_smuggled(|body| {
+        format!(
+            "Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        )
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -20,6 +20,19 @@ impl Drop for Daemon {
     }
 }
 
+/// Start the binary on `cfg`, its log in `log`; the daemon and its pid.
+fn start(cfg: &std::path::Path, log: &std::path::Path) -> (Daemon, i32) {
+    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("-config")
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    (Daemon(child), pid)
+}
+
 fn backend() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -72,16 +85,8 @@ fn sighup_reload_applies_good_files_and_rejects_bad_ones() {
     let cfg = dir.path().join("g.yml");
     let log = dir.path().join("log");
     std::fs::write(&cfg, format!("services:\n{}", service("one", p1, b))).unwrap();
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("-config")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let pid = Pid::from_raw(child.id() as i32);
-    let mut d = Daemon(child);
+    let (mut d, pid) = start(&cfg, &log);
+    let pid = Pid::from_raw(pid);
     let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         wait(|| get(p1).as_deref() == Some("backend\n")),
@@ -149,15 +154,8 @@ fn empty_and_truncated_files_are_refused_everywhere() {
     let log = dir.path().join("log");
     let good = format!("services:\n{}", service("one", p, b));
     std::fs::write(&cfg, &good).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("-config")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = Pid::from_raw(child.id() as i32);
-    let _d = Daemon(child);
+    let (_d, pid) = start(&cfg, &log);
+    let pid = Pid::from_raw(pid);
     let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         wait(|| get(p).as_deref() == Some("backend\n")),
@@ -217,15 +215,7 @@ fn fd_exhaustion_warning_is_rate_limited() {
     let cfg = dir.path().join("g.yml");
     let log = dir.path().join("log");
     std::fs::write(&cfg, format!("services:\n{}", service("one", p, b))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("-config")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let _d = Daemon(child);
+    let (_d, pid) = start(&cfg, &log);
     let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
     // Up, and no connection made yet (one would hold descriptors a while).
     assert!(
