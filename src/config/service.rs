@@ -1180,6 +1180,24 @@ services:
         }
     }
 
+    proptest::proptest! {
+        /// Any text: a clean error or a duration within the ceiling, never a panic.
+        #[test]
+        fn any_duration_text_parses_or_is_refused(s in "[0-9.]{0,24}(ns|us|ms|s|m|h|x)?([0-9.]{0,24}(ns|ms|s|m|h))?") {
+            if let Ok(d) = DurationStr::parse(&s) {
+                proptest::prop_assert!(d.0 <= MAX_DURATION);
+            }
+        }
+
+        #[test]
+        fn any_number_is_seconds_or_refused(v in proptest::num::f64::ANY) {
+            match DurationStr::from_secs_f64(v) {
+                Ok(d) => proptest::prop_assert!(d.0 <= MAX_DURATION && v >= 0.0),
+                Err(e) => proptest::prop_assert!(e.contains("365 days")),
+            }
+        }
+    }
+
     #[test]
     fn yaml_numbers_are_seconds() {
         #[derive(Deserialize)]

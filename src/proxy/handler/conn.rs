@@ -198,7 +198,7 @@ impl<S: AsyncRead + Unpin> BufConn<S> {
     }
 
     /// Copy one chunked body verbatim (sizes, extensions, data, trailers), checking
-    /// its framing strictly (see [`framing`]) as it goes. Nothing is buffered
+    /// its framing strictly (see the `framing` module) as it goes. Nothing is buffered
     /// beyond one read, so a gigabyte upload streams through in constant memory.
     pub async fn copy_chunked<W>(&mut self, w: &mut W, idle: &mut BodyIdle) -> Result<(), CopyError>
     where

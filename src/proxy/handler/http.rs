@@ -59,7 +59,7 @@
 //!
 //! | situation | reply |
 //! |---|---|
-//! | unparseable head, bad URI, ambiguous framing ([`framing`]) | `400 Bad Request` |
+//! | unparseable head, bad URI, ambiguous framing (the `framing` module) | `400 Bad Request` |
 //! | head larger than 64 KiB or with more than 128 fields | `431 Request Header Fields Too Large` |
 //! | auth configured and missing/wrong | `407` with `Proxy-Authenticate: Basic` |
 //! | request body idle past `client_idle_timeout` | `408 Request Timeout` |
