@@ -4,6 +4,8 @@
 use super::*;
 use std::collections::BTreeMap;
 
+mod attack;
+
 const MS: Duration = Duration::from_millis(1);
 
 fn ip(last: u8) -> Ipv4Addr {
@@ -143,7 +145,8 @@ fn own_other_group_and_stale_packets_are_dropped_and_counted() {
             own: 1,
             other_group: 1,
             stale: 2,
-            received: 1
+            received: 1,
+            ..Counters::default()
         }
     );
     // A restart (new epoch) resets the sequence.
@@ -600,7 +603,7 @@ mod sim {
                             eprintln!("{:?} node{i} {from}->{to}: {reason}", self.now);
                         }
                     }
-                    Action::Garp | Action::GarpRefresh => {}
+                    Action::Garp | Action::GarpRefresh | Action::ConfirmEpoch { .. } => {}
                 }
             }
         }
