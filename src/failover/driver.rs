@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::arp;
 use super::auth::{AuthError, Keyring};
 use super::inbound::{self, BurstLog, Dropped};
-use super::machine::{Action, Counters, Machine, Params, ProbeResult, State};
+use super::machine::{Action, Counters, Machine, Params, PeerCheck, ProbeResult, State};
 use super::netwatch::{self, NetEvent};
 use super::probe::{self, EchoStats, Prober};
 use super::replay;
@@ -325,6 +325,7 @@ pub async fn run_keyed(
 
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(16);
     let (confirm_tx, mut confirm_rx) = mpsc::channel::<(Ipv4Addr, u32)>(16);
+    let (verify_tx, mut verify_rx) = mpsc::channel::<(u64, PeerCheck)>(16);
     let mut dests = vec![SocketAddrV4::new(fip.heartbeat_dest, fip.heartbeat_port)];
     if let Some(peer) = fip.peer_ip {
         dests.push(SocketAddrV4::new(peer, fip.heartbeat_port));
@@ -338,6 +339,7 @@ pub async fn run_keyed(
         prober,
         probe_tx,
         confirm_tx,
+        verify_tx,
         keys: keys.clone(),
         status_tx,
         echo_tx,
@@ -387,6 +389,7 @@ pub async fn run_keyed(
                 }
             },
             Some(r) = probe_rx.recv() => machine.handle_probe(Instant::now(), r),
+            Some((id, check)) = verify_rx.recv() => machine.handle_verify(Instant::now(), id, check),
             Some((peer, epoch)) = confirm_rx.recv() => machine.confirm_epoch(Instant::now(), peer, epoch),
             Ok(()) = keys.changed() => {
                 let k = keys.borrow_and_update().clone();
@@ -421,6 +424,7 @@ pub async fn run_keyed(
         seq_jump = c.seq_jump,
         spoofed = c.spoofed,
         table_full = c.table_full,
+        unconfirmed = c.unconfirmed,
         peers = machine.peer_count(),
         malformed = drops.total(),
         auth_failed = drops.auth_failed(),
@@ -441,6 +445,7 @@ struct Shell<'a> {
     prober: Arc<Prober>,
     probe_tx: mpsc::Sender<ProbeResult>,
     confirm_tx: mpsc::Sender<(Ipv4Addr, u32)>,
+    verify_tx: mpsc::Sender<(u64, PeerCheck)>,
     keys: watch::Receiver<Arc<Keyring>>,
     status_tx: watch::Sender<FailoverStatus>,
     echo_tx: watch::Sender<probe::EchoStatus>,
@@ -506,6 +511,14 @@ impl Shell<'_> {
                     tokio::spawn(async move {
                         let r = prober.probe(id, peer).await;
                         let _ = tx.send(r).await;
+                    });
+                }
+                Action::Verify { id, peer } => {
+                    let prober = self.prober.clone();
+                    let tx = self.verify_tx.clone();
+                    tokio::spawn(async move {
+                        let check = prober.check_peer(peer).await;
+                        let _ = tx.send((id, check)).await;
                     });
                 }
                 Action::ConfirmEpoch { peer } => {

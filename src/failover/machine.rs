@@ -49,6 +49,7 @@ use super::replay::{Fresh, Replay};
 use super::wire::{Heartbeat, WireState};
 
 mod peers;
+mod verify;
 pub use peers::{MAX_PEERS, clamp_interval};
 use peers::{Peer, PeerTable, Refused};
 
@@ -142,6 +143,13 @@ pub enum Action {
         id: u64,
         peer: Option<Ipv4Addr>,
     },
+    /// An unsigned heartbeat of `peer` would change this node's role (a RESIGN, a
+    /// better master, a master to preempt): ask `peer` over the echo check (echo
+    /// only, no ICMP) and report with [`Machine::handle_verify`] and the same `id`.
+    Verify {
+        id: u64,
+        peer: Ipv4Addr,
+    },
     /// A signed heartbeat of `peer` came from an epoch older than its current one:
     /// ask `peer` over the authenticated echo check which epoch it runs, and report
     /// a verified answer with [`Machine::confirm_epoch`]. At most once a second per
@@ -173,6 +181,8 @@ pub struct Counters {
     pub spoofed: u64,
     /// A new sender while the peer table was full of entries that must stay.
     pub table_full: u64,
+    /// Unsigned role-changing heartbeats the echo check contradicted (forged).
+    pub unconfirmed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,6 +267,8 @@ pub struct Machine {
     seq: u64,
     next_probe_id: u64,
     probes: HashMap<u64, Purpose>,
+    /// Unsigned role-changing heartbeats waiting for their echo check, by id.
+    verifying: HashMap<u64, (Heartbeat, Duration)>,
     /// The takeover probe of the current "master is silent" episode and its result.
     takeover_probe: Option<u64>,
     takeover_result: Option<ProbeResult>,
@@ -281,6 +293,7 @@ impl Machine {
             seq: 0,
             next_probe_id: 1,
             probes: HashMap::new(),
+            verifying: HashMap::new(),
             takeover_probe: None,
             takeover_result: None,
             master_down_expired: false,
@@ -555,6 +568,15 @@ impl Machine {
             }
         };
         self.counters.received += 1;
+        if self.hold_for_verification(hb, interval) {
+            return;
+        }
+        self.act_on(now, hb, interval);
+    }
+
+    /// What an admitted heartbeat (verified, when unsigned and role-changing)
+    /// makes this node do.
+    fn act_on(&mut self, now: Instant, hb: &Heartbeat, interval: Duration) {
         let theirs = (hb.priority, hb.node);
         match (self.state, hb.state) {
             (State::Master, WireState::Master) => {

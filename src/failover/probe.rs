@@ -148,6 +148,11 @@ impl Prober {
         a.signed.then_some(a.epoch).flatten()
     }
 
+    /// The echo check alone (for [`Action::Verify`](super::machine::Action::Verify)).
+    pub async fn check_peer(&self, peer: Ipv4Addr) -> PeerCheck {
+        self.echo(peer).await.check
+    }
+
     async fn echo(&self, peer: Ipv4Addr) -> EchoAnswer {
         let keys = self.keys.borrow().clone();
         let addr = SocketAddrV4::new(peer, self.echo_port);

@@ -42,22 +42,64 @@ fn a_heartbeat_naming_another_sender_is_ignored() {
     assert_eq!(m.counters.spoofed, 1);
 }
 
+/// The one `Action::Verify` pending, answered with `check`.
+fn answer_verify(m: &mut Machine, now: Instant, check: PeerCheck) {
+    let ids: Vec<u64> = m
+        .drain_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Verify { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "expected one verification");
+    m.handle_verify(now, ids[0], check);
+}
+
+fn alive(node: u8, state: WireState) -> PeerCheck {
+    PeerCheck::Alive {
+        state,
+        priority: 200,
+        node: ip(node),
+    }
+}
+
 #[test]
 fn forged_resign_then_max_sequence_cannot_make_the_backup_deaf() {
-    // Unsigned: the RESIGN itself cannot be told from a real one (that is what
-    // the secret is for), but the sequence 2^64-1 after it is refused, so the
-    // real master is heard at once and the backup, ranking lower, yields.
+    // Unsigned: the RESIGN is held and checked over TCP; the master answers as
+    // MASTER, so it is ignored. The sequence 2^64-1 after it is refused, so the
+    // real master's next heartbeat is heard.
     let (mut m, t, seq) = following(false);
     m.handle_heartbeat_from(t, &hb(2, 200, WireState::Resign, seq), ip(2));
-    assert_eq!(m.state(), State::Master, "an unsigned resign is believed");
+    assert_eq!(m.state(), State::Backup, "held for its echo check");
+    answer_verify(&mut m, t + MS, alive(2, WireState::Master));
+    assert_eq!(m.state(), State::Backup);
+    assert_eq!(m.counters.unconfirmed, 1);
     m.handle_heartbeat_from(t + MS, &hb(2, 200, WireState::Master, u64::MAX), ip(2));
     assert_eq!(m.counters.seq_jump, 1);
+    let before = m.counters.received;
     m.handle_heartbeat_from(t + 100 * MS, &hb(2, 200, WireState::Master, seq + 1), ip(2));
-    assert_eq!(
-        m.state(),
-        State::Backup,
-        "the real master is heard again at once"
-    );
+    assert_eq!(m.counters.received, before + 1, "the real master is heard");
+}
+
+#[test]
+fn a_genuine_unsigned_resign_is_taken_after_one_echo_check() {
+    let (mut m, t, seq) = following(false);
+    m.handle_heartbeat_from(t, &hb(2, 200, WireState::Resign, seq), ip(2));
+    // A resigning daemon answers RESIGN, or is already gone.
+    answer_verify(&mut m, t + MS, alive(2, WireState::Resign));
+    assert_eq!(m.state(), State::Master);
+    let (mut m, t, seq) = following(false);
+    m.handle_heartbeat_from(t, &hb(2, 200, WireState::Resign, seq), ip(2));
+    answer_verify(&mut m, t + MS, PeerCheck::Dead);
+    assert_eq!(m.state(), State::Master);
+}
+
+#[test]
+fn a_signed_resign_needs_no_echo_check() {
+    let (mut m, t, seq) = following(true);
+    m.handle_heartbeat_from(t, &hb(2, 200, WireState::Resign, seq), ip(2));
+    assert_eq!(m.state(), State::Master);
 }
 
 #[test]
@@ -128,6 +170,14 @@ fn announced_interval_is_held_to_the_configured_range() {
     let t = t0 + 500 * MS;
     let mut ghost = hb(50, 255, WireState::Master, 1);
     ghost.interval_ms = 65535;
+    // Unsigned: the ghost does not answer the echo check, the claim is ignored.
+    m.drain_actions();
+    m.handle_heartbeat_from(t, &ghost, ip(50));
+    answer_verify(&mut m, t + MS, PeerCheck::Dead);
+    assert_eq!(m.state(), State::Master);
+    // Signed (a node with the key gone rogue, or a bug): held to the range.
+    m.set_signed(true);
+    ghost.seq = 2;
     m.handle_heartbeat_from(t, &ghost, ip(50));
     assert_eq!(m.state(), State::Backup);
     run_until(&mut m, t, t + 2 * Duration::from_millis(600), dead_peer);
