@@ -183,6 +183,8 @@ pub struct Counters {
     pub table_full: u64,
     /// Unsigned role-changing heartbeats the echo check contradicted (forged).
     pub unconfirmed: u64,
+    /// The most senders the peer table held at once (at most [`MAX_PEERS`]).
+    pub peers_peak: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -540,6 +542,7 @@ impl Machine {
             self.signed,
             protect,
         );
+        self.counters.peers_peak = self.counters.peers_peak.max(self.peers.len() as u64);
         let interval = match admitted {
             Ok((fresh, interval)) => {
                 if fresh == Fresh::Restarted {

@@ -146,6 +146,7 @@ fn own_other_group_and_stale_packets_are_dropped_and_counted() {
             other_group: 1,
             stale: 2,
             received: 1,
+            peers_peak: 1,
             ..Counters::default()
         }
     );
