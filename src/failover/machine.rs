@@ -12,6 +12,11 @@
 //! # The rules
 //!
 //! Every node sends a heartbeat every `interval` carrying its state and priority.
+//! A heartbeat counts only if the driver authenticated it (when the group has a
+//! secret), it names its own source address, and it is new for its sender (the
+//! peer table's anti-replay, interval and size rules: `machine/peers.rs`). Without
+//! a secret, one that would change this node's role is first checked with the
+//! sender's echo service (`machine/verify.rs`).
 //! A node's *rank* is `(priority, address)`: higher priority wins, ties go to the
 //! higher IPv4 address.
 //!
