@@ -136,6 +136,26 @@ fn spoof(lab: &Lab, packets: Vec<(Ipv4Addr, Ipv4Addr, Vec<u8>)>) {
     .unwrap()
 }
 
+/// [`spoof`] the `packets` while watching, from the first one on and for `watch`
+/// in all, that `holder` alone keeps the VIP; panics naming `what` otherwise.
+fn spoof_keeping_holders(
+    lab: &Lab,
+    packets: Vec<(Ipv4Addr, Ipv4Addr, Vec<u8>)>,
+    holder: Host,
+    watch: Duration,
+    what: &str,
+) {
+    let vip = lab.default_vip();
+    let seen = std::thread::scope(|s| {
+        let w = s.spawn(|| lab.holders_stay(vip, &[holder], watch));
+        spoof(lab, packets);
+        w.join().unwrap()
+    });
+    if let Err(seen) = seen {
+        panic!("{what} moved the VIP: holders {seen:?}");
+    }
+}
+
 /// Every mutation of `hb` the issue lists: each byte set to 0, to 0xff and with its
 /// low bit flipped, and each field raised (sequence by 1 and to 2^64-1, epoch by 1
 /// and to 2^32-1, priority to 255, interval to 65535, state to MASTER and RESIGN).
@@ -214,7 +234,6 @@ fn real_death_is_taken_over(lab: &Lab, what: &str) {
 /// 65535 ms from a ghost address and from the backup's address.
 fn forged_and_mutated(auth: Auth) {
     let (lab, _g1, mut g2) = pair(&format!("atk-mut-{auth:?}"), auth, &[]);
-    let vip = lab.default_vip();
     let (n1, n2) = (lab.ip(Host::N1), lab.ip(Host::N2));
     let caught = capture(&lab, Duration::from_millis(400));
     let from = |h: Ipv4Addr| {
@@ -255,14 +274,13 @@ fn forged_and_mutated(auth: Auth) {
         }
     }
     let sent = packets.len();
-    let watch = std::thread::scope(|s| {
-        let w = s.spawn(|| lab.holders_stay(vip, &[Host::N1], Duration::from_secs(3)));
-        spoof(&lab, packets);
-        w.join().unwrap()
-    });
-    if let Err(seen) = watch {
-        panic!("{auth:?}: {sent} forged datagrams moved the VIP: holders {seen:?}");
-    }
+    spoof_keeping_holders(
+        &lab,
+        packets,
+        Host::N1,
+        Duration::from_secs(3),
+        &format!("{auth:?}: {sent} forged datagrams"),
+    );
     g2.assert_running("after the forgeries");
     let g2_counts = {
         // n2's view, before the death test kills n1.
@@ -337,14 +355,13 @@ fn replays(auth: Auth) {
         }
     }
     let n = packets.len();
-    let watch = std::thread::scope(|s| {
-        let w = s.spawn(|| lab.holders_stay(vip, &[Host::N2], Duration::from_secs(2)));
-        spoof(&lab, packets);
-        w.join().unwrap()
-    });
-    if let Err(seen) = watch {
-        panic!("{auth:?}: {n} replayed datagrams moved the VIP: holders {seen:?}");
-    }
+    spoof_keeping_holders(
+        &lab,
+        packets,
+        Host::N2,
+        Duration::from_secs(2),
+        &format!("{auth:?}: {n} replayed datagrams"),
+    );
     g1.assert_running("after the replays");
     let c = counters(&mut g1);
     eprintln!("{auth:?}: n1 counters after {n} replays: {c:?}");
@@ -411,7 +428,6 @@ fn silent_echo_connections_do_not_fake_a_dead_master_without_secret() {
 /// stays capped, the daemon's memory does not grow with them, the VIP stays.
 fn sender_flood(auth: Auth) {
     let (lab, _g1, mut g2) = pair(&format!("atk-flood-{auth:?}"), auth, &[]);
-    let vip = lab.default_vip();
     // Spoofed sources from outside the /24 must not be dropped by rp_filter.
     for conf in ["all", "eth0"] {
         let path = format!("/proc/sys/net/ipv4/conf/{conf}/rp_filter");
@@ -433,14 +449,13 @@ fn sender_flood(auth: Auth) {
             (src, n2, forged(&lab, src, 1, 1, 1, 100))
         })
         .collect();
-    let watch = std::thread::scope(|s| {
-        let w = s.spawn(|| lab.holders_stay(vip, &[Host::N1], Duration::from_secs(4)));
-        spoof(&lab, packets);
-        w.join().unwrap()
-    });
-    if let Err(seen) = watch {
-        panic!("{auth:?}: the sender flood moved the VIP: holders {seen:?}");
-    }
+    spoof_keeping_holders(
+        &lab,
+        packets,
+        Host::N1,
+        Duration::from_secs(4),
+        &format!("{auth:?}: the sender flood"),
+    );
     let after = rss(&g2);
     g2.assert_running("sender flood");
     let c = counters(&mut g2);

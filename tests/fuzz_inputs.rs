@@ -13,10 +13,13 @@
 //! `FUZZ_CASES=200000 cargo test --release --test fuzz_inputs`. Cases proptest
 //! finds are kept by it in `proptest-regressions/` and replayed first.
 
+mod fuzz_support;
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use fuzz_support::{apply, cases, edits};
 use gateway::config::Config;
 use gateway::failover::auth::Keyring;
 use gateway::failover::inbound;
@@ -24,19 +27,6 @@ use gateway::failover::machine::{MAX_PEERS, Machine, Params};
 use gateway::failover::wire::{Heartbeat, WireState};
 use gateway::net::{IfAddr, Interfaces};
 use proptest::prelude::*;
-
-/// Cases per property: `FUZZ_CASES` or `default`.
-fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases: n,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 const KEY: &str = "fuzz-key-0123456789abcdef";
 
@@ -69,46 +59,6 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                 auth: vec![],
             },
         )
-}
-
-/// One edit of a datagram.
-#[derive(Debug, Clone)]
-enum Edit {
-    Set(usize, u8),
-    Xor(usize, u8),
-    Truncate(usize),
-    Append(Vec<u8>),
-}
-
-fn edits() -> impl Strategy<Value = Vec<Edit>> {
-    proptest::collection::vec(
-        prop_oneof![
-            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::Set(i, b)),
-            (any::<usize>(), 1u8..).prop_map(|(i, b)| Edit::Xor(i, b)),
-            any::<usize>().prop_map(Edit::Truncate),
-            proptest::collection::vec(any::<u8>(), 1..80).prop_map(Edit::Append),
-        ],
-        0..6,
-    )
-}
-
-fn apply(mut b: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
-    for e in edits {
-        match e {
-            Edit::Set(i, v) if !b.is_empty() => {
-                let n = b.len();
-                b[i % n] = *v;
-            }
-            Edit::Xor(i, v) if !b.is_empty() => {
-                let n = b.len();
-                b[i % n] ^= *v;
-            }
-            Edit::Truncate(i) => b.truncate(i % (b.len() + 1)),
-            Edit::Append(more) => b.extend_from_slice(more),
-            _ => {}
-        }
-    }
-    b
 }
 
 fn params() -> Params {

@@ -137,25 +137,27 @@ impl Heartbeat {
     }
 }
 
+/// A heartbeat for unit tests.
+#[cfg(test)]
+pub(crate) fn sample() -> Heartbeat {
+    Heartbeat {
+        state: WireState::Master,
+        priority: 100,
+        flags: 0,
+        node: Ipv4Addr::new(10, 0, 0, 1),
+        vip: Ipv4Addr::new(10, 0, 0, 234),
+        epoch: 7,
+        seq: 42,
+        interval_ms: 100,
+        auth_type: 0,
+        auth: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn sample() -> Heartbeat {
-        Heartbeat {
-            state: WireState::Master,
-            priority: 100,
-            flags: 0,
-            node: Ipv4Addr::new(10, 0, 0, 1),
-            vip: Ipv4Addr::new(10, 0, 0, 234),
-            epoch: 7,
-            seq: 42,
-            interval_ms: 100,
-            auth_type: 0,
-            auth: vec![],
-        }
-    }
 
     #[test]
     fn roundtrip_and_layout() {
