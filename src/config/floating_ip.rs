@@ -734,7 +734,9 @@ mod tests {
     #[test]
     fn secrets_are_masked_in_every_dump() {
         let key = "do-not-print-me-0123456789";
-        let cfg = parse(&format!("enabled: true\nsecret: [\"{key}\", \"{key}-old\"]"));
+        let cfg = parse(&format!(
+            "enabled: true\nsecret: [\"{key}\", \"{key}-old\"]"
+        ));
         let f = cfg.resolve(&host()).unwrap();
         assert_eq!(f.keys.ids().len(), 2);
         let dump = format!("{cfg:?} {f:?} {cfg:#?} {f:#?}");

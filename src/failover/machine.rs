@@ -50,6 +50,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use super::inbound::BurstLog;
 use super::replay::{Fresh, Replay};
 use super::wire::{Heartbeat, WireState};
 
@@ -276,6 +277,10 @@ pub struct Machine {
     probes: HashMap<u64, Purpose>,
     /// Unsigned role-changing heartbeats waiting for their echo check, by id.
     verifying: HashMap<u64, (Heartbeat, Duration)>,
+    /// Rate limits of the per-sender log lines a forger could otherwise repeat
+    /// at will: restarts seen, claims contradicted.
+    restart_log: BurstLog,
+    verify_log: BurstLog,
     /// The takeover probe of the current "master is silent" episode and its result.
     takeover_probe: Option<u64>,
     takeover_result: Option<ProbeResult>,
@@ -301,6 +306,8 @@ impl Machine {
             next_probe_id: 1,
             probes: HashMap::new(),
             verifying: HashMap::new(),
+            restart_log: BurstLog::default(),
+            verify_log: BurstLog::default(),
             takeover_probe: None,
             takeover_result: None,
             master_down_expired: false,
@@ -550,8 +557,10 @@ impl Machine {
         self.counters.peers_peak = self.counters.peers_peak.max(self.peers.len() as u64);
         let interval = match admitted {
             Ok((fresh, interval)) => {
-                if fresh == Fresh::Restarted {
-                    tracing::info!(peer = %hb.node, epoch = hb.epoch, "peer {} restarted (new epoch)", hb.node);
+                if fresh == Fresh::Restarted
+                    && let Some(more) = self.restart_log.note(hb.node.into(), now)
+                {
+                    tracing::info!(peer = %hb.node, epoch = hb.epoch, suppressed = more, "peer {} restarted (new epoch)", hb.node);
                 }
                 interval
             }
