@@ -45,6 +45,9 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
+/// Why a file with neither section is refused (at `-test`, at start and on reload).
+pub const EMPTY_CONFIG: &str = "no services and no floating_ip: refusing an empty configuration";
+
 /// A configuration error, always tied to a file and, when known, a line and a field.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -92,17 +95,35 @@ impl FieldError {
 impl Config {
     /// Parse and validate YAML text; `path` is only used in error messages.
     pub fn from_str_named(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        // An empty file is a valid, empty config (nothing enabled).
-        if text.trim().is_empty() {
-            return Ok(Config::default());
+        // An empty (or truncated to nothing) file asks for nothing; say so rather
+        // than let it stop every service on a reload.
+        let empty = || ConfigError {
+            file: path.to_path_buf(),
+            line: Some(1),
+            column: None,
+            field: None,
+            message: EMPTY_CONFIG.to_string(),
+        };
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Err(empty());
         }
-        let config: Config = from_yaml(text).map_err(|e| ConfigError {
+        // A document with no content (`---` alone) reads as none.
+        let config: Option<Config> = from_yaml(text).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             line: e.line,
             column: e.column,
             field: e.field,
             message: e.message,
         })?;
+        let Some(config) = config else {
+            return Err(empty());
+        };
+        if config.floating_ip.is_none() && config.services.is_empty() {
+            return Err(empty());
+        }
         config.validate().map_err(|e| at_field(text, path, e))?;
         Ok(config)
     }
@@ -150,7 +171,12 @@ impl fmt::Display for YamlError {
 /// which serde's own errors do not carry.
 pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     let mut path = None;
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+    // Non-finite numbers (`.nan`, `.inf`) reach the field's own deserializer, so
+    // a duration says what it expects instead of the parser's generic refusal.
+    let options = serde_saphyr::options! {
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
+    };
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let p = e.path().to_string();
             // "." is the root: no field to name.
@@ -196,7 +222,13 @@ pub fn load(path: &Path, ifs: &crate::net::Interfaces) -> Result<Loaded, ConfigE
     })?;
     let config = Config::from_str_named(&text, path)?;
     let floating_ip = match &config.floating_ip {
-        Some(f) if f.enabled => Some(f.resolve(ifs).map_err(|e| at_field(&text, path, e))?),
+        Some(f) if f.enabled => {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            Some(
+                f.resolve_at(ifs, dir)
+                    .map_err(|e| at_field(&text, path, e))?,
+            )
+        }
         _ => None,
     };
     Ok(Loaded {
@@ -332,9 +364,24 @@ services:
     }
 
     #[test]
-    fn empty_file_is_empty_config() {
-        let c = Config::from_str_named("\n", Path::new("g.yml")).unwrap();
-        assert!(c.floating_ip.is_none() && c.services.is_empty());
+    fn empty_configs_are_refused() {
+        for text in [
+            "",
+            "\n",
+            "# only a comment\n",
+            "services: []\n",
+            "floating_ip:\n",
+            "---\n",
+        ] {
+            let e = Config::from_str_named(text, Path::new("g.yml")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("g.yml:1: {EMPTY_CONFIG}"),
+                "{text:?}"
+            );
+        }
+        // Asking for nothing explicitly is allowed: the section is there.
+        Config::from_str_named("floating_ip: {enabled: false}\n", Path::new("g.yml")).unwrap();
     }
 }
 

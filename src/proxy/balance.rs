@@ -120,31 +120,37 @@ impl Node {
         if !self.is_healthy() {
             return false;
         }
-        match self.passive.lock() {
-            Ok(p) => p.benched_until.is_none_or(|t| now >= t),
-            Err(_) => true,
-        }
+        self.passive().benched_until.is_none_or(|t| now >= t)
+    }
+
+    /// The passive-health state. A panic while it was held cannot leave it
+    /// half-written (each update is a couple of plain stores), so a poisoned lock
+    /// is taken over rather than letting passive health switch itself off.
+    fn passive(&self) -> std::sync::MutexGuard<'_, Passive> {
+        self.passive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A connection to this node failed. Returns true if that benched it.
     pub fn connect_failed(&self, max_fails: u32, fail_timeout: Duration) -> bool {
-        let Ok(mut p) = self.passive.lock() else {
-            return false;
-        };
+        let mut p = self.passive();
         p.fails = p.fails.saturating_add(1);
         if max_fails > 0 && p.fails >= max_fails {
             p.fails = 0;
-            p.benched_until = Some(Instant::now() + fail_timeout);
+            p.benched_until = Some(super::clock::std_deadline_after(
+                Instant::now(),
+                fail_timeout,
+            ));
             return true;
         }
         false
     }
 
     pub fn connect_ok(&self) {
-        if let Ok(mut p) = self.passive.lock() {
-            p.fails = 0;
-            p.benched_until = None;
-        }
+        let mut p = self.passive();
+        p.fails = 0;
+        p.benched_until = None;
     }
 
     fn key(&self) -> (&str, &str) {
@@ -558,5 +564,37 @@ mod tests {
         let b = balancer(Strategy::Random, &[node("a", 1, 0), node("b", 1, 0)]);
         let a = (0..2000).filter(|i| pick(&b, client(*i)) == "a").count();
         assert!((800..1200).contains(&a), "{a}");
+    }
+
+    proptest::proptest! {
+        /// `failTimeout` meets the clock in `connect_failed`: no accepted value
+        /// (nor any larger one) panics, and the node stays benched afterwards.
+        #[test]
+        fn connect_failed_takes_any_fail_timeout(secs in 0u64..=crate::proxy::clock::MAX_DURATION.as_secs(), huge in proptest::num::u64::ANY) {
+            for d in [Duration::from_secs(secs), Duration::from_secs(huge), Duration::MAX] {
+                let n = Node::new(node("a", 1, 0));
+                proptest::prop_assert!(n.connect_failed(1, d));
+                if d > Duration::from_millis(1) {
+                    proptest::prop_assert!(!n.available(Instant::now()));
+                }
+                n.connect_ok();
+                proptest::prop_assert!(n.available(Instant::now()));
+            }
+        }
+    }
+
+    #[test]
+    fn passive_health_survives_a_poisoned_lock() {
+        let n = Arc::new(Node::new(node("a", 1, 0)));
+        let n2 = n.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = n2.passive.lock();
+            panic!("poison the passive-health lock");
+        })
+        .join();
+        assert!(n.passive.is_poisoned());
+        // Still counted and still benching: passive health did not switch off.
+        assert!(n.connect_failed(1, Duration::from_secs(60)));
+        assert!(!n.available(Instant::now()));
     }
 }

@@ -181,7 +181,7 @@ async fn proxy<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match h.handle(stream, ConnInfo { peer, local }).await {
+    match h.handle(stream, ConnInfo::new(peer, local)).await {
         Ok(()) => inc(&ctx.svc.stats.completed),
         Err(_) => inc(&ctx.svc.stats.errors),
     }
@@ -223,13 +223,17 @@ async fn open_backend(
         Ok(Err(e)) => {
             inc(&ctx.svc.stats.errors);
             ctx.svc.node_failed(&node);
-            warn!(service = %ctx.svc.name, node = node.label(), error = %e, "TLS handshake with node failed");
+            if let Some(suppressed) = ctx.svc.node_fail_log.permit() {
+                warn!(service = %ctx.svc.name, node = node.label(), error = %e, suppressed, "TLS handshake with node failed");
+            }
             None
         }
         Err(_) => {
             inc(&ctx.svc.stats.errors);
             ctx.svc.node_failed(&node);
-            warn!(service = %ctx.svc.name, node = node.label(), "TLS handshake with node timed out");
+            if let Some(suppressed) = ctx.svc.node_fail_log.permit() {
+                warn!(service = %ctx.svc.name, node = node.label(), suppressed, "TLS handshake with node timed out");
+            }
             None
         }
     }
@@ -331,13 +335,17 @@ impl TcpService {
                     // Out of descriptors or buffers here: the node is not to blame,
                     // and another node would fail the same way.
                     inc(&self.svc.stats.connect_failures);
-                    warn!(service = %self.svc.name, error = %e, "cannot open a connection to a node: local resources exhausted");
+                    if let Some(suppressed) = self.svc.resource_log.permit() {
+                        warn!(service = %self.svc.name, error = %e, suppressed, "cannot open a connection to a node: local resources exhausted");
+                    }
                     return None;
                 }
                 Err(e) => {
                     inc(&self.svc.stats.connect_failures);
                     let benched = self.svc.node_failed(&node);
-                    warn!(service = %self.svc.name, node = node.label(), addr = node.addr(), error = %e, benched, "connect to node failed");
+                    if let Some(suppressed) = self.svc.node_fail_log.permit() {
+                        warn!(service = %self.svc.name, node = node.label(), addr = node.addr(), error = %e, benched, suppressed, "connect to node failed");
+                    }
                     tried.push(node);
                 }
             }
@@ -389,6 +397,8 @@ mod tests {
                 kill: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 no_node_log: LogLimiter::default(),
+                resource_log: LogLimiter::default(),
+                node_fail_log: LogLimiter::default(),
             },
             router: Router::default(),
             proxy_protocol: None,

@@ -170,6 +170,8 @@ impl Running {
             kill: kill.clone(),
             tracker: tracker.clone(),
             no_node_log: LogLimiter::default(),
+            resource_log: LogLimiter::default(),
+            node_fail_log: LogLimiter::default(),
         };
         let is_proxy = proxy.is_some();
         let handler_stats = proxy.as_ref().map(|h| h.stats().clone());

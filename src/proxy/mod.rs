@@ -34,6 +34,7 @@
 //! its bytes are copied, is described in docs/architecture.md ("Services").
 
 pub mod balance;
+pub mod clock;
 pub mod cut;
 pub mod discovery;
 pub mod forward;

@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 /// Options of one relayed connection. `a` is the client side, `b` the backend.
 #[derive(Debug, Clone, Default)]
@@ -276,7 +276,7 @@ impl<'a> Direction<'a> {
             return Poll::Pending;
         };
         if self.waiting != what {
-            let deadline = Instant::now() + d;
+            let deadline = super::clock::deadline_in(d);
             match &mut self.timer {
                 Some(t) => t.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -483,14 +483,14 @@ fn shutdown_write(dst: &TcpStream) -> io::Result<()> {
 
 /// An idle timer reused across waits of the generic relay. The `Sleep` is boxed
 /// and created on first use, so a relay without idle timeouts carries none.
-struct IdleTimer {
+pub(crate) struct IdleTimer {
     limit: Option<Duration>,
     what: &'static str,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl IdleTimer {
-    fn new(limit: Option<Duration>, what: &'static str) -> IdleTimer {
+    pub(crate) fn new(limit: Option<Duration>, what: &'static str) -> IdleTimer {
         IdleTimer {
             limit,
             what,
@@ -499,14 +499,14 @@ impl IdleTimer {
     }
 
     /// Await `fut`, failing with `TimedOut` if it takes longer than the limit.
-    async fn wait<F, T>(&mut self, fut: F) -> io::Result<T>
+    pub(crate) async fn wait<F, T>(&mut self, fut: F) -> io::Result<T>
     where
         F: Future<Output = io::Result<T>>,
     {
         let Some(d) = self.limit else {
             return fut.await;
         };
-        let deadline = Instant::now() + d;
+        let deadline = super::clock::deadline_in(d);
         let sleep = match &mut self.sleep {
             Some(s) => {
                 s.as_mut().reset(deadline);

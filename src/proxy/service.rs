@@ -38,6 +38,11 @@ pub(crate) struct Service {
     pub tracker: TaskTracker,
     /// "No node" can happen for every client of a dead pool; log it once a second.
     pub no_node_log: LogLimiter,
+    /// Out of descriptors or buffers: every new connection fails the same way.
+    pub resource_log: LogLimiter,
+    /// A node refusing connections (or TLS handshakes) with `maxFails: 0` never
+    /// gets benched, so its failures repeat at the rate clients arrive.
+    pub node_fail_log: LogLimiter,
 }
 
 impl Service {

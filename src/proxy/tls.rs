@@ -238,7 +238,9 @@ pub async fn accept_with_timeout<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+    // Saturating: a huge configured limit means "no limit", never a panic.
+    let deadline = super::clock::deadline_in(limit);
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

@@ -167,7 +167,9 @@ async fn open_backend(
             Err(e) => {
                 inc(&ctx.stats.connect_failures);
                 ctx.node_failed(&node);
-                warn!(service = %ctx.name, node = node.label(), error = %e, "cannot open udp socket to node");
+                if let Some(suppressed) = ctx.node_fail_log.permit() {
+                    warn!(service = %ctx.name, node = node.label(), error = %e, suppressed, "cannot open udp socket to node");
+                }
                 tried.push(node);
             }
         }
@@ -413,10 +415,10 @@ impl Session {
         let mut d: Option<Instant> = None;
         let mut earliest = |t: Instant| d = Some(d.map_or(t, |x: Instant| x.min(t)));
         if let Some(t) = self.ctx.svc.client_idle {
-            earliest(last_client + t);
+            earliest(super::clock::deadline_after(last_client, t));
         }
         if let Some(t) = self.ctx.svc.backend_idle {
-            earliest(last_backend + t);
+            earliest(super::clock::deadline_after(last_backend, t));
         }
         if !accepting && self.no_timeouts() {
             earliest(last_backend + LINGER);

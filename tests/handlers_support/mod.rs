@@ -6,13 +6,15 @@
 //! usually once every connection has ended ([`settled`]).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod lenient;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use gateway::proxy::handler::conn::BufConn;
+use gateway::proxy::handler::conn::{BodyIdle, BufConn};
 use gateway::proxy::handler::{ConnInfo, Handler, HandlerCounts, HandlerStats, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -32,7 +34,7 @@ where
                 continue;
             };
             let local = stream.local_addr().unwrap();
-            tokio::spawn(f(stream, ConnInfo { peer, local }));
+            tokio::spawn(f(stream, ConnInfo::new(peer, local)));
         }
     });
     addr
@@ -184,13 +186,13 @@ async fn origin_conn(stream: TcpStream, id: usize) -> std::io::Result<()> {
         let mut body = Vec::new();
         if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             let mut raw = Vec::new();
-            conn.copy_chunked(&mut raw)
+            conn.copy_chunked(&mut raw, &mut BodyIdle::none())
                 .await
                 .map_err(std::io::Error::other)?;
             body = dechunk(&raw);
         } else if let Some(n) = get("content-length") {
             let n: u64 = n.trim().parse().unwrap();
-            conn.copy_exact(n, &mut body)
+            conn.copy_exact(n, &mut body, &mut BodyIdle::none())
                 .await
                 .map_err(std::io::Error::other)?;
         }

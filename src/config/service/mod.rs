@@ -77,7 +77,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::FieldError;
-pub use super::duration::DurationStr;
+pub use super::duration::{DurationStr, MAX_DURATION};
 pub use access::{AccessConfig, AccessPolicy, AccessRule, Cidr};
 pub use forwarder::{
     DiscoveryConfig, DiscoveryKind, FailPolicy, ForwarderConfig, HealthcheckConfig,
@@ -530,6 +530,13 @@ services:
         assert!(e.contains("wieght"), "{e}");
         let e = load("services: [{name: t, addr: \":1\", handler: {type: tcp}, listener: {type: tcp}, forwarder: {nodes: [{addr: \"a:1\"}], selector: {strategy: fastest}}}]").unwrap_err();
         assert!(e.contains("fastest"), "{e}");
+    }
+
+    #[test]
+    fn huge_durations_are_refused_with_field_and_ceiling() {
+        let e = load("services: [{name: s, addr: \":1\", handler: {type: tcp}, listener: {type: tcp}, client_idle_timeout: 9223372036854775807s, forwarder: {nodes: [{addr: \"1.1.1.1:1\"}]}}]").unwrap_err();
+        assert!(e.contains("client_idle_timeout"), "{e}");
+        assert!(e.contains("365 days"), "{e}");
     }
 
     #[test]

@@ -72,7 +72,10 @@ impl Protocol for Auto {
     }
 
     async fn serve<S: Io>(&self, ctx: &Context, mut client: BufConn<S>, conn: ConnInfo) -> Outcome {
-        let first = match tokio::time::timeout(self.read_timeout, client.fill_to(1)).await {
+        // The same deadline the chosen protocol applies to its handshake: waiting
+        // for the first byte spends the client's `readTimeout`, it does not add one.
+        let deadline = conn.handshake_deadline(self.read_timeout);
+        let first = match tokio::time::timeout_at(deadline, client.fill_to(1)).await {
             Err(_) => return Err(HandlerError::HandshakeTimeout(self.read_timeout)),
             // Connected and closed without a byte (a TCP health check): fine.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),

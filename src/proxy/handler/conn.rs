@@ -15,8 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::HandlerError;
+use super::framing;
 
-use crate::proxy::relay::{RelayOpts, relay_tcp, relay_with};
+use crate::proxy::relay::{IdleTimer, RelayOpts, relay_tcp, relay_with};
 
 /// Read granularity; also the size a body copy moves per write.
 const READ_CHUNK: usize = 16 * 1024;
@@ -27,6 +28,38 @@ const MAX_LINE: usize = 8 * 1024;
 pub struct BufConn<S> {
     io: S,
     buf: BytesMut,
+}
+
+/// The idle limits of one body copy: how long a read from the source and a write
+/// to the destination may each wait (a trickling or silent sender, a receiver
+/// that does not read). Expiry is a `TimedOut` error of that side.
+pub struct BodyIdle {
+    read: IdleTimer,
+    write: IdleTimer,
+}
+
+impl BodyIdle {
+    pub fn new(read: Option<std::time::Duration>, write: Option<std::time::Duration>) -> Self {
+        Self {
+            read: IdleTimer::new(read, "read"),
+            write: IdleTimer::new(write, "write"),
+        }
+    }
+
+    /// No limits (tests, in-memory sources).
+    pub fn none() -> Self {
+        Self::new(None, None)
+    }
+
+    async fn write<W>(&mut self, w: &mut W, data: &[u8]) -> Result<(), CopyError>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        self.write
+            .wait(w.write_all(data))
+            .await
+            .map_err(CopyError::Write)
+    }
 }
 
 /// Why a framed body copy stopped.
@@ -121,19 +154,27 @@ impl<S: AsyncRead + Unpin> BufConn<S> {
         }
     }
 
+    /// [`fill`](Self::fill) within the read idle limit.
+    async fn fill_within(&mut self, idle: &mut BodyIdle) -> Result<usize, CopyError> {
+        idle.read.wait(self.fill()).await.map_err(CopyError::Read)
+    }
+
     /// Copy exactly `n` bytes (buffered first, then from the stream) to `w`.
-    pub async fn copy_exact<W>(&mut self, mut n: u64, w: &mut W) -> Result<(), CopyError>
+    pub async fn copy_exact<W>(
+        &mut self,
+        mut n: u64,
+        w: &mut W,
+        idle: &mut BodyIdle,
+    ) -> Result<(), CopyError>
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
         while n > 0 {
-            if self.buf.is_empty() && self.fill().await.map_err(CopyError::Read)? == 0 {
+            if self.buf.is_empty() && self.fill_within(idle).await? == 0 {
                 return Err(CopyError::Eof);
             }
             let take = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            w.write_all(&self.buf[..take])
-                .await
-                .map_err(CopyError::Write)?;
+            idle.write(w, &self.buf[..take]).await?;
             self.buf.advance(take);
             n -= take as u64;
         }
@@ -141,53 +182,55 @@ impl<S: AsyncRead + Unpin> BufConn<S> {
     }
 
     /// Copy everything until the stream ends (an HTTP/1.0-style body).
-    pub async fn copy_to_eof<W>(&mut self, w: &mut W) -> Result<(), CopyError>
+    pub async fn copy_to_eof<W>(&mut self, w: &mut W, idle: &mut BodyIdle) -> Result<(), CopyError>
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
         loop {
             if !self.buf.is_empty() {
-                w.write_all(&self.buf).await.map_err(CopyError::Write)?;
+                idle.write(w, &self.buf).await?;
                 self.buf.clear();
             }
-            if self.fill().await.map_err(CopyError::Read)? == 0 {
+            if self.fill_within(idle).await? == 0 {
                 return Ok(());
             }
         }
     }
 
-    /// Copy one chunked body verbatim (sizes, extensions, data, trailers), parsing
-    /// only as much as needed to find where it ends. Nothing is buffered beyond one
-    /// read, so a gigabyte upload streams through in constant memory.
-    pub async fn copy_chunked<W>(&mut self, w: &mut W) -> Result<(), CopyError>
+    /// Copy one chunked body verbatim (sizes, extensions, data, trailers), checking
+    /// its framing strictly (see the `framing` module) as it goes. Nothing is buffered
+    /// beyond one read, so a gigabyte upload streams through in constant memory.
+    pub async fn copy_chunked<W>(&mut self, w: &mut W, idle: &mut BodyIdle) -> Result<(), CopyError>
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
         loop {
-            let line = self.take_line().await?;
-            let size = parse_chunk_size(&line)?;
-            w.write_all(&line).await.map_err(CopyError::Write)?;
+            let line = self.take_line(idle).await?;
+            let size = framing::chunk_size(&line).map_err(CopyError::Framing)?;
+            idle.write(w, &line).await?;
             if size == 0 {
-                // Trailer section: header lines up to an empty line.
-                loop {
-                    let line = self.take_line().await?;
-                    w.write_all(&line).await.map_err(CopyError::Write)?;
-                    if line.as_ref() == b"\r\n" || line.as_ref() == b"\n" {
+                // Trailer section: field lines up to an empty line.
+                for _ in 0..=framing::MAX_TRAILERS {
+                    let line = self.take_line(idle).await?;
+                    let end = framing::trailer_line(&line).map_err(CopyError::Framing)?;
+                    idle.write(w, &line).await?;
+                    if end {
                         return Ok(());
                     }
                 }
+                return Err(CopyError::Framing("too many trailer fields"));
             }
-            self.copy_exact(size, w).await?;
-            let crlf = self.take_line().await?;
-            if crlf.as_ref() != b"\r\n" && crlf.as_ref() != b"\n" {
+            self.copy_exact(size, w, idle).await?;
+            let crlf = self.take_line(idle).await?;
+            if crlf.as_ref() != b"\r\n" {
                 return Err(CopyError::Framing("chunk data not followed by CRLF"));
             }
-            w.write_all(&crlf).await.map_err(CopyError::Write)?;
+            idle.write(w, &crlf).await?;
         }
     }
 
     /// One line including its terminator.
-    async fn take_line(&mut self) -> Result<BytesMut, CopyError> {
+    async fn take_line(&mut self, idle: &mut BodyIdle) -> Result<BytesMut, CopyError> {
         let mut searched = 0;
         loop {
             if let Some(i) = self.buf[searched..].iter().position(|&b| b == b'\n') {
@@ -197,7 +240,7 @@ impl<S: AsyncRead + Unpin> BufConn<S> {
             if searched > MAX_LINE {
                 return Err(CopyError::Framing("line too long"));
             }
-            if self.fill().await.map_err(CopyError::Read)? == 0 {
+            if self.fill_within(idle).await? == 0 {
                 return Err(CopyError::Eof);
             }
         }
@@ -241,29 +284,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> BufConn<S> {
     }
 }
 
-/// `1a;ext=1\r\n` → 26.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, CopyError> {
-    let end = line
-        .iter()
-        .position(|&b| b == b';' || b == b'\r' || b == b'\n')
-        .unwrap_or(line.len());
-    let digits = line[..end].trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(CopyError::Framing("bad chunk size"));
-    }
-    let mut size = 0u64;
-    for &d in digits {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            b'A'..=b'F' => d - b'A' + 10,
-            _ => return Err(CopyError::Framing("bad chunk size")),
-        };
-        size = size * 16 + u64::from(v);
-    }
-    Ok(size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,7 +291,7 @@ mod tests {
     async fn chunked(input: &[u8]) -> Result<(Vec<u8>, Vec<u8>), CopyError> {
         let mut c = BufConn::new(input);
         let mut out = Vec::new();
-        c.copy_chunked(&mut out).await?;
+        c.copy_chunked(&mut out, &mut BodyIdle::none()).await?;
         Ok((out, c.buffered().to_vec()))
     }
 
@@ -298,6 +318,15 @@ mod tests {
         assert!(matches!(chunked(b"5\r\nab").await, Err(CopyError::Eof)));
         assert!(matches!(
             chunked(b"ffffffffffffffffff\r\n").await,
+            Err(CopyError::Framing(_))
+        ));
+        // The example: a bare CR inside the size line.
+        assert!(matches!(
+            chunked(b"5\rXYZ\nhello\r\n0\r\n\r\n").await,
+            Err(CopyError::Framing(_))
+        ));
+        assert!(matches!(
+            chunked(b"5\nhello\n0\n\n").await,
             Err(CopyError::Framing(_))
         ));
     }
@@ -354,9 +383,9 @@ mod tests {
             let (out, left) = rt.block_on(async {
                 let mut c = BufConn::new(Trickle { data: input, pos: 0, step });
                 let mut out = Vec::new();
-                c.copy_chunked(&mut out).await.unwrap();
+                c.copy_chunked(&mut out, &mut BodyIdle::none()).await.unwrap();
                 let mut left = Vec::new();
-                c.copy_to_eof(&mut left).await.unwrap();
+                c.copy_to_eof(&mut left, &mut BodyIdle::none()).await.unwrap();
                 (out, left)
             });
             proptest::prop_assert_eq!(out, wire);
@@ -369,7 +398,7 @@ mod tests {
             rt.block_on(async {
                 let mut c = BufConn::new(&input[..]);
                 let mut out = Vec::new();
-                let _ = c.copy_chunked(&mut out).await;
+                let _ = c.copy_chunked(&mut out, &mut BodyIdle::none()).await;
             });
         }
     }
@@ -378,7 +407,9 @@ mod tests {
     async fn exact_copy_leaves_the_rest() {
         let mut c = BufConn::new(&b"0123456789"[..]);
         let mut out = Vec::new();
-        c.copy_exact(4, &mut out).await.unwrap();
+        c.copy_exact(4, &mut out, &mut BodyIdle::none())
+            .await
+            .unwrap();
         assert_eq!(out, b"0123");
         assert_eq!(c.take(2).await.unwrap().as_ref(), b"45");
     }

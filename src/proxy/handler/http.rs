@@ -35,6 +35,15 @@
 //! `Expect: 100-continue` is honoured: the target gets a second to say `100` or
 //! refuse before the body starts.
 //!
+//! # Every phase bounded
+//!
+//! Heads by `readTimeout` (from the accept for the first request) and
+//! `responseTimeout` (once per request); bodies, and head writes, by the
+//! service's idle timeouts as per-read/per-write idle limits ([`BodyIdle`]),
+//! [`DEFAULT_BODY_IDLE`] when the service sets none. A client trickling its upload
+//! or not reading its download, a target stalling mid-body: each is cut after one
+//! idle period. The table is in docs/handlers.md.
+//!
 //! # Keep-alive
 //!
 //! The client connection stays open across requests when both the client wants it
@@ -50,10 +59,11 @@
 //!
 //! | situation | reply |
 //! |---|---|
-//! | unparseable head, bad URI, conflicting framing | `400 Bad Request` |
+//! | unparseable head, bad URI, ambiguous framing (the `framing` module) | `400 Bad Request` |
 //! | head larger than 64 KiB or with more than 128 fields | `431 Request Header Fields Too Large` |
 //! | auth configured and missing/wrong | `407` with `Proxy-Authenticate: Basic` |
-//! | target refused / unreachable / bad response | `502 Bad Gateway` |
+//! | request body idle past `client_idle_timeout` | `408 Request Timeout` |
+//! | target refused / unreachable / bad or ambiguous response | `502 Bad Gateway` |
 //! | connect or response head timed out | `504 Gateway Timeout` |
 //! | a non-`http:` absolute URI | `501 Not Implemented` |
 //!
@@ -68,7 +78,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::conn::{BufConn, CopyError};
+use super::conn::{BodyIdle, BufConn, CopyError};
+use super::framing::{
+    self, Framing, content_length, header, header_tokens, request_framing, response_framing,
+};
+use crate::proxy::clock::deadline_in;
+
 use super::{
     ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, Io, Outcome, Protocol,
     credentials_match,
@@ -111,16 +126,6 @@ struct ResponseHead {
     reason: String,
     version: u8,
     headers: Vec<(String, Vec<u8>)>,
-}
-
-/// How a message body is delimited (RFC 9112 §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the sender closes (responses only).
-    Close,
 }
 
 #[derive(Debug)]
@@ -192,11 +197,17 @@ impl Protocol for Http {
         let mut upstream: Option<Upstream> = None;
         let mut first = true;
         loop {
-            let read = tokio::time::timeout(
-                self.opts.metadata.read_timeout,
-                read_head(&mut client, parse_request),
-            )
-            .await;
+            // `readTimeout` once per request head: the first one counts from when
+            // the connection was accepted (the auto handler's wait included), the
+            // next ones from the end of the previous exchange.
+            let limit = self.opts.metadata.read_timeout;
+            let deadline = if first {
+                conn.handshake_deadline(limit)
+            } else {
+                crate::proxy::clock::deadline_in(limit)
+            };
+            let read =
+                tokio::time::timeout_at(deadline, read_head(&mut client, parse_request)).await;
             let head = match read {
                 Err(_) => {
                     // Silence between keep-alive requests is an ordinary idle close;
@@ -312,7 +323,7 @@ impl Http {
                 )));
             }
         };
-        let framing = match request_framing(&head) {
+        let framing = match request_framing(head.version, &head.headers) {
             Ok(f) => f,
             Err(why) => {
                 self.reply(client, 400, "Bad Request", "").await;
@@ -326,7 +337,14 @@ impl Http {
             && header(&head.headers, "expect")
                 .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
         let is_head = head.method.eq_ignore_ascii_case("HEAD");
+        let client_version = head.version;
         let request_bytes = render_request(&head, &uri, client_keep_alive, upgrade);
+        // Every phase after the request head is bounded: bodies and head writes
+        // by the service's idle timeouts (each read or write may wait that long),
+        // the response head by `responseTimeout`, counted once.
+        let client_idle = ctx.relay.a_idle.unwrap_or(DEFAULT_BODY_IDLE);
+        let backend_idle = ctx.relay.b_idle.unwrap_or(DEFAULT_BODY_IDLE);
+        let mut response_deadline = None;
 
         // Send the head, on a kept connection when it goes to the same place. A
         // kept connection the target closed meanwhile is replaced once.
@@ -351,7 +369,7 @@ impl Http {
             };
             // Only a request the target cannot have acted on may be sent again.
             let may_retry = reused && attempt == 1 && framing == Framing::None;
-            if let Err(e) = up.tx.write_all(&request_bytes).await {
+            if let Err(e) = write_within(&mut up.tx, &request_bytes, backend_idle).await {
                 if may_retry {
                     continue;
                 }
@@ -374,7 +392,8 @@ impl Http {
                     // Silence: send the body anyway, as curl and browsers do.
                     Err(_) => {}
                     Ok(Ok(Some(h))) if h.code == 100 => {
-                        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                        let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
+                        write_within(client.get_mut(), cont, client_idle).await?;
                     }
                     Ok(Ok(Some(h))) => {
                         body_skipped = true;
@@ -394,7 +413,8 @@ impl Http {
             // that refuses an upload (413, 401) often stops reading it, and
             // insisting on sending it all would hang both sides.
             let race = {
-                let body = copy_body(client, &mut up.tx, framing);
+                let mut idle = BodyIdle::new(Some(client_idle), Some(backend_idle));
+                let body = copy_body(client, &mut up.tx, framing, &mut idle);
                 let early = early_response(&mut up.rx);
                 tokio::select! {
                     biased;
@@ -424,9 +444,11 @@ impl Http {
                 }
             }
 
-            let read = tokio::time::timeout(
-                self.opts.metadata.response_timeout,
-                read_final_response(client, &mut up.rx),
+            let deadline = *response_deadline
+                .get_or_insert_with(|| deadline_in(self.opts.metadata.response_timeout));
+            let read = tokio::time::timeout_at(
+                deadline,
+                read_final_response(client, &mut up.rx, client_version, client_idle),
             )
             .await;
             let message = match read {
@@ -466,9 +488,10 @@ impl Http {
                     message: "101 Switching Protocols without an upgrade request".into(),
                 });
             }
-            client.write_all(&render_response(&response, true)).await?;
+            let head = render_response(&response, true, client_version);
+            write_within(client.get_mut(), &head, client_idle).await?;
             let (rx, pending) = up.rx.into_parts();
-            client.write_all(&pending).await?;
+            write_within(client.get_mut(), &pending, client_idle).await?;
             let mut target = rx.reunite(up.tx).map_err(|e| HandlerError::Upstream {
                 target: uri.authority.clone(),
                 message: format!("cannot rejoin the connection: {e}"),
@@ -482,18 +505,30 @@ impl Http {
             };
         }
 
-        let resp_framing = response_framing(&response, is_head);
+        let resp_framing =
+            match response_framing(response.version, response.code, &response.headers, is_head) {
+                Ok(f) => f,
+                Err(why) => {
+                    self.reply(client, 502, "Bad Gateway", "").await;
+                    return Err(HandlerError::Upstream {
+                        target: uri.authority,
+                        message: format!("response framing: {why}"),
+                    });
+                }
+            };
         let upstream_keep_alive =
             resp_framing != Framing::Close && wants_keep_alive(response.version, &response.headers);
         // The client may keep the connection if it wants to, the response has a
         // known end, and the body it announced was consumed.
         let keep = client_keep_alive && resp_framing != Framing::Close && !body_skipped;
-        client.write_all(&render_response(&response, keep)).await?;
+        let head = render_response(&response, keep, client_version);
+        write_within(client.get_mut(), &head, client_idle).await?;
+        let idle = &mut BodyIdle::new(Some(backend_idle), Some(client_idle));
         let copied = match resp_framing {
             Framing::None => Ok(()),
-            Framing::Length(n) => up.rx.copy_exact(n, client.get_mut()).await,
-            Framing::Chunked => up.rx.copy_chunked(client.get_mut()).await,
-            Framing::Close => up.rx.copy_to_eof(client.get_mut()).await,
+            Framing::Length(n) => up.rx.copy_exact(n, client.get_mut(), idle).await,
+            Framing::Chunked => up.rx.copy_chunked(client.get_mut(), idle).await,
+            Framing::Close => up.rx.copy_to_eof(client.get_mut(), idle).await,
         };
         match copied {
             Ok(()) => {}
@@ -531,6 +566,11 @@ impl Http {
                 HandlerError::BadRequest(format!("request body: {why}"))
             }
             CopyError::Eof => HandlerError::Client(std::io::ErrorKind::UnexpectedEof.into()),
+            CopyError::Read(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                // nginx's `client_body_timeout` answer.
+                self.reply(client, 408, "Request Timeout", "").await;
+                HandlerError::Client(e)
+            }
             CopyError::Read(e) => HandlerError::Client(e),
             CopyError::Write(e) => {
                 self.reply(client, 502, "Bad Gateway", "").await;
@@ -595,6 +635,26 @@ where
         }
     };
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// Idle limit of body phases when the service sets no `client_idle_timeout` /
+/// `backend_idle_timeout`: nginx's `client_body_timeout`, `send_timeout` and
+/// `proxy_read_timeout` default.
+pub const DEFAULT_BODY_IDLE: Duration = Duration::from_secs(60);
+
+/// Write all of `data`, failing with `TimedOut` if the peer does not take it
+/// within `limit` (a receiver that stopped reading).
+async fn write_within<W>(w: &mut W, data: &[u8], limit: Duration) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    match tokio::time::timeout_at(deadline_in(limit), w.write_all(data)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("peer did not read for {limit:?}"),
+        )),
+    }
 }
 
 /// A head parser: `Ok(None)` while incomplete, else the head and its length.
@@ -700,14 +760,15 @@ async fn copy_body<S>(
     client: &mut BufConn<S>,
     tx: &mut OwnedWriteHalf,
     framing: Framing,
+    idle: &mut BodyIdle,
 ) -> Result<(), CopyError>
 where
     S: AsyncRead + Unpin,
 {
     match framing {
         Framing::None | Framing::Close => Ok(()),
-        Framing::Length(n) => client.copy_exact(n, tx).await,
-        Framing::Chunked => client.copy_chunked(tx).await,
+        Framing::Length(n) => client.copy_exact(n, tx, idle).await,
+        Framing::Chunked => client.copy_chunked(tx, idle).await,
     }
 }
 
@@ -730,40 +791,23 @@ async fn early_response(
 async fn read_final_response<S: Io>(
     client: &mut BufConn<S>,
     up: &mut BufConn<OwnedReadHalf>,
+    client_version: u8,
+    client_idle: Duration,
 ) -> Result<Option<ResponseHead>, HeadError> {
     loop {
         match read_head(up, parse_response).await? {
             Some(h) if (100..200).contains(&h.code) && h.code != 101 => {
                 // A client that went away shows up on the next write; the interim
-                // response itself is advisory.
-                let _ = client.write_all(&render_response(&h, true)).await;
+                // response itself is advisory, and an HTTP/1.0 client must not
+                // get one (RFC 9110 §15.2).
+                if client_version == 1 {
+                    let head = render_response(&h, true, client_version);
+                    let _ = write_within(client.get_mut(), &head, client_idle).await;
+                }
             }
             other => return Ok(other),
         }
     }
-}
-
-/// First value of a header (names are case-insensitive).
-fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
-}
-
-/// Comma-separated tokens of every instance of a header, lower-cased.
-fn header_tokens(headers: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .filter(|t| !t.is_empty())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 fn wants_keep_alive(version: u8, headers: &[(String, Vec<u8>)]) -> bool {
@@ -780,65 +824,6 @@ fn is_upgrade(headers: &[(String, Vec<u8>)]) -> bool {
         && header_tokens(headers, "connection")
             .iter()
             .any(|t| t == "upgrade")
-}
-
-/// Request body framing, strict: anything ambiguous is a 400, because a proxy and
-/// a target that disagree on where a body ends is how requests get smuggled.
-fn request_framing(head: &RequestHead) -> Result<Framing, String> {
-    let te = header_tokens(&head.headers, "transfer-encoding");
-    let has_cl = header(&head.headers, "content-length").is_some();
-    if !te.is_empty() {
-        if has_cl {
-            return Err("both Transfer-Encoding and Content-Length".into());
-        }
-        if te.last().map(String::as_str) != Some("chunked") {
-            return Err("Transfer-Encoding without final chunked".into());
-        }
-        return Ok(Framing::Chunked);
-    }
-    if has_cl {
-        return match content_length(&head.headers) {
-            Some(0) => Ok(Framing::None),
-            Some(n) => Ok(Framing::Length(n)),
-            None => Err("invalid or conflicting Content-Length".into()),
-        };
-    }
-    Ok(Framing::None)
-}
-
-fn response_framing(resp: &ResponseHead, request_was_head: bool) -> Framing {
-    if request_was_head || (100..200).contains(&resp.code) || resp.code == 204 || resp.code == 304 {
-        return Framing::None;
-    }
-    let te = header_tokens(&resp.headers, "transfer-encoding");
-    if !te.is_empty() {
-        return if te.last().map(String::as_str) == Some("chunked") {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        };
-    }
-    match content_length(&resp.headers) {
-        Some(0) => Framing::None,
-        Some(n) => Framing::Length(n),
-        None => Framing::Close,
-    }
-}
-
-/// All Content-Length values must be the same number (RFC 9112 §6.3).
-fn content_length(headers: &[(String, Vec<u8>)]) -> Option<u64> {
-    let mut value = None;
-    for t in header_tokens(headers, "content-length") {
-        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let n: u64 = t.parse().ok()?;
-        if value.is_some_and(|v| v != n) {
-            return None;
-        }
-        value = Some(n);
-    }
-    value
 }
 
 fn authorized(auth: &AuthConfig, head: &RequestHead) -> bool {
@@ -941,12 +926,38 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Whether a header stays on this hop. `Connection` tokens add to the list, but
+/// never a framing header (see [`framing`]): those are ignored as tokens.
+/// `Content-Length` is dropped here too, and re-rendered once in canonical form.
 fn is_hop_by_hop(name: &str, connection_tokens: &[String], keep_upgrade: bool) -> bool {
     let lower = name.to_ascii_lowercase();
     if keep_upgrade && lower == "upgrade" {
         return false;
     }
+    if framing::is_framing_header(&lower) {
+        return false;
+    }
     HOP_BY_HOP.contains(&lower.as_str()) || connection_tokens.contains(&lower)
+}
+
+/// Push the head's headers that travel on, with `Content-Length` in canonical
+/// form (one line, one number) when it is valid; an invalid one only survives on
+/// messages without a body (a `HEAD` or `304` answer), where it frames nothing.
+/// `Host` is left out of requests: it is rewritten from the URI.
+fn push_end_to_end(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)], upgrade: bool, request: bool) {
+    let tokens = header_tokens(headers, "connection");
+    let length = content_length(headers).ok().flatten();
+    for (name, value) in headers {
+        let canonical_cl = length.is_some() && name.eq_ignore_ascii_case("content-length");
+        let host = request && name.eq_ignore_ascii_case("host");
+        if canonical_cl || host || is_hop_by_hop(name, &tokens, upgrade) {
+            continue;
+        }
+        push_header(out, name, value);
+    }
+    if let Some(n) = length {
+        out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
+    }
 }
 
 fn render_request(head: &RequestHead, uri: &Uri, keep_alive: bool, upgrade: bool) -> Vec<u8> {
@@ -955,13 +966,7 @@ fn render_request(head: &RequestHead, uri: &Uri, keep_alive: bool, upgrade: bool
         format!("{} {} HTTP/1.{}\r\n", head.method, uri.path, head.version).as_bytes(),
     );
     out.extend_from_slice(format!("Host: {}\r\n", uri.host_header).as_bytes());
-    let tokens = header_tokens(&head.headers, "connection");
-    for (name, value) in &head.headers {
-        if name.eq_ignore_ascii_case("host") || is_hop_by_hop(name, &tokens, upgrade) {
-            continue;
-        }
-        push_header(&mut out, name, value);
-    }
+    push_end_to_end(&mut out, &head.headers, upgrade, true);
     if upgrade {
         out.extend_from_slice(b"Connection: Upgrade\r\n");
     } else if !keep_alive {
@@ -973,21 +978,20 @@ fn render_request(head: &RequestHead, uri: &Uri, keep_alive: bool, upgrade: bool
     out
 }
 
-fn render_response(resp: &ResponseHead, keep_alive: bool) -> Vec<u8> {
+/// The response head for a client speaking HTTP/1.`client_version`. An HTTP/1.0
+/// client assumes the connection closes after the response unless told
+/// otherwise, so a kept connection is announced with `Connection: keep-alive`.
+fn render_response(resp: &ResponseHead, keep_alive: bool, client_version: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.code, resp.reason).as_bytes());
     let upgrade = resp.code == 101;
-    let tokens = header_tokens(&resp.headers, "connection");
-    for (name, value) in &resp.headers {
-        if is_hop_by_hop(name, &tokens, upgrade) {
-            continue;
-        }
-        push_header(&mut out, name, value);
-    }
+    push_end_to_end(&mut out, &resp.headers, upgrade, false);
     if upgrade {
         out.extend_from_slice(b"Connection: Upgrade\r\n");
     } else if !keep_alive && resp.code >= 200 {
         out.extend_from_slice(b"Connection: close\r\n");
+    } else if keep_alive && client_version == 0 && resp.code >= 200 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -1053,28 +1057,6 @@ mod tests {
     }
 
     #[test]
-    fn framing_is_strict() {
-        let h = req("POST http://h/ HTTP/1.1\r\nContent-Length: 5\r\n\r\n");
-        assert_eq!(request_framing(&h), Ok(Framing::Length(5)));
-        let h = req("POST http://h/ HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
-        assert!(request_framing(&h).is_err());
-        let h = req("POST http://h/ HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
-        assert_eq!(request_framing(&h), Ok(Framing::Length(5)));
-        let h = req("POST http://h/ HTTP/1.1\r\nContent-Length: +5\r\n\r\n");
-        assert!(request_framing(&h).is_err());
-        let h = req("POST http://h/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        assert_eq!(request_framing(&h), Ok(Framing::Chunked));
-        let h = req("POST http://h/ HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
-        assert!(request_framing(&h).is_err());
-        let h = req(
-            "POST http://h/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-        );
-        assert!(request_framing(&h).is_err());
-        let h = req("GET http://h/ HTTP/1.1\r\n\r\n");
-        assert_eq!(request_framing(&h), Ok(Framing::None));
-    }
-
-    #[test]
     fn request_rewrite_drops_hop_by_hop() {
         let h = req(
             "GET http://h:81/p HTTP/1.1\r\nHost: wrong\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nProxy-Authorization: Basic eDp5\r\nAccept: */*\r\n\r\n",
@@ -1082,6 +1064,49 @@ mod tests {
         let uri = parse_absolute_uri(&h.target).unwrap();
         let out = String::from_utf8(render_request(&h, &uri, true, false)).unwrap();
         assert_eq!(out, "GET /p HTTP/1.1\r\nHost: h:81\r\nAccept: */*\r\n\r\n");
+    }
+
+    #[test]
+    fn connection_never_removes_framing_headers() {
+        // The smuggling payload of issue 13: `Connection: content-length` used to
+        // drop the length and leave the body to be read as the next request.
+        let h = req(
+            "POST http://h/a HTTP/1.1\r\nConnection: content-length, transfer-encoding\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+        );
+        let uri = parse_absolute_uri(&h.target).unwrap();
+        let out = String::from_utf8(render_request(&h, &uri, true, false)).unwrap();
+        assert_eq!(
+            out,
+            "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"
+        );
+        let r = ResponseHead {
+            code: 200,
+            reason: "OK".into(),
+            version: 1,
+            headers: vec![
+                ("Connection".into(), b"Transfer-Encoding".to_vec()),
+                ("Transfer-Encoding".into(), b"chunked".to_vec()),
+            ],
+        };
+        let out = String::from_utf8(render_response(&r, true, 1)).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    }
+
+    #[test]
+    fn http10_keep_alive_is_announced() {
+        let r = ResponseHead {
+            code: 200,
+            reason: "OK".into(),
+            version: 1,
+            headers: vec![("Content-Length".into(), b"2".to_vec())],
+        };
+        let out = String::from_utf8(render_response(&r, true, 0)).unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let out = String::from_utf8(render_response(&r, true, 1)).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
     }
 
     #[test]
@@ -1113,7 +1138,7 @@ mod tests {
                 ("Transfer-Encoding".into(), b"chunked".to_vec()),
             ],
         };
-        let out = String::from_utf8(render_response(&r, false)).unwrap();
+        let out = String::from_utf8(render_response(&r, false, 1)).unwrap();
         assert_eq!(
             out,
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"

@@ -26,7 +26,7 @@
 //! let handler = Arc::new(HttpHandler::new(HttpHandlerOptions::default(), Router::default()));
 //! loop {
 //!     let (stream, peer) = listener.accept().await?;
-//!     let conn = ConnInfo { peer, local: stream.local_addr()? };
+//!     let conn = ConnInfo::new(peer, stream.local_addr()?);
 //!     let handler = handler.clone();
 //!     tokio::spawn(async move {
 //!         // The handler has already counted and logged the outcome.
@@ -69,6 +69,7 @@
 
 pub mod auto;
 pub mod conn;
+mod framing;
 pub mod http;
 pub mod socks;
 
@@ -85,7 +86,7 @@ use crate::config::service::handler::{HandlerConfig, HandlerType};
 pub use crate::config::service::handler::{HandlerOptions, Metadata};
 use crate::proxy::relay::RelayOpts;
 use crate::proxy::router::Router;
-use crate::proxy::stats::{Active, inc};
+use crate::proxy::stats::{Active, LogLimiter, inc};
 pub use crate::proxy::stats::{HandlerCounts, HandlerStats};
 
 /// A proxy handler: one protocol `P` ([`http::Http`], [`socks::Socks5`],
@@ -110,6 +111,9 @@ pub struct Context {
     router: Router,
     stats: Arc<HandlerStats>,
     relay: RelayOpts,
+    /// Target failures are logged per connection; a dead target makes one per
+    /// client, so they pass at most once a second.
+    outcome_log: LogLimiter,
 }
 
 impl Context {
@@ -166,6 +170,7 @@ impl<P> Handler<P> {
             router,
             stats,
             relay,
+            outcome_log: LogLimiter::default(),
         };
         Self { protocol, ctx }
     }
@@ -208,7 +213,7 @@ impl<P: Protocol> Handler<P> {
             .serve(&self.ctx, BufConn::new(stream), conn)
             .await;
         stats.record(&outcome);
-        log_outcome(self.protocol.kind(), &conn, &outcome);
+        log_outcome(self.protocol.kind(), &conn, &outcome, &self.ctx.outcome_log);
         outcome
     }
 }
@@ -263,10 +268,32 @@ impl ProxyHandler {
 ///
 /// `local` matters to SOCKS5 UDP ASSOCIATE: the relay socket is bound on the same
 /// address the client reached us on (the VIP), so the reply address is reachable.
+///
+/// `accepted` is when the connection was handed over: a protocol's first request
+/// or handshake must be complete by `accepted + readTimeout`, however the time was
+/// spent (the auto handler's wait for the first byte included), so `readTimeout`
+/// applies once, not once per stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    pub accepted: tokio::time::Instant,
+}
+
+impl ConnInfo {
+    /// A connection accepted now.
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            peer,
+            local,
+            accepted: tokio::time::Instant::now(),
+        }
+    }
+
+    /// When the first request or handshake must be complete.
+    pub fn handshake_deadline(&self, read_timeout: Duration) -> tokio::time::Instant {
+        crate::proxy::clock::deadline_after(self.accepted, read_timeout)
+    }
 }
 
 /// The stream of a client connection a handler can serve: a `TcpStream`, or a
@@ -332,11 +359,14 @@ impl HandlerStats {
 /// Log one finished connection at a level that matches how interesting it is:
 /// client mistakes are routine (debug), target failures are worth an operator's
 /// look (info), success is trace.
-pub(crate) fn log_outcome(kind: &str, conn: &ConnInfo, outcome: &Outcome) {
+/// The info lines go through `limit`: they can come once per connection.
+pub(crate) fn log_outcome(kind: &str, conn: &ConnInfo, outcome: &Outcome, limit: &LogLimiter) {
     match outcome {
         Ok(()) => tracing::trace!(handler = kind, peer = %conn.peer, "connection done"),
         Err(e @ (HandlerError::Target { .. } | HandlerError::Upstream { .. })) => {
-            tracing::info!(handler = kind, peer = %conn.peer, "{e}")
+            if let Some(suppressed) = limit.permit() {
+                tracing::info!(handler = kind, peer = %conn.peer, suppressed, "{e}")
+            }
         }
         Err(e) => tracing::debug!(handler = kind, peer = %conn.peer, "{e}"),
     }

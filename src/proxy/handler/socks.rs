@@ -242,7 +242,8 @@ impl Protocol for Socks5 {
     }
 
     async fn serve<S: Io>(&self, ctx: &Context, mut client: BufConn<S>, conn: ConnInfo) -> Outcome {
-        let req = within(self.opts.metadata.read_timeout, self.handshake(&mut client)).await?;
+        let limit = self.opts.metadata.read_timeout;
+        let req = within(&conn, limit, self.handshake(&mut client)).await?;
         inc(&ctx.stats.requests);
         tracing::debug!(peer = %conn.peer, cmd = req.cmd, target = ?req.addr, "socks5 request");
         match req.cmd {
@@ -570,7 +571,7 @@ impl Protocol for Socks4 {
 
     async fn serve<S: Io>(&self, ctx: &Context, mut client: BufConn<S>, conn: ConnInfo) -> Outcome {
         let timeout = self.opts.metadata.read_timeout;
-        let (cmd, addr, user) = within(timeout, read_socks4(&mut client)).await?;
+        let (cmd, addr, user) = within(&conn, timeout, read_socks4(&mut client)).await?;
         inc(&ctx.stats.requests);
         tracing::debug!(peer = %conn.peer, cmd, target = ?addr, "socks4 request");
         let reject = reply4(SOCKS4_REJECTED);
@@ -600,10 +601,11 @@ impl Protocol for Socks4 {
 
 /// A SOCKS handshake, which must be complete within `readTimeout`.
 async fn within<T>(
+    conn: &ConnInfo,
     timeout: Duration,
     handshake: impl Future<Output = Result<T, HandlerError>>,
 ) -> Result<T, HandlerError> {
-    tokio::time::timeout(timeout, handshake)
+    tokio::time::timeout_at(conn.handshake_deadline(timeout), handshake)
         .await
         .unwrap_or(Err(HandlerError::HandshakeTimeout(timeout)))
 }
