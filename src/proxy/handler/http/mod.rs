@@ -70,32 +70,36 @@
 //! After an error reply the connection is closed: its remaining bytes (an unread
 //! body) cannot be trusted to be a request boundary.
 
+// The exchange lives here; its parts are submodules: `head` (reading and parsing
+// heads), `message` (hop-by-hop rewriting, keep-alive, upgrades, credentials),
+// `uri` (absolute URIs and CONNECT authorities). Body framing is the handler's
+// `framing` module.
+
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::conn::{BodyIdle, BufConn, CopyError};
-use super::framing::{
-    self, Framing, content_length, header, header_tokens, request_framing, response_framing,
-};
+use super::framing::{Framing, header, request_framing, response_framing};
 use crate::proxy::clock::deadline_in;
 
 use super::{
     ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, Io, Outcome, Protocol,
-    credentials_match,
 };
-use crate::config::auth::AuthConfig;
 pub use crate::config::service::handler::HttpMetadata;
 use crate::proxy::stats::inc;
 
-/// Largest request or response head we accept.
-pub const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in one head; more is answered like an oversized head.
-const MAX_HEADERS: usize = 128;
+mod head;
+mod message;
+mod uri;
+
+pub use head::MAX_HEAD;
+use head::*;
+use message::*;
+use uri::*;
 
 /// The `handler:` section of an `http` service, minus `type`.
 pub type HttpHandlerOptions = HandlerOptions<HttpMetadata>;
@@ -108,33 +112,6 @@ pub struct Http {
     opts: HttpHandlerOptions,
     /// Pre-rendered `header` lines, appended to every reply we generate.
     extra_headers: String,
-}
-
-/// A parsed request head (owned: the read buffer moves on while we use it).
-#[derive(Debug)]
-struct RequestHead {
-    method: String,
-    target: String,
-    /// Minor version: 0 or 1.
-    version: u8,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-#[derive(Debug)]
-struct ResponseHead {
-    code: u16,
-    reason: String,
-    version: u8,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-#[derive(Debug)]
-enum HeadError {
-    Invalid(String),
-    TooLarge,
-    Io(std::io::Error),
-    /// Stream ended partway through a head.
-    Truncated,
 }
 
 /// What the proxy should do with the client connection after one exchange.
@@ -657,104 +634,6 @@ where
     }
 }
 
-/// A head parser: `Ok(None)` while incomplete, else the head and its length.
-type HeadParser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, HeadError>;
-
-/// Read and parse one head. `Ok(None)`: the stream ended cleanly before any byte
-/// of a head. Cancel safe (see [`BufConn::fill`]), so it can run under a timeout.
-async fn read_head<S, T>(
-    conn: &mut BufConn<S>,
-    parse: HeadParser<T>,
-) -> Result<Option<T>, HeadError>
-where
-    S: AsyncRead + Unpin,
-{
-    loop {
-        // RFC 9112 §2.2: ignore empty lines before a request line.
-        let blank = conn
-            .buffered()
-            .iter()
-            .take_while(|&&b| b == b'\r' || b == b'\n')
-            .count();
-        conn.consume(blank);
-        if !conn.buffered().is_empty() {
-            match parse(conn.buffered()) {
-                Ok(Some((head, len))) => {
-                    conn.consume(len);
-                    return Ok(Some(head));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(e),
-            }
-            if conn.buffered().len() >= MAX_HEAD {
-                return Err(HeadError::TooLarge);
-            }
-        }
-        match conn.fill().await {
-            Ok(0) if conn.buffered().is_empty() => return Ok(None),
-            Ok(0) => return Err(HeadError::Truncated),
-            Ok(_) => {}
-            Err(e) => return Err(HeadError::Io(e)),
-        }
-    }
-}
-
-fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
-    headers
-        .iter()
-        .map(|h| (h.name.to_string(), h.value.to_vec()))
-        .collect()
-}
-
-fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => {
-            let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
-            else {
-                return Err(HeadError::Invalid("incomplete request line".into()));
-            };
-            Ok(Some((
-                RequestHead {
-                    method: method.to_string(),
-                    target: target.to_string(),
-                    version,
-                    headers: owned_headers(req.headers),
-                },
-                len,
-            )))
-        }
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
-        Err(e) => Err(HeadError::Invalid(format!("request head: {e}"))),
-    }
-}
-
-fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => {
-            let (Some(code), Some(version)) = (resp.code, resp.version) else {
-                return Err(HeadError::Invalid("incomplete status line".into()));
-            };
-            Ok(Some((
-                ResponseHead {
-                    code,
-                    reason: resp.reason.unwrap_or("").to_string(),
-                    version,
-                    headers: owned_headers(resp.headers),
-                },
-                len,
-            )))
-        }
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
-        Err(e) => Err(HeadError::Invalid(format!("response head: {e}"))),
-    }
-}
-
 /// Copy a request body in its framing from the client to the target.
 async fn copy_body<S>(
     client: &mut BufConn<S>,
@@ -810,353 +689,5 @@ async fn read_final_response<S: Io>(
     }
 }
 
-fn wants_keep_alive(version: u8, headers: &[(String, Vec<u8>)]) -> bool {
-    let mut tokens = header_tokens(headers, "connection");
-    tokens.extend(header_tokens(headers, "proxy-connection"));
-    if tokens.iter().any(|t| t == "close") {
-        return false;
-    }
-    version >= 1 || tokens.iter().any(|t| t == "keep-alive")
-}
-
-fn is_upgrade(headers: &[(String, Vec<u8>)]) -> bool {
-    header(headers, "upgrade").is_some()
-        && header_tokens(headers, "connection")
-            .iter()
-            .any(|t| t == "upgrade")
-}
-
-fn authorized(auth: &AuthConfig, head: &RequestHead) -> bool {
-    let Some(value) = header(&head.headers, "proxy-authorization") else {
-        return false;
-    };
-    let Ok(value) = std::str::from_utf8(value) else {
-        return false;
-    };
-    let Some((scheme, encoded)) = value.trim().split_once(' ') else {
-        return false;
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return false;
-    }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-        return false;
-    };
-    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
-        return false;
-    };
-    credentials_match(auth, &decoded[..colon], &decoded[colon + 1..])
-}
-
-/// An absolute `http://` URI split for forwarding.
-#[derive(Debug, PartialEq, Eq)]
-struct Uri {
-    /// `host:port` for the router (port defaulted to 80).
-    authority: String,
-    /// The `Host` header value: the authority as written, without userinfo.
-    host_header: String,
-    /// Origin form: `/path?query`.
-    path: String,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum UriError {
-    Scheme,
-    Invalid,
-}
-
-fn parse_absolute_uri(target: &str) -> Result<Uri, UriError> {
-    let rest = match target.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some(_) => return Err(UriError::Scheme),
-        None => return Err(UriError::Invalid),
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let path = path.split('#').next().unwrap_or("");
-    let path = match path.chars().next() {
-        None => "/".to_string(),
-        Some('?') => format!("/{path}"),
-        Some(_) => path.to_string(),
-    };
-    let router_target = parse_authority(authority, Some(80)).ok_or(UriError::Invalid)?;
-    Ok(Uri {
-        authority: router_target,
-        host_header: authority.to_string(),
-        path,
-    })
-}
-
-/// `host:port`, `[v6]:port`, or with a default port a bare `host` / `[v6]`, into
-/// the router's `host:port` form. `None` when it is not a plausible authority.
-fn parse_authority(s: &str, default_port: Option<u16>) -> Option<String> {
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        host.parse::<std::net::Ipv6Addr>().ok()?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse::<u16>().ok()?,
-            None if after.is_empty() => default_port?,
-            None => return None,
-        };
-        (host, port)
-    } else {
-        match s.rsplit_once(':') {
-            Some((host, p)) => (host, p.parse::<u16>().ok()?),
-            None => (s, default_port?),
-        }
-    };
-    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
-    if host.is_empty() || port == 0 || !host.chars().all(valid_char) {
-        return None;
-    }
-    Some(super::join_host_port(host, port))
-}
-
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
-/// `Transfer-Encoding` is not among them here: bodies pass through verbatim, so
-/// their framing header travels with them.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "upgrade",
-];
-
-/// Whether a header stays on this hop. `Connection` tokens add to the list, but
-/// never a framing header (see [`framing`]): those are ignored as tokens.
-/// `Content-Length` is dropped here too, and re-rendered once in canonical form.
-fn is_hop_by_hop(name: &str, connection_tokens: &[String], keep_upgrade: bool) -> bool {
-    let lower = name.to_ascii_lowercase();
-    if keep_upgrade && lower == "upgrade" {
-        return false;
-    }
-    if framing::is_framing_header(&lower) {
-        return false;
-    }
-    HOP_BY_HOP.contains(&lower.as_str()) || connection_tokens.contains(&lower)
-}
-
-/// Push the head's headers that travel on, with `Content-Length` in canonical
-/// form (one line, one number) when it is valid; an invalid one only survives on
-/// messages without a body (a `HEAD` or `304` answer), where it frames nothing.
-/// `Host` is left out of requests: it is rewritten from the URI.
-fn push_end_to_end(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)], upgrade: bool, request: bool) {
-    let tokens = header_tokens(headers, "connection");
-    let length = content_length(headers).ok().flatten();
-    for (name, value) in headers {
-        let canonical_cl = length.is_some() && name.eq_ignore_ascii_case("content-length");
-        let host = request && name.eq_ignore_ascii_case("host");
-        if canonical_cl || host || is_hop_by_hop(name, &tokens, upgrade) {
-            continue;
-        }
-        push_header(out, name, value);
-    }
-    if let Some(n) = length {
-        out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
-    }
-}
-
-fn render_request(head: &RequestHead, uri: &Uri, keep_alive: bool, upgrade: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(
-        format!("{} {} HTTP/1.{}\r\n", head.method, uri.path, head.version).as_bytes(),
-    );
-    out.extend_from_slice(format!("Host: {}\r\n", uri.host_header).as_bytes());
-    push_end_to_end(&mut out, &head.headers, upgrade, true);
-    if upgrade {
-        out.extend_from_slice(b"Connection: Upgrade\r\n");
-    } else if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if head.version == 0 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// The response head for a client speaking HTTP/1.`client_version`. An HTTP/1.0
-/// client assumes the connection closes after the response unless told
-/// otherwise, so a kept connection is announced with `Connection: keep-alive`.
-fn render_response(resp: &ResponseHead, keep_alive: bool, client_version: u8) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.code, resp.reason).as_bytes());
-    let upgrade = resp.code == 101;
-    push_end_to_end(&mut out, &resp.headers, upgrade, false);
-    if upgrade {
-        out.extend_from_slice(b"Connection: Upgrade\r\n");
-    } else if !keep_alive && resp.code >= 200 {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if keep_alive && client_version == 0 && resp.code >= 200 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(text: &str) -> RequestHead {
-        match parse_request(text.as_bytes()) {
-            Ok(Some((h, _))) => h,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn parsers_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
-            let _ = parse_request(&data);
-            let _ = parse_response(&data);
-            if let Ok(text) = std::str::from_utf8(&data) {
-                let _ = parse_absolute_uri(text);
-                let _ = parse_authority(text, Some(80));
-            }
-        }
-    }
-
-    #[test]
-    fn absolute_uris() {
-        let u = parse_absolute_uri("http://example.com/a?b=1#frag").unwrap();
-        assert_eq!(u.authority, "example.com:80");
-        assert_eq!(u.host_header, "example.com");
-        assert_eq!(u.path, "/a?b=1");
-        let u = parse_absolute_uri("HTTP://user:pw@[::1]:8080?x").unwrap();
-        assert_eq!(u.authority, "[::1]:8080");
-        assert_eq!(u.host_header, "[::1]:8080");
-        assert_eq!(u.path, "/?x");
-        assert_eq!(parse_absolute_uri("https://x/"), Err(UriError::Scheme));
-        assert_eq!(parse_absolute_uri("/local"), Err(UriError::Invalid));
-        assert_eq!(parse_absolute_uri("http://:80/"), Err(UriError::Invalid));
-        assert_eq!(parse_absolute_uri("http://a b/"), Err(UriError::Invalid));
-        assert_eq!(parse_absolute_uri("http://h:0/"), Err(UriError::Invalid));
-    }
-
-    #[test]
-    fn connect_authorities() {
-        assert_eq!(parse_authority("h:443", None).as_deref(), Some("h:443"));
-        assert_eq!(
-            parse_authority("[::1]:443", None).as_deref(),
-            Some("[::1]:443")
-        );
-        assert_eq!(parse_authority("h", None), None);
-        assert_eq!(parse_authority("[zz]:1", None), None);
-        assert_eq!(parse_authority("h:99999", None), None);
-    }
-
-    #[test]
-    fn request_rewrite_drops_hop_by_hop() {
-        let h = req(
-            "GET http://h:81/p HTTP/1.1\r\nHost: wrong\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nProxy-Authorization: Basic eDp5\r\nAccept: */*\r\n\r\n",
-        );
-        let uri = parse_absolute_uri(&h.target).unwrap();
-        let out = String::from_utf8(render_request(&h, &uri, true, false)).unwrap();
-        assert_eq!(out, "GET /p HTTP/1.1\r\nHost: h:81\r\nAccept: */*\r\n\r\n");
-    }
-
-    #[test]
-    fn connection_never_removes_framing_headers() {
-        // The smuggling payload of issue 13: `Connection: content-length` used to
-        // drop the length and leave the body to be read as the next request.
-        let h = req(
-            "POST http://h/a HTTP/1.1\r\nConnection: content-length, transfer-encoding\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
-        );
-        let uri = parse_absolute_uri(&h.target).unwrap();
-        let out = String::from_utf8(render_request(&h, &uri, true, false)).unwrap();
-        assert_eq!(
-            out,
-            "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"
-        );
-        let r = ResponseHead {
-            code: 200,
-            reason: "OK".into(),
-            version: 1,
-            headers: vec![
-                ("Connection".into(), b"Transfer-Encoding".to_vec()),
-                ("Transfer-Encoding".into(), b"chunked".to_vec()),
-            ],
-        };
-        let out = String::from_utf8(render_response(&r, true, 1)).unwrap();
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-    }
-
-    #[test]
-    fn http10_keep_alive_is_announced() {
-        let r = ResponseHead {
-            code: 200,
-            reason: "OK".into(),
-            version: 1,
-            headers: vec![("Content-Length".into(), b"2".to_vec())],
-        };
-        let out = String::from_utf8(render_response(&r, true, 0)).unwrap();
-        assert_eq!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
-        );
-        let out = String::from_utf8(render_response(&r, true, 1)).unwrap();
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
-    }
-
-    #[test]
-    fn basic_auth() {
-        let auth = AuthConfig {
-            username: "user".into(),
-            password: crate::config::auth::Secret("p:ss".into()),
-        };
-        // "user:p:ss"
-        let ok = req("GET http://h/ HTTP/1.1\r\nProxy-Authorization: basic dXNlcjpwOnNz\r\n\r\n");
-        assert!(authorized(&auth, &ok));
-        let bad = req("GET http://h/ HTTP/1.1\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\n\r\n");
-        assert!(!authorized(&auth, &bad));
-        let garbage = req("GET http://h/ HTTP/1.1\r\nProxy-Authorization: Basic !!!\r\n\r\n");
-        assert!(!authorized(&auth, &garbage));
-        let none = req("GET http://h/ HTTP/1.1\r\n\r\n");
-        assert!(!authorized(&auth, &none));
-    }
-
-    #[test]
-    fn response_rewrite() {
-        let r = ResponseHead {
-            code: 200,
-            reason: "OK".into(),
-            version: 0,
-            headers: vec![
-                ("Keep-Alive".into(), b"timeout=5".to_vec()),
-                ("Connection".into(), b"keep-alive".to_vec()),
-                ("Transfer-Encoding".into(), b"chunked".to_vec()),
-            ],
-        };
-        let out = String::from_utf8(render_response(&r, false, 1)).unwrap();
-        assert_eq!(
-            out,
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn keep_alive_rules() {
-        let h = |s: &str| req(s).headers;
-        assert!(wants_keep_alive(1, &h("GET / HTTP/1.1\r\n\r\n")));
-        assert!(!wants_keep_alive(
-            1,
-            &h("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
-        ));
-        assert!(!wants_keep_alive(0, &h("GET / HTTP/1.0\r\n\r\n")));
-        assert!(wants_keep_alive(
-            0,
-            &h("GET / HTTP/1.0\r\nProxy-Connection: Keep-Alive\r\n\r\n")
-        ));
-    }
-}
+mod tests;
