@@ -1,5 +1,9 @@
 //! TLS settings, GOST's names: `tls: {certFile, keyFile, caFile, serverName, secure, options}`.
 //! Used by the `tls` listener (termination) and by forwarders (`backends_tls` in gobetween).
+//!
+//! gobetween's own TLS options sit beside GOST's, under gobetween's names:
+//! `ciphers`, `prefer_server_ciphers`, `session_tickets`, `min_version`,
+//! `max_version` (what they do: `src/proxy/tls_options.rs`).
 
 use std::path::PathBuf;
 
@@ -26,6 +30,26 @@ pub struct TlsConfig {
     pub secure: bool,
     #[serde(default)]
     pub options: TlsOptions,
+
+    // ---- gobetween's TLS options (see src/proxy/tls_options.rs) ----
+    /// Cipher suites by IANA/Go name, in preference order; empty = all rustls has.
+    #[serde(default)]
+    pub ciphers: Vec<String>,
+    /// Server side: pick the first suite of `ciphers` the client offers, not the
+    /// client's favourite.
+    #[serde(default)]
+    pub prefer_server_ciphers: bool,
+    /// `true`: stateless session tickets; `false`: no resumption at all; unset:
+    /// rustls' default (an in-memory session cache).
+    #[serde(default)]
+    pub session_tickets: Option<bool>,
+    /// gobetween's spelling of `options.minVersion` (`tls1.2`, `tls1.3`; older
+    /// names are raised to the 1.2 floor with a warning).
+    #[serde(default)]
+    pub min_version: Option<String>,
+    /// gobetween's spelling of `options.maxVersion`.
+    #[serde(default)]
+    pub max_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -62,6 +62,7 @@ pub fn validate(s: &ServiceConfig, i: usize) -> Result<(), FieldError> {
     }
     if let Some(tls) = s.forwarder.as_ref().and_then(|f| f.tls.as_ref()) {
         super::tls::validate(tls, &at("forwarder.tls"))?;
+        super::tls_options::validate_client(tls).map_err(|e| e.at(&at("forwarder.tls")))?;
     }
     Ok(())
 }

@@ -41,6 +41,7 @@ pub mod relay;
 pub mod router;
 pub mod server;
 pub mod tls;
+pub mod tls_options;
 pub mod udp;
 
 use std::collections::HashMap;

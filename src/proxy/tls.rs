@@ -20,6 +20,8 @@
 //!   `tls1.2`/`tls1.3` (gobetween). rustls implements only TLS 1.2 and 1.3, so the
 //!   older names are a configuration error rather than a silent upgrade.
 //! * `options.alpn` — ALPN protocols offered, in preference order.
+//! * gobetween's `ciphers`, `prefer_server_ciphers`, `session_tickets`,
+//!   `min_version`, `max_version` — see [`super::tls_options`].
 //!
 //! # Client side
 //!
@@ -95,10 +97,6 @@ impl TlsError {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Map a version name to rustls. Both spellings are accepted, case-insensitively.
 fn parse_version(
     name: &str,
@@ -130,13 +128,17 @@ pub fn protocol_versions(
         [&rustls::version::TLS12, &rustls::version::TLS13];
     let index =
         |v: &SupportedProtocolVersion| usize::from(v.version == rustls::ProtocolVersion::TLSv1_3);
-    let min = match &cfg.options.min_version {
-        Some(n) => index(parse_version(n, "options.minVersion")?),
-        None => 0,
+    // gobetween's min_version / max_version, when given, stand for these two.
+    let (gb_min, gb_max) = super::tls_options::gobetween_versions(cfg)?;
+    let min = match (&cfg.options.min_version, gb_min) {
+        (Some(n), _) => index(parse_version(n, "options.minVersion")?),
+        (None, Some(v)) => index(v),
+        (None, None) => 0,
     };
-    let max = match &cfg.options.max_version {
-        Some(n) => index(parse_version(n, "options.maxVersion")?),
-        None => 1,
+    let max = match (&cfg.options.max_version, gb_max) {
+        (Some(n), _) => index(parse_version(n, "options.maxVersion")?),
+        (None, Some(v)) => index(v),
+        (None, None) => 1,
     };
     if min > max {
         return Err(TlsError::new(
@@ -221,7 +223,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
             "expected certFile and keyFile (PEM) for a TLS listener",
         ));
     };
-    let provider = provider();
+    let provider = super::tls_options::provider(cfg)?;
     let versions = protocol_versions(cfg)?;
     let resolver = Arc::new(ReloadingCertResolver::new(cert, key, provider.clone())?);
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -238,6 +240,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
+    super::tls_options::apply_server(cfg, &mut config)?;
     config.alpn_protocols = cfg
         .options
         .alpn
@@ -410,7 +413,8 @@ impl std::fmt::Debug for TlsClient {
 
 impl TlsClient {
     pub fn new(cfg: &TlsConfig) -> Result<Self, TlsError> {
-        let provider = provider();
+        super::tls_options::validate_client(cfg)?;
+        let provider = super::tls_options::provider(cfg)?;
         let versions = protocol_versions(cfg)?;
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
@@ -444,6 +448,7 @@ impl TlsClient {
             }
             None => builder.with_no_client_auth(),
         };
+        super::tls_options::apply_client(cfg, &mut config);
         config.alpn_protocols = cfg
             .options
             .alpn
@@ -572,6 +577,10 @@ impl ServerCertVerifier for BackendVerification {
 pub fn validate(cfg: &TlsConfig, section: &str) -> Result<(), FieldError> {
     protocol_versions(cfg).map_err(|e| e.at(section))?;
     both_paths(cfg).map_err(|e| e.at(section))?;
+    super::tls_options::provider(cfg).map_err(|e| e.at(section))?;
+    for w in super::tls_options::warnings(cfg) {
+        tracing::warn!("{section}.{w}");
+    }
     if let Some(name) = &cfg.server_name {
         ServerName::try_from(name.as_str()).map_err(|e| {
             FieldError::new(
