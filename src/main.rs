@@ -22,6 +22,8 @@ use gateway::proxy::ServiceSet;
 
 /// Exit codes, documented in docs/operations.md.
 const EXIT_CONFIG: u8 = 1;
+/// `gateway import`: the translation was printed but is incomplete.
+const EXIT_IMPORT_INCOMPLETE: u8 = 2;
 const EXIT_PRIVILEGES: u8 = 3;
 const EXIT_RUNTIME: u8 = 4;
 
@@ -44,6 +46,57 @@ struct Cli {
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Translate another balancer's config to gateway.yml (printed on stdout).
+    #[command(subcommand)]
+    Import(ImportFrom),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ImportFrom {
+    /// A gobetween TOML file. Options that cannot be carried over are listed on
+    /// stderr with their line; exit code 0: complete, 2: incomplete, 1: unreadable.
+    Gobetween { file: PathBuf },
+}
+
+/// `gateway import gobetween FILE`.
+fn import_gobetween(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gateway: {}: cannot read: {e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let t = match gateway::import::gobetween::translate(&text, &file.display().to_string()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gateway: {}:{e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    print!("{}", t.yaml);
+    for n in &t.notes {
+        eprintln!("gateway: {}: note: {n}", file.display());
+    }
+    for u in &t.unmapped {
+        eprintln!("gateway: {}: not translated: {u}", file.display());
+    }
+    if t.complete() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "gateway: {}: translation incomplete ({} option(s) above)",
+            file.display(),
+            t.unmapped.len()
+        );
+        ExitCode::from(EXIT_IMPORT_INCOMPLETE)
+    }
 }
 
 /// `-config` → `--config`, `-config=x` → `--config=x`; `-c`, `--x` and values are kept.
@@ -78,6 +131,10 @@ fn main() -> ExitCode {
             .init();
     }
 
+    if let Some(Command::Import(ImportFrom::Gobetween { file })) = &cli.command {
+        return import_gobetween(file);
+    }
+
     let ifs = match Interfaces::current() {
         Ok(i) => i,
         Err(e) => {
@@ -88,7 +145,17 @@ fn main() -> ExitCode {
     let loaded = match config::load(&cli.config, &ifs) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("gateway: {e}");
+            // A gobetween file gets a pointer to the importer, not YAML's confusion.
+            let text = std::fs::read_to_string(&cli.config).unwrap_or_default();
+            if gateway::import::looks_like_gobetween(&cli.config, &text) {
+                eprintln!(
+                    "gateway: {}: this looks like a gobetween TOML config: run `gateway import gobetween {}`",
+                    cli.config.display(),
+                    cli.config.display()
+                );
+            } else {
+                eprintln!("gateway: {e}");
+            }
             if cli.test {
                 eprintln!(
                     "gateway: configuration file {} test failed",
