@@ -23,7 +23,7 @@ use gateway::proxy::ServiceSet;
 /// Exit codes, documented in docs/operations.md.
 const EXIT_CONFIG: u8 = 1;
 /// `gateway import`: the translation was printed but is incomplete.
-const EXIT_IMPORT_INCOMPLETE: u8 = 2;
+const EXIT_IMPORT_INCOMPLETE: u8 = 5;
 const EXIT_PRIVILEGES: u8 = 3;
 const EXIT_RUNTIME: u8 = 4;
 
@@ -60,7 +60,7 @@ enum Command {
 #[derive(Debug, clap::Subcommand)]
 enum ImportFrom {
     /// A gobetween TOML file. Options that cannot be carried over are listed on
-    /// stderr with their line; exit code 0: complete, 2: incomplete, 1: unreadable.
+    /// stderr with their line; exit code 0: complete, 5: incomplete, 1: unreadable.
     Gobetween { file: PathBuf },
 }
 
