@@ -74,21 +74,23 @@ impl Cx<'_> {
         self.text[..end].matches('\n').count() + 1
     }
 
-    fn skip(&mut self, span: &Range<usize>, key: &str, why: impl Into<String>) {
-        let item = Item {
+    fn item(&self, span: &Range<usize>, key: &str, why: impl Into<String>) -> Item {
+        Item {
             line: self.line(span),
             key: key.to_string(),
             why: why.into(),
-        };
+        }
+    }
+
+    /// Not carried over: makes the translation incomplete.
+    fn skip(&mut self, span: &Range<usize>, key: &str, why: impl Into<String>) {
+        let item = self.item(span, key, why);
         self.unmapped.push(item);
     }
 
+    /// Dropped because it has no effect: reported, translation still complete.
     fn note(&mut self, span: &Range<usize>, key: &str, why: impl Into<String>) {
-        let item = Item {
-            line: self.line(span),
-            key: key.to_string(),
-            why: why.into(),
-        };
+        let item = self.item(span, key, why);
         self.notes.push(item);
     }
 
