@@ -250,6 +250,23 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
 
+    // The failover status channel exists before the services, so that ACME
+    // (src/proxy/acme.rs) can follow it: only the VIP holder orders certificates.
+    let status_channel = loaded.floating_ip.as_ref().map(|fip| {
+        watch::channel(FailoverStatus {
+            state: State::Init,
+            reason: "starting".into(),
+            vip: fip.vip,
+            interface: fip.interface.clone(),
+        })
+    });
+    if let Some(acme) = &loaded.config.acme {
+        gateway::proxy::acme::install(
+            acme.clone(),
+            status_channel.as_ref().map(|(_, rx)| rx.clone()),
+        );
+    }
+
     // Services first: a port that cannot be bound stops the start before the VIP
     // is ever touched.
     let mut services = ServiceSet::start(&loaded.config.services).context("starting services")?;
@@ -257,18 +274,16 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
         tracing::info!(services = loaded.config.services.len(), "services started");
     }
 
-    let mut failover = loaded.floating_ip.clone().map(|fip| {
-        let (tx, rx) = watch::channel(FailoverStatus {
-            state: State::Init,
-            reason: "starting".into(),
-            vip: fip.vip,
-            interface: fip.interface.clone(),
+    let mut failover = loaded
+        .floating_ip
+        .clone()
+        .zip(status_channel)
+        .map(|(fip, (tx, rx))| {
+            for n in &fip.notes {
+                tracing::info!("floating_ip: {n}");
+            }
+            (tokio::spawn(driver::run(fip, tx, cancel.clone())), rx)
         });
-        for n in &fip.notes {
-            tracing::info!("floating_ip: {n}");
-        }
-        (tokio::spawn(driver::run(fip, tx, cancel.clone())), rx)
-    });
 
     let mut current = loaded;
     let mut was_master = false;

@@ -69,10 +69,15 @@ fn seed_examples_translate_and_pass_test() {
     assert_eq!(s.handler.kind, "udp");
     assert!(s.udp.is_some());
 
-    // The TLS + ACME example: everything but [acme] is carried over.
-    let (yaml, err) = import_and_check("seed_tls_acme.toml", 5);
-    assert!(err.contains("not translated: line 11: acme"), "{err}");
-    let s = &parse(&yaml).services[0];
+    // The TLS + ACME example: everything is carried over.
+    let (yaml, err) = import_and_check("seed_tls_acme.toml", 0);
+    assert!(!err.contains("not translated"), "{err}");
+    let c = parse(&yaml);
+    let acme = c.acme.as_ref().expect("acme section");
+    assert_eq!(acme.challenge, "http");
+    assert_eq!(acme.http_bind, "0.0.0.0:80");
+    assert_eq!(acme.cache_dir, Path::new("/tmp"));
+    let s = &c.services[0];
     assert_eq!(s.listener.kind, "tls");
     let tls = s.listener.tls.as_ref().unwrap();
     assert_eq!(
@@ -90,9 +95,13 @@ fn every_mapped_option_lands_in_place() {
     let (yaml, err) = import_and_check("every_option.toml", 0);
     assert!(!err.contains("not translated"), "{err}");
     let c = parse(&yaml);
-    let [web, api, dns] = &c.services[..] else {
-        panic!("three services: {yaml}")
+    let [web, api, dns, site] = &c.services[..] else {
+        panic!("four services: {yaml}")
     };
+    assert_eq!(c.acme.as_ref().unwrap().http_bind, "0.0.0.0:8080");
+    let st = site.listener.tls.as_ref().unwrap();
+    assert_eq!(st.acme_hosts, ["www.example.com", "example.com"]);
+    assert!(st.cert_file.is_none());
 
     assert_eq!(web.addr, "127.0.0.1:8443"); // localhost → an address to bind
     assert_eq!(web.max_connections, 500); // the server's own value over [defaults]
@@ -148,7 +157,7 @@ fn unmappable_items_are_listed_with_lines_and_exit_5() {
     let path = input("unmappable.toml");
     let (code, yaml, err) = gateway(&["import", "gobetween", path.to_str().unwrap()]);
     assert_eq!(code, 5, "{err}");
-    assert!(yaml.contains("# Incomplete: 6 option(s)"), "{yaml}");
+    assert!(yaml.contains("# Incomplete: 7 option(s)"), "{yaml}");
     for expected in [
         "line 2: logging:",
         "line 5: api:",
@@ -156,11 +165,12 @@ fn unmappable_items_are_listed_with_lines_and_exit_5() {
         "line 13: servers.a.sni:",
         "line 17: servers.a.discovery.kind: json discovery",
         "line 24: servers.b.discovery.kind: \"docker\"",
+        "line 28: acme.challenge: \"dns\": only the http challenge",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
     assert!(
-        err.contains("translation incomplete (6 option(s) above)"),
+        err.contains("translation incomplete (7 option(s) above)"),
         "{err}"
     );
 }

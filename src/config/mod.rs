@@ -16,6 +16,7 @@
 //! in 2024 and receives no fixes. `serde_yaml_ng` is a maintained fork with the same
 //! API, so the code reads as if it used `serde_yaml`.
 
+pub mod acme;
 pub mod auth;
 pub mod floating_ip;
 pub mod service;
@@ -39,6 +40,9 @@ pub struct Config {
     /// GOST-style services: listener + handler + optional forwarder.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// gobetween's `[acme]`: certificates for `tls` listeners with `acme_hosts`.
+    #[serde(default)]
+    pub acme: Option<acme::AcmeConfig>,
 }
 
 /// A configuration error, always tied to a file and, when known, a line and a field.
@@ -127,6 +131,23 @@ impl Config {
             fip.validate()?;
         }
         service::validate_services(&self.services)?;
+        // ACME: the section is checked, and `acme_hosts` needs it.
+        if let Some(a) = &self.acme {
+            a.validate()?;
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.listener
+                .tls
+                .as_ref()
+                .is_some_and(|t| !t.acme_hosts.is_empty())
+                && self.acme.is_none()
+            {
+                return Err(FieldError::new(
+                    format!("services[{i}].listener.tls.acme_hosts"),
+                    "acme_hosts needs the top-level acme: section (at least acme: {cache_dir: ...})",
+                ));
+            }
+        }
         Ok(())
     }
 }

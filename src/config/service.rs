@@ -703,15 +703,19 @@ impl ServiceConfig {
             _ => {}
         }
         if self.listener.kind == "tls" {
-            let ok = self
-                .listener
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.cert_file.is_some() && t.key_file.is_some());
-            if !ok {
+            let t = self.listener.tls.as_ref();
+            let files = t.is_some_and(|t| t.cert_file.is_some() && t.key_file.is_some());
+            let acme = t.is_some_and(|t| !t.acme_hosts.is_empty());
+            if files && acme {
+                return Err(FieldError::new(
+                    at("listener.tls.acme_hosts"),
+                    "acme_hosts and certFile/keyFile both given: expected one of the two",
+                ));
+            }
+            if !files && !acme {
                 return Err(FieldError::new(
                     at("listener.tls"),
-                    "a tls listener needs its certificate: expected tls: {certFile: ..., keyFile: ...}",
+                    "a tls listener needs its certificate: expected tls: {certFile: ..., keyFile: ...} or acme_hosts: [names]",
                 ));
             }
         }

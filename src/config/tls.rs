@@ -50,6 +50,10 @@ pub struct TlsConfig {
     /// gobetween's spelling of `options.maxVersion`.
     #[serde(default)]
     pub max_version: Option<String>,
+    /// gobetween: names to get certificates for from the `acme:` CA, instead of
+    /// `certFile`/`keyFile` (see src/proxy/acme.rs).
+    #[serde(default)]
+    pub acme_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

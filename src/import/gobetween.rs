@@ -207,6 +207,7 @@ pub fn translate(text: &str, source: &str) -> Result<Translation, ImportError> {
         .find(|(k, _)| k.get_ref() == "defaults")
         .and_then(|(_, v)| v.get_ref().as_table());
     let mut services = Vec::new();
+    let mut acme = None;
     for (k, span, v) in entries(root) {
         match k {
             "servers" => {
@@ -235,16 +236,18 @@ pub fn translate(text: &str, source: &str) -> Result<Translation, ImportError> {
             "api" => cx.skip(&span, k, "this build has no REST API"),
             "metrics" => cx.skip(&span, k, "this build has no metrics endpoint"),
             "profiler" => cx.skip(&span, k, "this build has no profiler endpoint"),
-            "acme" => cx.skip(
-                &span,
-                k,
-                "ACME is not in this build yet: obtain certificates with an ACME client \
-                 (certbot, lego) and give certFile/keyFile; they are reloaded when renewed",
-            ),
+            "acme" => {
+                if let Some(at) = cx.table(k, &span, v.get_ref()) {
+                    acme = Some(acme_section(&mut cx, at));
+                }
+            }
             _ => cx.skip(&span, k, "not a gobetween section known to this import"),
         }
     }
     let mut top = Mapping::new();
+    if let Some(a) = acme {
+        top.insert("acme".into(), Value::Mapping(a));
+    }
     top.insert("services".into(), Value::Sequence(services));
     let body = serde_yaml_ng::to_string(&Value::Mapping(top)).map_err(|e| ImportError {
         line: 1,
@@ -525,14 +528,11 @@ fn tls(cx: &mut Cx<'_>, path: &str, t: &DeTable<'_>, backend: bool) -> Mapping {
                 continue;
             }
             "acme_hosts" if !backend => {
-                if v.as_array().is_some_and(|a| !a.is_empty()) {
-                    cx.skip(
-                        &span,
-                        &key,
-                        "ACME is not in this build yet: give certFile/keyFile from an ACME client",
-                    );
+                // gobetween: either acme_hosts or cert_path/key_path.
+                if v.as_array().is_none_or(|a| a.is_empty()) {
+                    continue;
                 }
-                continue;
+                k
             }
             _ => {
                 cx.skip(
@@ -555,6 +555,34 @@ fn tls(cx: &mut Cx<'_>, path: &str, t: &DeTable<'_>, backend: bool) -> Mapping {
     }
     // gobetween's session_tickets defaults to false (tickets disabled).
     out.insert("session_tickets".into(), tickets.into());
+    out
+}
+
+/// `[acme]`: gobetween's three options, same names (`sni` is the old tls-alpn).
+fn acme_section(cx: &mut Cx<'_>, t: &DeTable<'_>) -> Mapping {
+    let mut out = Mapping::new();
+    for (k, span, v) in entries(t) {
+        let key = format!("acme.{k}");
+        match k {
+            "challenge" => match cx.string(&key, &span, v.get_ref()).as_deref() {
+                Some("http") => {
+                    out.insert(k.into(), "http".into());
+                }
+                Some(c) => cx.skip(
+                    &span,
+                    &key,
+                    format!("{c:?}: only the http challenge is implemented by this build"),
+                ),
+                None => {}
+            },
+            "http_bind" | "cache_dir" => {
+                if let Some(val) = cx.scalar(&key, &span, v.get_ref()) {
+                    out.insert(k.into(), val);
+                }
+            }
+            _ => cx.skip(&span, &key, "not a gobetween acme option"),
+        }
+    }
     out
 }
 

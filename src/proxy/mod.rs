@@ -29,6 +29,7 @@
 //! out of rotation; [`discovery`] refreshes the node list. UDP services are in
 //! [`udp`].
 
+pub mod acme;
 pub mod balance;
 pub mod cut;
 pub mod discovery;

@@ -217,15 +217,21 @@ fn both_paths(cfg: &TlsConfig) -> Result<Option<(&Path, &Path)>, TlsError> {
 /// Build the server side (TLS termination). Reads the files now, so a broken
 /// certificate fails the service at start, not at the first client.
 pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    let Some((cert, key)) = both_paths(cfg)? else {
-        return Err(TlsError::new(
-            "certFile",
-            "expected certFile and keyFile (PEM) for a TLS listener",
-        ));
-    };
     let provider = super::tls_options::provider(cfg)?;
     let versions = protocol_versions(cfg)?;
-    let resolver = Arc::new(ReloadingCertResolver::new(cert, key, provider.clone())?);
+    // gobetween's acme_hosts: certificates from the ACME manager (src/proxy/acme.rs).
+    let resolver: Arc<dyn ResolvesServerCert> = if cfg.acme_hosts.is_empty() {
+        let Some((cert, key)) = both_paths(cfg)? else {
+            return Err(TlsError::new(
+                "certFile",
+                "expected certFile and keyFile (PEM) for a TLS listener",
+            ));
+        };
+        Arc::new(ReloadingCertResolver::new(cert, key, provider.clone())?)
+    } else {
+        super::acme::resolver(&cfg.acme_hosts)
+            .map_err(|e| TlsError::new("acme_hosts", e.to_string()))?
+    };
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| TlsError::new("options", e.to_string()))?;
