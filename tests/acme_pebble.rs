@@ -109,6 +109,16 @@ struct Pebble {
 impl Pebble {
     /// Start challtestsrv and pebble; pebble validates http-01 on `http_port`.
     async fn start(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
+        Self::start_with(dir, http_port, tls_port, None).await
+    }
+
+    /// As [`Pebble::start`], with certificates valid `validity` seconds.
+    async fn start_with(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<u64>,
+    ) -> Pebble {
         // pebble's HTTPS certificate, signed by a throwaway CA (a self-signed
         // leaf would be refused by rustls' verifier).
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -155,6 +165,10 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
+        let mut config = config;
+        if let Some(v) = validity {
+            config["pebble"]["certificateValidityPeriod"] = v.into();
+        }
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
         let pebble = spawn(
             "pebble",
@@ -311,4 +325,65 @@ fn acme_config_errors() {
         svc("acme_hosts: [a.test]")
     );
     assert_eq!(load(&ok), "");
+}
+
+/// A renewal swaps the certificate for new handshakes while a connection made
+/// with the old one keeps working. pebble issues 15-second certificates here;
+/// the default `renew_before` (30 days) is longer than that, so the renewal
+/// comes at two thirds of the lifetime (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_keeps_established_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start_with(dir.path(), http_port, tls_port, Some(15)).await;
+    // An echo backend.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let host = "acme-renew.test";
+    let config = dir.path().join("gateway.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "acme:\n  http_bind: 127.0.0.1:{http_port}\n  cache_dir: {cache}\n  directory: {url}\n  directory_ca: {ca}\nservices:\n- name: web\n  addr: 127.0.0.1:{tls_port}\n  listener: {{type: tls, tls: {{acme_hosts: [{host}]}}}}\n  handler: {{type: tcp}}\n  forwarder: {{nodes: [{{addr: \"{backend}\"}}]}}\n",
+            cache = dir.path().join("cache").display(),
+            url = pebble.dir_url,
+            ca = dir.path().join("pebble-ca.pem").display(),
+        ),
+    )
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let root = pebble.root().await;
+    let log = dir.path().join("gateway.log");
+    let _gw = gateway(&config, &log);
+    let first = wait_for_certificate(addr, host, &root, &log).await;
+
+    // A long-lived connection on the first certificate.
+    let (leaf, mut long) = handshake(addr, host, roots_of(&root)).await.unwrap();
+    let mut buf = [0u8; 5];
+    long.write_all(b"ping1").await.unwrap();
+    long.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping1");
+
+    // Wait for a renewal: new handshakes get another leaf.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (now, _) = handshake(addr, host, roots_of(&root)).await.unwrap();
+        if now != first && now != leaf {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no renewal within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The old connection is untouched.
+    long.write_all(b"ping2").await.unwrap();
+    long.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping2");
 }

@@ -221,12 +221,21 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), AcmeError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// When the served certificate expires (`None`: no certificate).
-fn not_after(ck: &CertifiedKey) -> Option<SystemTime> {
+/// When to renew the served certificate (`None`: no certificate, order now):
+/// `renew_before` its expiry, but never before two thirds of its lifetime, so
+/// that short-lived certificates (shorter than `renew_before`) are not
+/// re-ordered in a loop.
+fn renewal_time(ck: &CertifiedKey, renew_before: Duration) -> Option<SystemTime> {
     let leaf = ck.cert.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    let (start, end) = (
+        at(cert.validity().not_before.timestamp()),
+        at(cert.validity().not_after.timestamp()),
+    );
+    let lifetime = end.duration_since(start).unwrap_or_default();
+    let by_config = end.checked_sub(renew_before).unwrap_or(start);
+    Some(by_config.max(start + lifetime * 2 / 3))
 }
 
 /// Keep `host`'s certificate fresh: order when missing or due, retry with
@@ -237,8 +246,7 @@ async fn maintain(m: Arc<Manager>, host: String, slot: Slot) {
         let due = slot
             .load()
             .as_ref()
-            .and_then(|ck| not_after(ck))
-            .and_then(|t| t.checked_sub(m.cfg.renew_before.0));
+            .and_then(|ck| renewal_time(ck, m.cfg.renew_before.0));
         if let Some(due) = due
             && let Ok(wait) = due.duration_since(SystemTime::now())
         {
