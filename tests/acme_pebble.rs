@@ -198,6 +198,31 @@ impl Pebble {
     }
 }
 
+/// Write the gateway config: `acme:` pointing at `pebble` (plus `extra_acme`
+/// lines), one tls service with `acme_hosts: [host]` forwarding to `backend`.
+fn write_config(
+    dir: &Path,
+    pebble: &Pebble,
+    http_port: u16,
+    tls_port: u16,
+    host: &str,
+    backend: &str,
+    extra_acme: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("gateway.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "acme:\n  http_bind: 127.0.0.1:{http_port}\n  cache_dir: {cache}\n  directory: {url}\n  directory_ca: {ca}\n{extra_acme}services:\n- name: web\n  addr: 127.0.0.1:{tls_port}\n  listener: {{type: tls, tls: {{acme_hosts: [{host}]}}}}\n  handler: {{type: tcp}}\n  forwarder: {{nodes: [{{addr: \"{backend}\"}}]}}\n",
+            cache = dir.join("cache").display(),
+            url = pebble.dir_url,
+            ca = dir.join("pebble-ca.pem").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// The gateway binary with `config`, its log in `log`.
 fn gateway(config: &Path, log: &Path) -> Proc {
     let out = std::fs::File::create(log).unwrap();
@@ -236,17 +261,17 @@ async fn http01_order_cache_reuse_and_ca_down() {
     let (http_port, tls_port, backend) = (free_port(), free_port(), free_port());
     let mut pebble = Pebble::start(dir.path(), http_port, tls_port).await;
     let host = "acme-a.test";
-    let config = dir.path().join("gateway.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "acme:\n  challenge: http\n  http_bind: 127.0.0.1:{http_port}\n  cache_dir: {cache}\n  directory: {url}\n  directory_ca: {ca}\n  email: ops@example.test\nservices:\n- name: web\n  addr: 127.0.0.1:{tls_port}\n  listener: {{type: tls, tls: {{acme_hosts: [{host}]}}}}\n  handler: {{type: tcp}}\n  forwarder: {{nodes: [{{addr: \"127.0.0.1:{backend}\"}}]}}\n",
-            cache = dir.path().join("cache").display(),
-            url = pebble.dir_url,
-            ca = dir.path().join("pebble-ca.pem").display(),
-        ),
-    )
-    .unwrap();
+    let backend = format!("127.0.0.1:{backend}");
+    let extra = "  challenge: http\n  email: ops@example.test\n";
+    let config = write_config(
+        dir.path(),
+        &pebble,
+        http_port,
+        tls_port,
+        host,
+        &backend,
+        extra,
+    );
     let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
     let root = pebble.root().await;
     let log = dir.path().join("gateway.log");
@@ -262,6 +287,15 @@ async fn http01_order_cache_reuse_and_ca_down() {
             .exists(),
         "certificate cached"
     );
+    // Keys and the account's credentials are readable by the owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let cache = dir.path().join("cache");
+        for secret in [cache.join(host).join("key.pem"), cache.join("account.json")] {
+            let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", secret.display());
+        }
+    }
     drop(gw);
 
     // Restart: the cached certificate is served, the same leaf (no new order).
@@ -348,17 +382,8 @@ async fn renewal_keeps_established_connections() {
         }
     });
     let host = "acme-renew.test";
-    let config = dir.path().join("gateway.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "acme:\n  http_bind: 127.0.0.1:{http_port}\n  cache_dir: {cache}\n  directory: {url}\n  directory_ca: {ca}\nservices:\n- name: web\n  addr: 127.0.0.1:{tls_port}\n  listener: {{type: tls, tls: {{acme_hosts: [{host}]}}}}\n  handler: {{type: tcp}}\n  forwarder: {{nodes: [{{addr: \"{backend}\"}}]}}\n",
-            cache = dir.path().join("cache").display(),
-            url = pebble.dir_url,
-            ca = dir.path().join("pebble-ca.pem").display(),
-        ),
-    )
-    .unwrap();
+    let backend = backend.to_string();
+    let config = write_config(dir.path(), &pebble, http_port, tls_port, host, &backend, "");
     let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
     let root = pebble.root().await;
     let log = dir.path().join("gateway.log");

@@ -207,8 +207,11 @@ fn load_cached(dir: &Path, host: &str) -> Result<Option<CertifiedKey>, AcmeError
     certified_key(&read(&c)?, &read(&k)?).map(Some)
 }
 
-/// Write `data` to `path` through a temporary file and a rename.
+/// Write `data` to `path` through a temporary file and a rename, readable by
+/// the owner only (keys and the account's credentials are secrets).
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), AcmeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |source| AcmeError::Cache {
         path: path.to_path_buf(),
         source,
@@ -217,7 +220,14 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), AcmeError> {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
