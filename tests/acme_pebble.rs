@@ -412,3 +412,53 @@ async fn renewal_keeps_established_connections() {
     long.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping2");
 }
+
+/// Wait until the gateway's log contains all of `needles`.
+async fn wait_for_log(log: &Path, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if needles.iter().all(|n| text.contains(n)) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{needles:?} not logged:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Bad inputs without a CA: an unreachable ACME server and a challenge port in
+/// use are each logged with what failed (and the host), retried, and the
+/// daemon keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_ca_and_busy_challenge_port_are_logged_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (closed, tls_port) = (free_port(), free_port());
+    // The challenge port is taken by someone else.
+    let squatter = StdListener::bind("127.0.0.1:0").unwrap();
+    let http_port = squatter.local_addr().unwrap().port();
+    let host = "acme-bad.test";
+    let config = dir.path().join("gateway.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "acme:\n  http_bind: 127.0.0.1:{http_port}\n  cache_dir: {cache}\n  directory: https://127.0.0.1:{closed}/dir\nservices:\n- name: web\n  addr: 127.0.0.1:{tls_port}\n  listener: {{type: tls, tls: {{acme_hosts: [{host}]}}}}\n  handler: {{type: tcp}}\n  forwarder: {{nodes: [{{addr: \"127.0.0.1:9\"}}]}}\n",
+            cache = dir.path().join("cache").display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("gateway.log");
+    let mut gw = gateway(&config, &log);
+    wait_for_log(
+        &log,
+        &[
+            "no certificate yet",
+            "ACME: order failed",
+            host,
+            "retry in 5s",
+            &format!("cannot listen on 127.0.0.1:{http_port}"),
+        ],
+    )
+    .await;
+    assert!(gw.0.try_wait().unwrap().is_none(), "the daemon exited");
+    drop(squatter);
+}
