@@ -14,8 +14,10 @@
 //!   the kernel lives beside it in a thin async shell ([`failover::driver`]).
 //! * [`net`] — interface discovery: which NIC, which address, which netmask.
 //! * [`proxy`] — listeners, handlers, forwarders, balancing and health checks.
+//! * [`import`] — `gateway import gobetween FILE`: gobetween TOML → gateway.yml.
 
 pub mod config;
 pub mod failover;
+pub mod import;
 pub mod net;
 pub mod proxy;

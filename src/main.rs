@@ -22,6 +22,8 @@ use gateway::proxy::ServiceSet;
 
 /// Exit codes, documented in docs/operations.md.
 const EXIT_CONFIG: u8 = 1;
+/// `gateway import`: the translation was printed but is incomplete.
+const EXIT_IMPORT_INCOMPLETE: u8 = 5;
 const EXIT_PRIVILEGES: u8 = 3;
 const EXIT_RUNTIME: u8 = 4;
 
@@ -44,6 +46,57 @@ struct Cli {
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Translate another balancer's config to gateway.yml (printed on stdout).
+    #[command(subcommand)]
+    Import(ImportFrom),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ImportFrom {
+    /// A gobetween TOML file. Options that cannot be carried over are listed on
+    /// stderr with their line; exit code 0: complete, 5: incomplete, 1: unreadable.
+    Gobetween { file: PathBuf },
+}
+
+/// `gateway import gobetween FILE`.
+fn import_gobetween(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gateway: {}: cannot read: {e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let t = match gateway::import::gobetween::translate(&text, &file.display().to_string()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gateway: {}:{e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    print!("{}", t.yaml);
+    for n in &t.notes {
+        eprintln!("gateway: {}: note: {n}", file.display());
+    }
+    for u in &t.unmapped {
+        eprintln!("gateway: {}: not translated: {u}", file.display());
+    }
+    if t.complete() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "gateway: {}: translation incomplete ({} option(s) above)",
+            file.display(),
+            t.unmapped.len()
+        );
+        ExitCode::from(EXIT_IMPORT_INCOMPLETE)
+    }
 }
 
 /// `-config` → `--config`, `-config=x` → `--config=x`; `-c`, `--x` and values are kept.
@@ -78,6 +131,10 @@ fn main() -> ExitCode {
             .init();
     }
 
+    if let Some(Command::Import(ImportFrom::Gobetween { file })) = &cli.command {
+        return import_gobetween(file);
+    }
+
     let ifs = match Interfaces::current() {
         Ok(i) => i,
         Err(e) => {
@@ -88,7 +145,17 @@ fn main() -> ExitCode {
     let loaded = match config::load(&cli.config, &ifs) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("gateway: {e}");
+            // A gobetween file gets a pointer to the importer, not YAML's confusion.
+            let text = std::fs::read_to_string(&cli.config).unwrap_or_default();
+            if gateway::import::looks_like_gobetween(&cli.config, &text) {
+                eprintln!(
+                    "gateway: {}: this looks like a gobetween TOML config: run `gateway import gobetween {}`",
+                    cli.config.display(),
+                    cli.config.display()
+                );
+            } else {
+                eprintln!("gateway: {e}");
+            }
             if cli.test {
                 eprintln!(
                     "gateway: configuration file {} test failed",
@@ -98,6 +165,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if !cli.test {
+        for n in loaded.config.notes() {
+            tracing::warn!("{n}");
+        }
+    }
     if cli.test {
         print_summary(&loaded);
         println!(
@@ -168,6 +240,9 @@ fn print_summary(loaded: &Loaded) {
         None => println!("floating_ip: disabled"),
     }
     println!("services: {}", loaded.config.services.len());
+    for n in loaded.config.notes() {
+        println!("note: {n}");
+    }
 }
 
 /// CAP_NET_ADMIN (12) to change addresses, CAP_NET_RAW (13) for ARP and ICMP.
@@ -194,6 +269,23 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
 
+    // The failover status channel exists before the services, so that ACME
+    // (src/proxy/acme.rs) can follow it: only the VIP holder orders certificates.
+    let status_channel = loaded.floating_ip.as_ref().map(|fip| {
+        watch::channel(FailoverStatus {
+            state: State::Init,
+            reason: "starting".into(),
+            vip: fip.vip,
+            interface: fip.interface.clone(),
+        })
+    });
+    if let Some(acme) = &loaded.config.acme {
+        gateway::proxy::acme::install(
+            acme.clone(),
+            status_channel.as_ref().map(|(_, rx)| rx.clone()),
+        );
+    }
+
     // Services first: a port that cannot be bound stops the start before the VIP
     // is ever touched.
     let mut services = ServiceSet::start(&loaded.config.services).context("starting services")?;
@@ -202,23 +294,21 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
     }
 
     let mut keys_tx = None;
-    let mut failover = loaded.floating_ip.clone().map(|fip| {
-        let (tx, rx) = watch::channel(FailoverStatus {
-            state: State::Init,
-            reason: "starting".into(),
-            vip: fip.vip,
-            interface: fip.interface.clone(),
+    let mut failover = loaded
+        .floating_ip
+        .clone()
+        .zip(status_channel)
+        .map(|(fip, (tx, rx))| {
+            for n in &fip.notes {
+                tracing::info!("floating_ip: {n}");
+            }
+            let (ktx, krx) = watch::channel(std::sync::Arc::new(fip.keys.clone()));
+            keys_tx = Some(ktx);
+            (
+                tokio::spawn(driver::run_keyed(fip, tx, krx, cancel.clone())),
+                rx,
+            )
         });
-        for n in &fip.notes {
-            tracing::info!("floating_ip: {n}");
-        }
-        let (ktx, krx) = watch::channel(std::sync::Arc::new(fip.keys.clone()));
-        keys_tx = Some(ktx);
-        (
-            tokio::spawn(driver::run_keyed(fip, tx, krx, cancel.clone())),
-            rx,
-        )
-    });
 
     let mut current = loaded;
     let mut was_master = false;
@@ -309,6 +399,9 @@ fn reload(
     if let Err(e) = services.reload(&new.config.services) {
         tracing::error!("reload rejected, keeping the running configuration: {e}");
         return;
+    }
+    for n in new.config.notes() {
+        tracing::warn!("{n}");
     }
     if new.config.services.is_empty() && !current.config.services.is_empty() {
         // Allowed (the file has a floating_ip section and asks for no services),

@@ -19,6 +19,7 @@
 //! has no `Value` type (none is needed once the model is typed) and limits what
 //! aliases can expand to.
 
+pub mod acme;
 pub mod auth;
 pub mod duration;
 pub mod floating_ip;
@@ -43,6 +44,9 @@ pub struct Config {
     /// GOST-style services: listener + handler + optional forwarder.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// gobetween's `[acme]`: certificates for `tls` listeners with `acme_hosts`.
+    #[serde(default)]
+    pub acme: Option<acme::AcmeConfig>,
 }
 
 /// Why a file with neither section is refused (at `-test`, at start and on reload).
@@ -128,12 +132,51 @@ impl Config {
         Ok(config)
     }
 
+    /// What the file asks for that is accepted but adjusted (e.g. a TLS floor
+    /// below 1.2), one line each, starting with the field's path: printed by
+    /// `-test` and logged as warnings at start and on reload.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let sections = [
+                ("listener.tls", s.listener.tls.as_ref()),
+                (
+                    "forwarder.tls",
+                    s.forwarder.as_ref().and_then(|f| f.tls.as_ref()),
+                ),
+            ];
+            for (name, tls) in sections {
+                for n in tls.map(|t| t.notes()).unwrap_or_default() {
+                    out.push(format!("services[{i}].{name}.{n}"));
+                }
+            }
+        }
+        out
+    }
+
     /// Checks that need nothing but the file itself.
     pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(fip) = &self.floating_ip {
             fip.validate()?;
         }
         service::validate_services(&self.services)?;
+        // ACME: the section is checked, and `acme_hosts` needs it.
+        if let Some(a) = &self.acme {
+            a.validate()?;
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.listener
+                .tls
+                .as_ref()
+                .is_some_and(|t| !t.acme_hosts.is_empty())
+                && self.acme.is_none()
+            {
+                return Err(FieldError::new(
+                    format!("services[{i}].listener.tls.acme_hosts"),
+                    "acme_hosts needs the top-level acme: section (at least acme: {cache_dir: ...})",
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -33,6 +33,7 @@
 //! nothing here parses configuration text. The path of a connection, and where
 //! its bytes are copied, is described in docs/architecture.md ("Services").
 
+pub mod acme;
 pub mod balance;
 pub mod clock;
 pub mod cut;
@@ -48,6 +49,7 @@ pub mod router;
 pub mod service;
 pub mod stats;
 pub mod tls;
+pub mod tls_options;
 pub mod udp;
 
 use std::collections::HashMap;

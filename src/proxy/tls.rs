@@ -20,6 +20,8 @@
 //!   `tls1.2`/`tls1.3` (gobetween). rustls implements only TLS 1.2 and 1.3, so the
 //!   older names are a configuration error rather than a silent upgrade.
 //! * `options.alpn` — ALPN protocols offered, in preference order.
+//! * gobetween's `ciphers`, `prefer_server_ciphers`, `session_tickets`,
+//!   `min_version`, `max_version` — see [`super::tls_options`].
 //!
 //! # Client side
 //!
@@ -82,7 +84,7 @@ pub struct TlsError {
 }
 
 impl TlsError {
-    fn new(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self {
             field,
             message: message.into(),
@@ -95,21 +97,13 @@ impl TlsError {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// The rustls protocol versions enabled by `options.minVersion` / `maxVersion`
-/// (names checked by the config: [`TlsOptions::versions`]).
-///
-/// [`TlsOptions::versions`]: crate::config::tls::TlsOptions::versions
+/// or gobetween's `min_version` / `max_version` (names checked by the config:
+/// [`TlsConfig::versions`]).
 pub fn protocol_versions(
     cfg: &TlsConfig,
 ) -> Result<Vec<&'static SupportedProtocolVersion>, TlsError> {
-    let (min, max) = cfg
-        .options
-        .versions()
-        .map_err(|(f, m)| TlsError::new(f, m))?;
+    let (min, max) = cfg.versions().map_err(|(f, m)| TlsError::new(f, m))?;
     let all: [(TlsVersion, &'static SupportedProtocolVersion); 2] = [
         (TlsVersion::Tls12, &rustls::version::TLS12),
         (TlsVersion::Tls13, &rustls::version::TLS13),
@@ -189,15 +183,21 @@ fn both_paths(cfg: &TlsConfig) -> Result<Option<(&Path, &Path)>, TlsError> {
 /// Build the server side (TLS termination). Reads the files now, so a broken
 /// certificate fails the service at start, not at the first client.
 pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    let Some((cert, key)) = both_paths(cfg)? else {
-        return Err(TlsError::new(
-            "certFile",
-            "expected certFile and keyFile (PEM) for a TLS listener",
-        ));
-    };
-    let provider = provider();
+    let provider = super::tls_options::provider(cfg)?;
     let versions = protocol_versions(cfg)?;
-    let resolver = Arc::new(ReloadingCertResolver::new(cert, key, provider.clone())?);
+    // gobetween's acme_hosts: certificates from the ACME manager (src/proxy/acme.rs).
+    let resolver: Arc<dyn ResolvesServerCert> = if cfg.acme_hosts.is_empty() {
+        let Some((cert, key)) = both_paths(cfg)? else {
+            return Err(TlsError::new(
+                "certFile",
+                "expected certFile and keyFile (PEM) for a TLS listener",
+            ));
+        };
+        Arc::new(ReloadingCertResolver::new(cert, key, provider.clone())?)
+    } else {
+        super::acme::resolver(&cfg.acme_hosts)
+            .map_err(|e| TlsError::new("acme_hosts", e.to_string()))?
+    };
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| TlsError::new("options", e.to_string()))?;
@@ -212,6 +212,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
+    super::tls_options::apply_server(cfg, &mut config)?;
     config.alpn_protocols = cfg
         .options
         .alpn
@@ -386,7 +387,8 @@ impl std::fmt::Debug for TlsClient {
 
 impl TlsClient {
     pub fn new(cfg: &TlsConfig) -> Result<Self, TlsError> {
-        let provider = provider();
+        cfg.client_options().map_err(|(f, m)| TlsError::new(f, m))?;
+        let provider = super::tls_options::provider(cfg)?;
         let versions = protocol_versions(cfg)?;
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
@@ -420,6 +422,7 @@ impl TlsClient {
             }
             None => builder.with_no_client_auth(),
         };
+        super::tls_options::apply_client(cfg, &mut config);
         config.alpn_protocols = cfg
             .options
             .alpn

@@ -306,15 +306,19 @@ impl ServiceConfig {
             _ => {}
         }
         if self.listener.kind == ListenerType::Tls {
-            let ok = self
-                .listener
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.cert_file.is_some() && t.key_file.is_some());
-            if !ok {
+            let t = self.listener.tls.as_ref();
+            let files = t.is_some_and(|t| t.cert_file.is_some() && t.key_file.is_some());
+            let acme = t.is_some_and(|t| !t.acme_hosts.is_empty());
+            if files && acme {
+                return Err(FieldError::new(
+                    at("listener.tls.acme_hosts"),
+                    "acme_hosts and certFile/keyFile both given: expected one of the two",
+                ));
+            }
+            if !files && !acme {
                 return Err(FieldError::new(
                     at("listener.tls"),
-                    "a tls listener needs its certificate: expected tls: {certFile: ..., keyFile: ...}",
+                    "a tls listener needs its certificate: expected tls: {certFile: ..., keyFile: ...} or acme_hosts: [names]",
                 ));
             }
         }
@@ -362,7 +366,7 @@ impl ServiceConfig {
             tls.validate(&at("listener.tls"))?;
         }
         if let Some(tls) = self.forwarder.as_ref().and_then(|f| f.tls.as_ref()) {
-            tls.validate(&at("forwarder.tls"))?;
+            tls.validate_client(&at("forwarder.tls"))?;
         }
         if self.proxy_protocol.is_some() && udp {
             return Err(FieldError::new(
