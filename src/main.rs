@@ -200,7 +200,7 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
         for n in &fip.notes {
             tracing::info!("floating_ip: {n}");
         }
-        (tokio::spawn(driver::run(fip, tx, cancel.clone())), rx)
+        (driver::spawn(fip, tx, cancel.clone()), rx)
     });
 
     let mut current = loaded;

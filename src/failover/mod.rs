@@ -4,9 +4,11 @@
 //!   Its module documentation states the rules.
 //! * [`wire`] — the heartbeat datagram.
 //! * [`driver`] — the async shell: sockets, timers, probes, netlink, hooks.
+//! * [`confirm`] — asking a silent peer several ways at once before taking over.
 //! * [`vip`], [`arp`], [`netwatch`], [`probe`] — the kernel-facing pieces the driver uses.
 
 pub mod arp;
+pub mod confirm;
 pub mod driver;
 pub mod machine;
 pub mod netwatch;

@@ -28,8 +28,23 @@ use super::machine::{PeerCheck, ProbeResult};
 use super::wire::WireState;
 
 const ECHO_MAGIC: &[u8; 4] = b"GWEC";
-const ECHO_REQUEST_LEN: usize = 12;
-const ECHO_REPLY_LEN: usize = 18;
+/// Length of an echo request (TCP stream or one UDP datagram).
+pub const ECHO_REQUEST_LEN: usize = 12;
+/// Length of an echo reply.
+pub const ECHO_REPLY_LEN: usize = 18;
+
+/// The request bytes for `nonce`.
+pub fn echo_request(nonce: u64) -> [u8; ECHO_REQUEST_LEN] {
+    let mut req = [0u8; ECHO_REQUEST_LEN];
+    req[..4].copy_from_slice(ECHO_MAGIC);
+    req[4..].copy_from_slice(&nonce.to_be_bytes());
+    req
+}
+
+/// Whether `req` is a well-formed echo request.
+pub fn is_echo_request(req: &[u8; ECHO_REQUEST_LEN]) -> bool {
+    &req[..4] == ECHO_MAGIC
+}
 
 /// The state the echo service reports: (state, priority, node address).
 pub type EchoStatus = (WireState, u8, Ipv4Addr);
@@ -107,11 +122,12 @@ impl Prober {
             id,
             peer,
             targets_ok,
+            vip_in_use: None,
         }
     }
 
     /// `None` without targets; otherwise whether any target answered.
-    async fn ping_targets(&self) -> Option<bool> {
+    pub async fn ping_targets(&self) -> Option<bool> {
         let client = self.icmp.as_ref()?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) as u16;
         let pings = self.targets.iter().map(|t| async move {
@@ -146,11 +162,10 @@ pub async fn echo_check(
     }
 }
 
-async fn echo_exchange(mut stream: TcpStream, nonce: u64) -> Option<PeerCheck> {
+/// One echo exchange on a connected stream.
+pub(crate) async fn echo_exchange(mut stream: TcpStream, nonce: u64) -> Option<PeerCheck> {
     let _ = stream.set_nodelay(true);
-    let mut req = [0u8; ECHO_REQUEST_LEN];
-    req[..4].copy_from_slice(ECHO_MAGIC);
-    req[4..].copy_from_slice(&nonce.to_be_bytes());
+    let req = echo_request(nonce);
     stream.write_all(&req).await.ok()?;
     let mut reply = [0u8; ECHO_REPLY_LEN];
     stream.read_exact(&mut reply).await.ok()?;
@@ -179,7 +194,8 @@ pub fn parse_echo_reply(
     })
 }
 
-fn echo_reply(req: &[u8; ECHO_REQUEST_LEN], status: EchoStatus) -> [u8; ECHO_REPLY_LEN] {
+/// The reply to `req` carrying `status`.
+pub fn echo_reply(req: &[u8; ECHO_REQUEST_LEN], status: EchoStatus) -> [u8; ECHO_REPLY_LEN] {
     let mut out = [0u8; ECHO_REPLY_LEN];
     out[..ECHO_REQUEST_LEN].copy_from_slice(req);
     out[12] = status.0 as u8;
