@@ -155,7 +155,7 @@ impl Confirmer {
                         }
                         sent.push(req);
                     }
-                    if round % 3 == 0 {
+                    if round.is_multiple_of(3) {
                         let tx = tx.clone();
                         let (dial, to) = (self.dial_timeout, self.echo_timeout);
                         attempts.spawn(async move {

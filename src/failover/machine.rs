@@ -147,7 +147,7 @@ pub struct ProbeResult {
 }
 
 /// How long the flap score takes to halve.
-pub const DAMP_HALF_LIFE: Duration = Duration::from_secs(30);
+pub const DAMP_HALF_LIFE: Duration = Duration::from_secs(60);
 /// The longest hold-down flap damping imposes.
 pub const MAX_HOLD: Duration = Duration::from_secs(8);
 /// The longest wait between two checks of a VIP found in use.
@@ -594,8 +594,11 @@ impl Machine {
                     );
                     self.follow(now, hb.node, interval);
                 } else {
-                    // Make the other master yield as fast as possible.
+                    // Make the other master yield as fast as possible, and announce
+                    // the VIP again: while both held it, the other's gratuitous ARP
+                    // pointed the LAN at its MAC, and it is about to let go.
                     self.send_heartbeat_now(now);
+                    self.actions.push(Action::Garp);
                 }
             }
             (State::Backup, WireState::Master) => {
@@ -755,9 +758,10 @@ impl Machine {
             return;
         };
         let dead = self.p.dead_interval();
+        let silence = self.damping.hold(now, dead);
         let lost = match self.master {
-            Some(m) => format!("master {m} silent for {dead:?}"),
-            None => format!("no master heard within {dead:?}"),
+            Some(m) => format!("master {m} silent for {silence:?}"),
+            None => format!("no master heard within {silence:?}"),
         };
         if r.targets_ok == Some(false) {
             self.enter_fault(
