@@ -150,6 +150,17 @@ fn print_summary(loaded: &Loaded) {
                 f.heartbeat_port,
                 f.dead_count
             );
+            if f.keys.is_empty() {
+                println!(
+                    "floating_ip: no secret: heartbeats are not authenticated, any host on the LAN can take the VIP"
+                );
+            } else {
+                let ids: Vec<String> = f.keys.ids().iter().map(|i| i.to_string()).collect();
+                println!(
+                    "floating_ip: heartbeats signed with HMAC-SHA256, key ids {} (the first signs)",
+                    ids.join(", ")
+                );
+            }
             for n in &f.notes {
                 println!("note: {n}");
             }
@@ -190,6 +201,7 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
         tracing::info!(services = loaded.config.services.len(), "services started");
     }
 
+    let mut keys_tx = None;
     let mut failover = loaded.floating_ip.clone().map(|fip| {
         let (tx, rx) = watch::channel(FailoverStatus {
             state: State::Init,
@@ -200,7 +212,9 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
         for n in &fip.notes {
             tracing::info!("floating_ip: {n}");
         }
-        (driver::spawn(fip, tx, cancel.clone()), rx)
+        let (ktx, krx) = watch::channel(std::sync::Arc::new(fip.keys.clone()));
+        keys_tx = Some(ktx);
+        (driver::spawn(fip, tx, krx, cancel.clone()), rx)
     });
 
     let mut current = loaded;
@@ -235,7 +249,7 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
             }
             _ = term.recv() => { tracing::info!("SIGTERM received: shutting down"); break None; }
             _ = int.recv() => { tracing::info!("SIGINT received: shutting down"); break None; }
-            _ = hup.recv() => reload(&cli.config, &mut current, &mut services),
+            _ = hup.recv() => reload(&cli.config, &mut current, &mut services, keys_tx.as_ref()),
             r = failover_done => break Some(r),
         }
     };
@@ -264,8 +278,15 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
     result
 }
 
-/// SIGHUP: re-read the file; a bad file changes nothing.
-fn reload(path: &std::path::Path, current: &mut Loaded, services: &mut ServiceSet) {
+/// SIGHUP: re-read the file; a bad file changes nothing. The failover keys
+/// (`secret`, `secret_file`) apply at once; other `floating_ip` changes at the
+/// next restart.
+fn reload(
+    path: &std::path::Path,
+    current: &mut Loaded,
+    services: &mut ServiceSet,
+    keys_tx: Option<&watch::Sender<std::sync::Arc<gateway::failover::auth::Keyring>>>,
+) {
     let ifs = match Interfaces::current() {
         Ok(i) => i,
         Err(e) => {
@@ -285,6 +306,13 @@ fn reload(path: &std::path::Path, current: &mut Loaded, services: &mut ServiceSe
     if let Err(e) = services.reload(&new.config.services) {
         tracing::error!("reload rejected, keeping the running configuration: {e}");
         return;
+    }
+    if let (Some(tx), Some(new_fip), Some(cur_fip)) =
+        (keys_tx, &new.floating_ip, &mut current.floating_ip)
+        && new_fip.keys != cur_fip.keys
+    {
+        cur_fip.keys = new_fip.keys.clone();
+        tx.send_replace(std::sync::Arc::new(new_fip.keys.clone()));
     }
     if new.floating_ip != current.floating_ip {
         tracing::warn!(

@@ -305,7 +305,7 @@ fn bursty_drops_cause_few_failovers() {
     let takeovers = became_master(&g2);
     eprintln!("bursty drops: n2 became master {takeovers} times in 20 bursts");
     assert!(
-        takeovers <= 4,
+        takeovers <= 6,
         "a storm of failovers ({takeovers}):\n{}",
         g2.log()
     );

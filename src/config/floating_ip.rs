@@ -2,7 +2,8 @@
 //!
 //! Every field of INFINI Gateway's section is accepted with INFINI's name and
 //! default. Our own failover options sit beside them (`heartbeat`, `preempt`, `garp`,
-//! `probe`, `notify`). What each INFINI field means here:
+//! `probe`, `notify`, and the keys: `secret`, `secret_file`,
+//! `accept_unauthenticated`, see [`secret`]). What each INFINI field means here:
 //!
 //! | INFINI field | here |
 //! |---|---|
@@ -16,12 +17,17 @@
 //! | `broadcast.binding` | its port is the heartbeat port; a multicast group there is replaced by the subnet broadcast (logged) |
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::FieldError;
+use crate::failover::auth::Keyring;
 use crate::net::{self, Interfaces};
+
+pub mod secret;
+pub use secret::Secrets;
 
 fn default_priority() -> u8 {
     100
@@ -104,6 +110,15 @@ pub struct FloatingIpConfig {
     pub probe: ProbeConfig,
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// Key(s) authenticating heartbeats and echo answers; the first signs.
+    #[serde(default)]
+    pub secret: Option<Secrets>,
+    /// The same, read from a file (one key per line) at start and on reload.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Also accept unsigned traffic although keys are set (migration only).
+    #[serde(default)]
+    pub accept_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +267,8 @@ pub struct FloatingIp {
     pub probe_timeout: Duration,
     pub probe_interval: Duration,
     pub notify: NotifyConfig,
+    /// Heartbeat and echo keys (empty: unauthenticated, INFINI-compatible).
+    pub keys: Keyring,
     /// Things the operator should know about how INFINI fields were mapped.
     pub notes: Vec<String>,
 }
@@ -280,6 +297,11 @@ impl FloatingIpConfig {
             ));
         }
         parse_binding(&self.broadcast.binding)?;
+        secret::validate(
+            self.secret.as_ref(),
+            self.secret_file.as_deref(),
+            self.accept_unauthenticated,
+        )?;
         let hb = &self.heartbeat;
         if !(10..=10_000).contains(&hb.interval_in_ms) {
             return Err(FieldError::new(
@@ -357,6 +379,16 @@ impl FloatingIpConfig {
 
     /// Fill the defaults from the host's interfaces and check the result against them.
     pub fn resolve(&self, ifs: &Interfaces) -> Result<FloatingIp, FieldError> {
+        self.resolve_at(ifs, Path::new(""))
+    }
+
+    /// [`FloatingIpConfig::resolve`], with a relative `secret_file` taken from
+    /// `config_dir` (the config file's directory).
+    pub fn resolve_at(
+        &self,
+        ifs: &Interfaces,
+        config_dir: &Path,
+    ) -> Result<FloatingIp, FieldError> {
         self.validate()?;
         let mut notes = Vec::new();
 
@@ -535,6 +567,15 @@ impl FloatingIpConfig {
                 self.echo.dial_timeout_in_ms, self.echo.timeout_in_ms
             ));
         }
+        let keys = secret::keyring(
+            self.secret.as_ref(),
+            self.secret_file.as_deref(),
+            self.accept_unauthenticated,
+            config_dir,
+        )?;
+        if keys.accept_unauthenticated {
+            notes.push("accept_unauthenticated: unsigned heartbeats and echo answers are accepted too; remove it once every node has the secret".to_string());
+        }
         Ok(FloatingIp {
             vip,
             netmask,
@@ -558,6 +599,7 @@ impl FloatingIpConfig {
             probe_timeout: ms(self.probe.timeout_in_ms),
             probe_interval: ms(self.probe.interval_in_ms),
             notify: self.notify.clone(),
+            keys,
             notes,
         })
     }

@@ -151,7 +151,13 @@ pub fn load(path: &Path, ifs: &crate::net::Interfaces) -> Result<Loaded, ConfigE
     })?;
     let config = Config::from_str_named(&text, path)?;
     let floating_ip = match &config.floating_ip {
-        Some(f) if f.enabled => Some(f.resolve(ifs).map_err(|e| at_field(&text, path, e))?),
+        Some(f) if f.enabled => {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            Some(
+                f.resolve_at(ifs, dir)
+                    .map_err(|e| at_field(&text, path, e))?,
+            )
+        }
         _ => None,
     };
     Ok(Loaded {

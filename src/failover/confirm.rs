@@ -28,8 +28,11 @@
 //! 1 − 0.75² ≈ 0.44; five of them, five pings and two TCP attempts all failing is
 //! about 0.44¹² ≈ 5·10⁻⁵ — per suspicion, on top of the heartbeats themselves.
 //!
-//! The same module serves the UDP side of the echo ([`serve_udp_echo`]): the request
-//! and reply are the TCP echo's bytes ([`super::probe`]), one datagram each.
+//! The same module serves the UDP side of the echo ([`serve_udp_echo`]): the question
+//! and the answer are the TCP echo's bytes ([`super::probe`]), one datagram each,
+//! signed and checked with the same keys (a challenge-response with a secret). An
+//! answer that does not verify proves nothing: it counts as "something is there"
+//! (like a ping answer), never as a live daemon.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -43,8 +46,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Keyring;
 use super::machine::PeerCheck;
-use super::probe::{self, ECHO_REPLY_LEN, ECHO_REQUEST_LEN, EchoStatus};
+use super::probe::{self, ECHO_ANSWER_MAX, ECHO_REQUEST_LEN, EchoStatus};
 
 /// What one way of asking found out.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +71,7 @@ pub struct Confirmer {
     icmp: Option<surge_ping::Client>,
     ident: u16,
     seq: AtomicU16,
+    keys: watch::Receiver<Arc<Keyring>>,
 }
 
 impl Confirmer {
@@ -102,7 +107,14 @@ impl Confirmer {
             icmp,
             ident: rand::random(),
             seq: AtomicU16::new(0),
+            keys: watch::channel(Arc::new(Keyring::default())).1,
         }
+    }
+
+    /// Check echo answers with these keys (they may change on reload).
+    pub fn with_keys(mut self, keys: watch::Receiver<Arc<Keyring>>) -> Confirmer {
+        self.keys = keys;
+        self
     }
 
     /// The longest [`Confirmer::check`] takes.
@@ -126,6 +138,7 @@ impl Confirmer {
             Ok(s) if s.connect(addr).await.is_ok() => Some(s),
             _ => None,
         };
+        let keys = self.keys.borrow().clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<Evidence>();
         // Dropped at return: aborts the attempts still running.
         let mut attempts = JoinSet::new();
@@ -134,7 +147,7 @@ impl Confirmer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut refused, mut host_up) = (false, false);
         let mut round = 0u32;
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; ECHO_ANSWER_MAX + 1];
         loop {
             let end = if host_up && !refused {
                 hard_end
@@ -158,8 +171,9 @@ impl Confirmer {
                     if round.is_multiple_of(3) {
                         let tx = tx.clone();
                         let (dial, to) = (self.dial_timeout, self.echo_timeout);
+                        let keys = keys.clone();
                         attempts.spawn(async move {
-                            if let Some(ev) = tcp_attempt(addr, dial, to).await {
+                            if let Some(ev) = tcp_attempt(addr, dial, to, &keys).await {
                                 let _ = tx.send(ev);
                             }
                         });
@@ -180,13 +194,23 @@ impl Confirmer {
                     round += 1;
                 }
                 r = recv(udp.as_ref(), &mut buf) => match r {
-                    Ok(n) if n == ECHO_REPLY_LEN => {
-                        let reply: &[u8; ECHO_REPLY_LEN] = buf[..n].try_into().unwrap_or(&[0; ECHO_REPLY_LEN]);
-                        if let Some(check) = sent.iter().find_map(|req| probe::parse_echo_reply(req, reply)) {
+                    Ok(n) => {
+                        let answer = &buf[..n];
+                        let mut verified = None;
+                        for req in &sent {
+                            match probe::parse_echo_answer(req, answer, &keys) {
+                                Ok(a) => verified = Some(a.check),
+                                // Our question came back, but the answer does not
+                                // verify: something is there; it proves nothing.
+                                Err(probe::EchoError::Auth(_)) => host_up = true,
+                                Err(_) => continue,
+                            }
+                            break;
+                        }
+                        if let Some(check) = verified {
                             return check;
                         }
                     }
-                    Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::ConnectionRefused => refused = true,
                     Err(_) => {}
                 },
@@ -207,18 +231,24 @@ async fn recv(sock: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<usize
     }
 }
 
-/// One TCP echo: `Refused` on RST, the daemon's answer, or nothing (timeout, reset
-/// mid-way, garbage).
-async fn tcp_attempt(addr: SocketAddrV4, dial: Duration, timeout: Duration) -> Option<Evidence> {
+/// One TCP echo: `Refused` on RST, the daemon's verified answer, `Host` for a
+/// connection that answered nothing that verifies, or nothing (timeout).
+async fn tcp_attempt(
+    addr: SocketAddrV4,
+    dial: Duration,
+    timeout: Duration,
+    keys: &Keyring,
+) -> Option<Evidence> {
     let stream = match tokio::time::timeout(dial, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => return Some(Evidence::Refused),
         _ => return None,
     };
     let nonce: u64 = rand::random();
-    match tokio::time::timeout(timeout, probe::echo_exchange(stream, nonce)).await {
-        Ok(Some(check)) => Some(Evidence::Daemon(check)),
-        _ => None,
+    match tokio::time::timeout(timeout, probe::echo_exchange(stream, nonce, keys)).await {
+        Ok(Ok(a)) => Some(Evidence::Daemon(a.check)),
+        Ok(Err(_)) => Some(Evidence::Host),
+        Err(_) => None,
     }
 }
 
@@ -238,11 +268,14 @@ pub fn bind_udp_echo(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-/// Answer UDP echo requests with `status` until `cancel`. One reply datagram per
-/// well-formed request datagram (18 bytes for 12: no amplification worth having).
+/// Answer UDP echo questions with `status` and `epoch`, signed with the current
+/// first key of `keys`, until `cancel`. One answer datagram per well-formed
+/// 12-byte question (at most 59 bytes: little to gain for a reflector).
 pub async fn serve_udp_echo(
     sock: UdpSocket,
     status: watch::Receiver<EchoStatus>,
+    epoch: u32,
+    keys: watch::Receiver<Arc<Keyring>>,
     stats: Arc<UdpEchoStats>,
     cancel: CancellationToken,
 ) {
@@ -264,7 +297,8 @@ pub async fn serve_udp_echo(
             stats.malformed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let reply = probe::echo_reply(&req, *status.borrow());
+        let keys = keys.borrow().clone();
+        let reply = probe::echo_reply(&req, *status.borrow(), epoch, &keys);
         if sock.send_to(&reply, from).await.is_ok() {
             stats.answered.fetch_add(1, Ordering::Relaxed);
         }
@@ -289,7 +323,15 @@ mod tests {
         let (_tx, rx) = watch::channel((WireState::Master, 7, Ipv4Addr::new(10, 0, 0, 1)));
         let cancel = CancellationToken::new();
         let stats = Arc::new(UdpEchoStats::default());
-        tokio::spawn(serve_udp_echo(sock, rx, stats.clone(), cancel.clone()));
+        let keys = watch::channel(Arc::new(Keyring::default())).1;
+        tokio::spawn(serve_udp_echo(
+            sock,
+            rx,
+            5,
+            keys,
+            stats.clone(),
+            cancel.clone(),
+        ));
         // Nothing listens on TCP for that port: only the UDP side can answer.
         let t = Instant::now();
         let c = confirmer(port, 200 * MS);

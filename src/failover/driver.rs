@@ -13,31 +13,40 @@
 //! heartbeats keep flowing; binding and unbinding the VIP are awaited in place,
 //! because the order "release the VIP, then resign" matters.
 //!
+//! Every received datagram goes through [`inbound::accept`] (decode, then check
+//! its MAC against the current keys) and only then, with its UDP source address,
+//! to the machine, which applies the replay and peer-table rules. Drops are
+//! counted by reason ([`DropCounters`], the machine's counters) and logged once
+//! per sender and burst ([`inbound::BurstLog`]). Outgoing heartbeats are signed
+//! here, with the first key at the moment of sending: the keys may change on
+//! reload ([`run_keyed`]).
+//!
 //! [`spawn`] runs all of it on a thread of its own, with a single-threaded runtime
 //! of its own and a raised scheduling priority (nice −10): the proxy's runtime may
 //! keep both CPUs busy, but the heartbeat sender, the receiver and the echo
 //! answers never queue behind its tasks. A heartbeat that leaves late looks like a
 //! lost one to the peer; a late echo answer looks like a dead daemon.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use super::arp;
+use super::auth::{AuthError, Keyring};
 use super::confirm::{self, Confirmer, UdpEchoStats};
-use super::machine::{Action, Machine, Params, PeerCheck, ProbeResult, State};
+use super::inbound::{self, BurstLog, Dropped};
+use super::machine::{Action, Counters, Machine, Params, PeerCheck, ProbeResult, State};
 use super::netwatch::{self, NetEvent};
 use super::probe::{self, EchoStats, Prober};
+use super::replay;
 use super::vip::{VipController, VipError};
-use super::wire::{DecodeError, Heartbeat};
+use super::wire::DecodeError;
 use crate::config::floating_ip::FloatingIp;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +70,12 @@ pub enum FailoverError {
     Thread(std::io::Error),
 }
 
-/// Run [`run`] on a dedicated thread with its own runtime (see the module docs).
-/// The returned task ends with `run`'s result.
+/// Run [`run_keyed`] on a dedicated thread with its own runtime (see the module
+/// docs). The returned task ends with its result.
 pub fn spawn(
     fip: FloatingIp,
     status_tx: watch::Sender<FailoverStatus>,
+    keys: watch::Receiver<Arc<Keyring>>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), FailoverError>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -78,7 +88,7 @@ pub fn spawn(
                 .thread_name("failover-blocking")
                 .build()
             {
-                Ok(rt) => rt.block_on(run(fip, status_tx, cancel)),
+                Ok(rt) => rt.block_on(run_keyed(fip, status_tx, keys, cancel)),
                 Err(e) => Err(FailoverError::Thread(e)),
             };
             let _ = tx.send(result);
@@ -116,28 +126,43 @@ pub struct FailoverStatus {
     pub interface: String,
 }
 
-/// Counters of dropped heartbeat datagrams, by cause.
+/// Counters of heartbeat datagrams dropped before the machine, by cause:
+/// malformed ones (the first five), then those failing authentication.
 #[derive(Debug, Default)]
 pub struct DropCounters {
     pub short: AtomicU64,
     pub magic: AtomicU64,
     pub version: AtomicU64,
     pub state: AtomicU64,
+    /// An authentication length that does not match the datagram.
     pub auth: AtomicU64,
+    /// Unsigned while this node requires signatures.
+    pub unsigned: AtomicU64,
+    /// Signed with a key this node does not have (a different secret).
+    pub unknown_key: AtomicU64,
+    /// A known key id with a wrong MAC: forged or corrupted.
+    pub bad_mac: AtomicU64,
+    /// An authentication type this version does not know.
+    pub auth_type: AtomicU64,
 }
 
 impl DropCounters {
-    fn count(&self, e: DecodeError) {
+    fn count(&self, e: Dropped) {
         let c = match e {
-            DecodeError::Short => &self.short,
-            DecodeError::Magic => &self.magic,
-            DecodeError::Version => &self.version,
-            DecodeError::State => &self.state,
-            DecodeError::AuthLen => &self.auth,
+            Dropped::Decode(DecodeError::Short) => &self.short,
+            Dropped::Decode(DecodeError::Magic) => &self.magic,
+            Dropped::Decode(DecodeError::Version) => &self.version,
+            Dropped::Decode(DecodeError::State) => &self.state,
+            Dropped::Decode(DecodeError::AuthLen) => &self.auth,
+            Dropped::Auth(AuthError::Unsigned) => &self.unsigned,
+            Dropped::Auth(AuthError::UnknownKey(_)) => &self.unknown_key,
+            Dropped::Auth(AuthError::BadMac) => &self.bad_mac,
+            Dropped::Auth(AuthError::Type(_)) => &self.auth_type,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Malformed datagrams (decode errors).
     pub fn total(&self) -> u64 {
         [
             &self.short,
@@ -149,6 +174,50 @@ impl DropCounters {
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
         .sum()
+    }
+
+    /// Datagrams that failed authentication.
+    pub fn auth_failed(&self) -> u64 {
+        [
+            &self.unsigned,
+            &self.unknown_key,
+            &self.bad_mac,
+            &self.auth_type,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+/// Log a dropped datagram, once per sender and burst. Authentication failures
+/// are warnings (a different secret is an error: it splits the group); malformed
+/// datagrams are for debugging.
+fn log_drop(log: &mut BurstLog, from: SocketAddr, why: &dyn std::fmt::Display, error: bool) {
+    let Some(more) = log.note(from.ip(), Instant::now()) else {
+        return;
+    };
+    let from = from.ip();
+    if error {
+        tracing::error!(%from, suppressed = more, "heartbeat from {from} dropped: {why}; the nodes' secrets differ? They cannot hear each other and each acts alone (see docs/security.md)");
+    } else {
+        tracing::warn!(%from, suppressed = more, "heartbeat from {from} dropped: {why} (logged once per sender every 10 s)");
+    }
+}
+
+/// The machine drops a heartbeat by counting it: tell which count grew.
+fn machine_drop(before: &Counters, after: &Counters) -> Option<&'static str> {
+    if after.old_epoch > before.old_epoch {
+        Some("an epoch older than the sender's current one (a replay of an earlier run?)")
+    } else if after.seq_jump > before.seq_jump {
+        Some("its sequence number jumps further than the sender can have counted (forged?)")
+    } else if after.spoofed > before.spoofed {
+        Some("it names another node than the address it came from (spoofed?)")
+    } else if after.table_full > before.table_full {
+        Some("the peer table is full (a flood of senders?)")
+    } else {
+        // Stale ones are expected: with peer_ip set every heartbeat arrives twice.
+        None
     }
 }
 
@@ -202,13 +271,26 @@ fn heartbeat_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-/// Run failover until `cancel`, then release the VIP and resign.
+/// Run failover until `cancel`, then release the VIP and resign. The keys are
+/// those of `fip` for the whole run.
 pub async fn run(
     fip: FloatingIp,
     status_tx: watch::Sender<FailoverStatus>,
     cancel: CancellationToken,
 ) -> Result<(), FailoverError> {
+    let keys = watch::channel(Arc::new(fip.keys.clone())).1;
+    run_keyed(fip, status_tx, keys, cancel).await
+}
+
+/// [`run`], with keys that may change while it runs (a reload sends new ones).
+pub async fn run_keyed(
+    fip: FloatingIp,
+    status_tx: watch::Sender<FailoverStatus>,
+    mut keys: watch::Receiver<Arc<Keyring>>,
+    cancel: CancellationToken,
+) -> Result<(), FailoverError> {
     let iface = fip.interface.clone();
+    warn_if_unauthenticated(&keys.borrow_and_update());
     promote_secondaries(&iface);
     let vip = VipController::new(&iface, fip.vip, fip.prefix)
         .await
@@ -227,6 +309,11 @@ pub async fn run(
         tracing::info!(gateway = %gw, "no probe targets configured: probing the default gateway of {iface}");
         targets.push(gw);
     }
+    if targets.is_empty() {
+        tracing::warn!(
+            "no probe targets and no default gateway on {iface}: a backup cut off from the LAN cannot tell that it is the one cut off, and will take the VIP (set floating_ip.probe.targets)"
+        );
+    }
     let prober = Arc::new(
         Prober::new(
             &iface,
@@ -236,7 +323,8 @@ pub async fn run(
             fip.echo_dial_timeout,
             fip.echo_timeout,
         )
-        .map_err(|e| FailoverError::Prober(iface.clone(), e))?,
+        .map_err(|e| FailoverError::Prober(iface.clone(), e))?
+        .with_keys(keys.clone()),
     );
     let echo_addr = SocketAddr::from((fip.local_ip, fip.echo_port));
     let echo_listener = probe::bind_echo(echo_addr).map_err(|source| FailoverError::Echo {
@@ -250,14 +338,17 @@ pub async fn run(
     // The confirmation window: one heartbeat interval (at least 30 ms, so that a few
     // attempts fit), started one interval before the dead timer fires.
     let window = fip.heartbeat_interval.max(Duration::from_millis(30));
-    let confirmer = Arc::new(Confirmer::new(
-        &iface,
-        fip.echo_port,
-        fip.echo_dial_timeout,
-        fip.echo_timeout,
-        window,
-        window * 2,
-    ));
+    let confirmer = Arc::new(
+        Confirmer::new(
+            &iface,
+            fip.echo_port,
+            fip.echo_dial_timeout,
+            fip.echo_timeout,
+            window,
+            window * 2,
+        )
+        .with_keys(keys.clone()),
+    );
 
     let params = Params {
         node: fip.local_ip,
@@ -272,8 +363,13 @@ pub async fn run(
         probe_interval: fip.probe_interval,
         garp_refresh: fip.garp_refresh,
     };
-    let epoch: u32 = rand::random();
+    // Epoch and first sequence from the clock: a restart always counts higher, so
+    // receivers can refuse replays of earlier runs (see `replay`).
+    let started = SystemTime::now();
+    let epoch = replay::start_epoch(started);
     let mut machine = Machine::new(params, epoch, Instant::now());
+    machine.set_sequence(replay::start_seq(started));
+    machine.set_signed(keys.borrow().requires_signature());
 
     let (echo_tx, echo_rx) = watch::channel(machine.echo_status());
     let echo_stats = Arc::new(EchoStats::default());
@@ -281,12 +377,16 @@ pub async fn run(
     tokio::spawn(confirm::serve_udp_echo(
         udp_echo,
         echo_rx.clone(),
+        epoch,
+        keys.clone(),
         Arc::new(UdpEchoStats::default()),
         tasks.clone(),
     ));
-    tokio::spawn(probe::serve_echo(
+    tokio::spawn(probe::serve_echo_keyed(
         echo_listener,
         echo_rx,
+        epoch,
+        keys.clone(),
         echo_stats,
         tasks.clone(),
     ));
@@ -307,6 +407,8 @@ pub async fn run(
     }
 
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(16);
+    let (confirm_tx, mut confirm_rx) = mpsc::channel::<(Ipv4Addr, u32)>(16);
+    let (verify_tx, mut verify_rx) = mpsc::channel::<(u64, PeerCheck)>(16);
     let mut dests = vec![SocketAddrV4::new(fip.heartbeat_dest, fip.heartbeat_port)];
     if let Some(peer) = fip.peer_ip {
         dests.push(SocketAddrV4::new(peer, fip.heartbeat_port));
@@ -322,6 +424,9 @@ pub async fn run(
         window,
         group_macs: Arc::new(Mutex::new(HashMap::new())),
         probe_tx,
+        confirm_tx,
+        verify_tx,
+        keys: keys.clone(),
         status_tx,
         echo_tx,
         started: true,
@@ -329,6 +434,7 @@ pub async fn run(
     shell.execute(&mut machine).await;
 
     let mut buf = [0u8; 512];
+    let mut drop_log = BurstLog::default();
     loop {
         let deadline = machine.next_timeout();
         let sleep = async {
@@ -341,19 +447,42 @@ pub async fn run(
             biased;
             _ = cancel.cancelled() => break,
             r = sock.recv_from(&mut buf) => match r {
-                Ok((n, from)) => match Heartbeat::decode(&buf[..n]) {
-                    Ok(hb) => machine.handle_heartbeat(Instant::now(), &hb),
-                    Err(e) => {
-                        drops.count(e);
-                        tracing::debug!(%from, error = %e, "malformed heartbeat dropped");
+                Ok((n, from)) => {
+                    let accepted = inbound::accept(&buf[..n], &keys.borrow());
+                    match (accepted, from.ip()) {
+                        (Ok((hb, _)), IpAddr::V4(src)) => {
+                            let before = machine.counters.clone();
+                            machine.handle_heartbeat_from(Instant::now(), &hb, src);
+                            if let Some(why) = machine_drop(&before, &machine.counters) {
+                                log_drop(&mut drop_log, from, &why, false);
+                            }
+                        }
+                        (Ok(_), IpAddr::V6(_)) => {}
+                        (Err(e @ Dropped::Decode(_)), _) => {
+                            drops.count(e);
+                            tracing::debug!(%from, error = %e, "malformed heartbeat dropped");
+                        }
+                        (Err(e), _) => {
+                            drops.count(e);
+                            let mismatch = matches!(e, Dropped::Auth(AuthError::UnknownKey(_)));
+                            log_drop(&mut drop_log, from, &e, mismatch);
+                        }
                     }
-                },
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "heartbeat receive failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
             Some(r) = probe_rx.recv() => machine.handle_probe(Instant::now(), r),
+            Some((id, check)) = verify_rx.recv() => machine.handle_verify(Instant::now(), id, check),
+            Some((peer, epoch)) = confirm_rx.recv() => machine.confirm_epoch(Instant::now(), peer, epoch),
+            Ok(()) = keys.changed() => {
+                let k = keys.borrow_and_update().clone();
+                tracing::info!(keys = ?k.ids(), "floating_ip keys reloaded: signing with the first");
+                warn_if_unauthenticated(&k);
+                machine.set_signed(k.requires_signature());
+            }
             Some(ev) = net_rx.recv() => {
                 let now = Instant::now();
                 match ev {
@@ -371,12 +500,23 @@ pub async fn run(
     shell.execute(&mut machine).await;
     tasks.cancel();
     let c = &machine.counters;
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     tracing::info!(
         received = c.received,
         own = c.own,
         other_group = c.other_group,
         stale = c.stale,
+        old_epoch = c.old_epoch,
+        seq_jump = c.seq_jump,
+        spoofed = c.spoofed,
+        table_full = c.table_full,
+        unconfirmed = c.unconfirmed,
+        peers = machine.peer_count(),
         malformed = drops.total(),
+        auth_failed = drops.auth_failed(),
+        unsigned = n(&drops.unsigned),
+        unknown_key = n(&drops.unknown_key),
+        bad_mac = n(&drops.bad_mac),
         "failover stopped"
     );
     Ok(())
@@ -396,6 +536,9 @@ struct Shell<'a> {
     /// (a crashed node's kernel still holding it) is not a conflict.
     group_macs: Arc<Mutex<HashMap<Ipv4Addr, pnet::util::MacAddr>>>,
     probe_tx: mpsc::Sender<ProbeResult>,
+    confirm_tx: mpsc::Sender<(Ipv4Addr, u32)>,
+    verify_tx: mpsc::Sender<(u64, PeerCheck)>,
+    keys: watch::Receiver<Arc<Keyring>>,
     status_tx: watch::Sender<FailoverStatus>,
     echo_tx: watch::Sender<probe::EchoStatus>,
     /// True until the first UnbindVip has run (the crash clean-up at start).
@@ -407,7 +550,7 @@ impl Shell<'_> {
         while let Some(action) = machine.poll_action() {
             match action {
                 Action::SendHeartbeat(hb) => {
-                    let bytes = hb.encode();
+                    let bytes = self.keys.borrow().encode_heartbeat(&hb);
                     // A resign is the last word: repeat it against loss.
                     let copies = if hb.state == super::wire::WireState::Resign {
                         3
@@ -482,6 +625,23 @@ impl Shell<'_> {
                                 vip_in_use,
                             })
                             .await;
+                    });
+                }
+                Action::Verify { id, peer } => {
+                    let prober = self.prober.clone();
+                    let tx = self.verify_tx.clone();
+                    tokio::spawn(async move {
+                        let check = prober.check_peer(peer).await;
+                        let _ = tx.send((id, check)).await;
+                    });
+                }
+                Action::ConfirmEpoch { peer } => {
+                    let prober = self.prober.clone();
+                    let tx = self.confirm_tx.clone();
+                    tokio::spawn(async move {
+                        if let Some(epoch) = prober.confirm_epoch(peer).await {
+                            let _ = tx.send((peer, epoch)).await;
+                        }
                     });
                 }
                 Action::StateChanged { from, to, reason } => {
@@ -568,5 +728,19 @@ impl Shell<'_> {
                 Err(e) => tracing::warn!(command = %cmd, error = %e, "cannot run notify command"),
             }
         }
+    }
+}
+
+/// Without a key any host on the LAN can take the VIP: say so at start (and when
+/// a reload removes the keys).
+fn warn_if_unauthenticated(keys: &Keyring) {
+    if keys.is_empty() {
+        tracing::warn!(
+            "floating_ip has no secret: heartbeats are not authenticated and any host on this LAN can take the VIP (set floating_ip.secret or secret_file; see docs/security.md)"
+        );
+    } else if keys.accept_unauthenticated {
+        tracing::warn!(
+            "floating_ip.accept_unauthenticated is set: unsigned heartbeats are accepted too and any host on this LAN can take the VIP; remove it once every node has the secret"
+        );
     }
 }

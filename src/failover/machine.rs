@@ -67,7 +67,13 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use super::replay::{Fresh, Replay};
 use super::wire::{Heartbeat, WireState};
+
+mod peers;
+mod verify;
+pub use peers::{MAX_PEERS, clamp_interval};
+use peers::{Peer, PeerTable, Refused};
 
 /// The node's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -206,6 +212,20 @@ pub enum Action {
         peer: Option<Ipv4Addr>,
         vip: bool,
     },
+    /// An unsigned heartbeat of `peer` would change this node's role (a RESIGN, a
+    /// better master, a master to preempt): ask `peer` over the echo check (echo
+    /// only, no ICMP) and report with [`Machine::handle_verify`] and the same `id`.
+    Verify {
+        id: u64,
+        peer: Ipv4Addr,
+    },
+    /// A signed heartbeat of `peer` came from an epoch older than its current one:
+    /// ask `peer` over the authenticated echo check which epoch it runs, and report
+    /// a verified answer with [`Machine::confirm_epoch`]. At most once a second per
+    /// sender.
+    ConfirmEpoch {
+        peer: Ipv4Addr,
+    },
     StateChanged {
         from: State,
         to: State,
@@ -213,13 +233,25 @@ pub enum Action {
     },
 }
 
-/// Counters of things the machine dropped; the driver adds its own (decode errors).
+/// Counters of things the machine dropped; the driver adds its own (decode and
+/// authentication errors).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     pub own: u64,
     pub other_group: u64,
+    /// Same epoch, sequence not newer: a replay or a reordered datagram.
     pub stale: u64,
     pub received: u64,
+    /// An epoch older than the sender's current one: a replay of an earlier run.
+    pub old_epoch: u64,
+    /// A sequence further ahead than the sender can have counted.
+    pub seq_jump: u64,
+    /// The node field names another host than the datagram's source address.
+    pub spoofed: u64,
+    /// A new sender while the peer table was full of entries that must stay.
+    pub table_full: u64,
+    /// Unsigned role-changing heartbeats the echo check contradicted (forged).
+    pub unconfirmed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,16 +312,6 @@ impl Timers {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Peer {
-    priority: u8,
-    state: WireState,
-    epoch: u32,
-    seq: u64,
-    last_seen: Instant,
-    interval: Duration,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
     /// Decide whether to take over from a silent master.
@@ -304,13 +326,18 @@ pub struct Machine {
     p: Params,
     state: State,
     timers: Timers,
-    peers: HashMap<Ipv4Addr, Peer>,
+    peers: PeerTable,
+    /// Whether heartbeats reaching the machine carry a verified MAC (the driver
+    /// drops the rest): then replay windows are kept for the daemon's lifetime.
+    signed: bool,
     /// The master we follow while BACKUP.
     master: Option<Ipv4Addr>,
     epoch: u32,
     seq: u64,
     next_probe_id: u64,
     probes: HashMap<u64, Purpose>,
+    /// Unsigned role-changing heartbeats waiting for their echo check, by id.
+    verifying: HashMap<u64, (Heartbeat, Duration)>,
     /// The takeover probe of the current "master is silent" episode and its result.
     takeover_probe: Option<u64>,
     takeover_result: Option<ProbeResult>,
@@ -336,12 +363,14 @@ impl Machine {
             p,
             state: State::Init,
             timers: Timers::default(),
-            peers: HashMap::new(),
+            peers: PeerTable::default(),
+            signed: false,
             master: None,
             epoch,
             seq: 0,
             next_probe_id: 1,
             probes: HashMap::new(),
+            verifying: HashMap::new(),
             takeover_probe: None,
             takeover_result: None,
             master_down_expired: false,
@@ -395,6 +424,23 @@ impl Machine {
         (self.p.priority, self.p.node)
     }
 
+    /// Heartbeats reaching the machine carry a verified MAC (the driver dropped
+    /// every other): replay windows then outlive a sender's silence. See
+    /// [`super::replay`].
+    pub fn set_signed(&mut self, signed: bool) {
+        self.signed = signed;
+    }
+
+    /// Start counting this run's heartbeats at `seq` (see [`super::replay::start_seq`]).
+    pub fn set_sequence(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// Senders in the peer table (bounded by [`MAX_PEERS`]).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
     fn peer_dead_interval(&self, peer: &Peer) -> Duration {
         peer.interval.max(Duration::from_millis(1)) * self.p.dead_count
     }
@@ -406,6 +452,7 @@ impl Machine {
     /// A live node (BACKUP or MASTER) that outranks this one, if any.
     fn better_live_candidate(&self, now: Instant) -> Option<Ipv4Addr> {
         self.peers
+            .peers
             .iter()
             .filter(|(_, p)| matches!(p.state, WireState::Backup | WireState::Master))
             .filter(|(_, p)| self.peer_alive(p, now))
@@ -541,42 +588,86 @@ impl Machine {
     fn probe_peer(&self) -> Option<Ipv4Addr> {
         self.master.or(self.p.peer).or_else(|| {
             self.peers
+                .peers
                 .iter()
+                .filter(|(_, p)| p.state != WireState::Resign)
                 .max_by_key(|(a, p)| (p.priority, **a))
                 .map(|(a, _)| *a)
         })
     }
 
-    /// A heartbeat datagram arrived (already decoded).
+    /// A heartbeat arrived (decoded and authenticated) from its own address. Kept
+    /// for callers that have no source address; the driver uses
+    /// [`Machine::handle_heartbeat_from`].
     pub fn handle_heartbeat(&mut self, now: Instant, hb: &Heartbeat) {
+        self.handle_heartbeat_from(now, hb, hb.node);
+    }
+
+    /// A heartbeat arrived from UDP source address `from`, decoded and (when this
+    /// node has keys) authenticated by the driver. It is admitted only if it names
+    /// its own sender, belongs to this group and is new (see [`super::replay`] and
+    /// the peer table's rules); the rest is counted in [`Machine::counters`].
+    pub fn handle_heartbeat_from(&mut self, now: Instant, hb: &Heartbeat, from: Ipv4Addr) {
         if hb.node == self.p.node {
             self.counters.own += 1;
+            return;
+        }
+        if hb.node != from {
+            // A sender speaks for its own address only: otherwise one host could
+            // forge every node's heartbeats without even spoofing its source.
+            self.counters.spoofed += 1;
             return;
         }
         if hb.vip != self.p.vip {
             self.counters.other_group += 1;
             return;
         }
-        if let Some(peer) = self.peers.get(&hb.node)
-            && peer.epoch == hb.epoch
-            && hb.seq <= peer.seq
-        {
-            self.counters.stale += 1;
+        let protect = [self.p.peer, self.master];
+        let admitted = self.peers.admit(
+            hb,
+            now,
+            self.p.interval,
+            self.p.dead_count,
+            self.signed,
+            protect,
+        );
+        let interval = match admitted {
+            Ok((fresh, interval)) => {
+                if fresh == Fresh::Restarted {
+                    tracing::info!(peer = %hb.node, epoch = hb.epoch, "peer {} restarted (new epoch)", hb.node);
+                }
+                interval
+            }
+            Err(Refused::Replay(r)) => {
+                match r {
+                    Replay::Stale => self.counters.stale += 1,
+                    Replay::SeqJump => self.counters.seq_jump += 1,
+                    Replay::OldEpoch => {
+                        self.counters.old_epoch += 1;
+                        // A replay, or the sender restarted with its clock set back:
+                        // ask it (fresh, authenticated) which epoch it runs now.
+                        if self.signed && self.peers.should_confirm(hb.node, now) {
+                            self.actions.push(Action::ConfirmEpoch { peer: hb.node });
+                        }
+                    }
+                }
+                return;
+            }
+            Err(Refused::Full) => {
+                self.counters.table_full += 1;
+                return;
+            }
+        };
+        self.counters.received += 1;
+        if self.hold_for_verification(hb, interval) {
             return;
         }
-        self.counters.received += 1;
-        let interval = Duration::from_millis(u64::from(hb.interval_ms.max(1)));
-        self.peers.insert(
-            hb.node,
-            Peer {
-                priority: hb.priority,
-                state: hb.state,
-                epoch: hb.epoch,
-                seq: hb.seq,
-                last_seen: now,
-                interval,
-            },
-        );
+        self.act_on(now, hb, interval);
+    }
+
+    /// What an admitted heartbeat (verified, when unsigned and role-changing)
+    /// makes this node do.
+    fn act_on(&mut self, now: Instant, hb: &Heartbeat, interval: Duration) {
         let theirs = (hb.priority, hb.node);
         match (self.state, hb.state) {
             (State::Master, WireState::Master) => {
@@ -621,7 +712,7 @@ impl Machine {
                 }
             }
             (State::Backup, WireState::Resign) => {
-                self.peers.remove(&hb.node);
+                self.peers.resigned(hb.node);
                 if self.master == Some(hb.node) || self.master.is_none() {
                     self.master = None;
                     match self.better_live_candidate(now) {
@@ -635,7 +726,7 @@ impl Machine {
                 }
             }
             (_, WireState::Resign) => {
-                self.peers.remove(&hb.node);
+                self.peers.resigned(hb.node);
             }
             _ => {}
         }
@@ -652,7 +743,10 @@ impl Machine {
     pub fn handle_timeout(&mut self, now: Instant) {
         for t in self.timers.expired(now) {
             match t {
-                Timer::Heartbeat => self.send_heartbeat_now(now),
+                Timer::Heartbeat => {
+                    self.peers.expire(now, self.p.dead_count);
+                    self.send_heartbeat_now(now);
+                }
                 Timer::GarpRefresh => {
                     if self.state == State::Master {
                         self.actions.push(Action::GarpRefresh);
@@ -901,6 +995,15 @@ impl Machine {
         self.actions.push(Action::SendHeartbeat(hb));
         self.timers = Timers::default();
         let _ = now;
+    }
+
+    /// A fresh, authenticated echo answer of `peer` says it runs `epoch` (the answer
+    /// to [`Action::ConfirmEpoch`]): its heartbeats of that epoch are admitted from
+    /// now on, even though the epoch is lower than the one remembered.
+    pub fn confirm_epoch(&mut self, now: Instant, peer: Ipv4Addr, epoch: u32) {
+        if self.peers.confirm(peer, epoch, now) {
+            tracing::warn!(%peer, epoch, "peer {peer} runs an older epoch than before (its clock went back?): adopted after an authenticated echo check");
+        }
     }
 
     /// The state and rank the echo service reports to a peer that asks.

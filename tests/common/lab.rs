@@ -13,6 +13,9 @@
 //!      10.X.Y.1  10.X.Y.2  10.X.Y.100 10.X.Y.200        (/24; the VIP default is .234)
 //! ```
 //!
+//! A fifth host, the [`Host::Attacker`] (10.X.Y.66), joins the bridge only when a
+//! test asks for it ([`Lab::add_attacker`]).
+//!
 //! * **Isolation.** Every command names its namespace (`ip -n NS`, `ip netns exec NS`);
 //!   nothing is ever run against the host's own namespace. Namespace names are
 //!   `gl<pid>-<counter>-<host>`, so tests in parallel threads and parallel test binaries
@@ -67,13 +70,15 @@ pub const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Labs made by this process so far; with the pid it makes names and subnets unique.
 static LABS: AtomicU32 = AtomicU32::new(0);
 
-/// The four hosts of a lab.
+/// The hosts of a lab: four always, the attacker on request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Host {
     N1,
     N2,
     Client,
     Backend,
+    /// Another host on the LAN, not a gateway node ([`Lab::add_attacker`]).
+    Attacker,
 }
 
 impl Host {
@@ -87,6 +92,7 @@ impl Host {
             Host::N2 => "n2",
             Host::Client => "client",
             Host::Backend => "backend",
+            Host::Attacker => "attacker",
         }
     }
 
@@ -97,6 +103,7 @@ impl Host {
             Host::N2 => 2,
             Host::Client => 100,
             Host::Backend => 200,
+            Host::Attacker => 66,
         }
     }
 
@@ -233,31 +240,49 @@ impl Lab {
         self.ip_in(&sw, &["link", "add", "br0", "type", "bridge"])?;
         self.ip_in(&sw, &["link", "set", "br0", "up"])?;
         for host in Host::ALL {
-            let ns = self.ns(host);
-            run(Command::new("ip").args(["netns", "add", &ns]))?;
-            self.namespaces.push(ns.clone());
-            // Bridge-side names only need to be unique inside the switch namespace,
-            // and stay within the 15-character interface name limit.
-            let port = format!("v{}", host.name());
-            // The peer is created directly inside the host's namespace: neither end
-            // ever exists in the namespace we run in.
-            self.ip_in(
-                &sw,
-                &[
-                    "link", "add", &port, "type", "veth", "peer", "name", IFNAME, "netns", &ns,
-                ],
-            )?;
-            self.ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])?;
-            self.ip_in(&ns, &["link", "set", "lo", "up"])?;
-            let cidr = format!("{}/24", self.ip(host));
-            self.ip_in(&ns, &["addr", "add", &cidr, "dev", IFNAME])?;
-            self.ip_in(&ns, &["link", "set", IFNAME, "up"])?;
+            self.add_host(host)?;
         }
         self.backend = Some(
             Backend::start(&netns_path(&self.ns(Host::Backend)))
                 .map_err(|e| format!("cannot start the backend: {e}"))?,
         );
         Ok(())
+    }
+
+    /// A namespace for `host`, joined to the bridge with its address.
+    fn add_host(&mut self, host: Host) -> Result<(), String> {
+        let sw = self.switch_ns();
+        let ns = self.ns(host);
+        run(Command::new("ip").args(["netns", "add", &ns]))?;
+        self.namespaces.push(ns.clone());
+        // Bridge-side names only need to be unique inside the switch namespace,
+        // and stay within the 15-character interface name limit.
+        let port = format!("v{}", host.name());
+        // The peer is created directly inside the host's namespace: neither end
+        // ever exists in the namespace we run in.
+        self.ip_in(
+            &sw,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", IFNAME, "netns", &ns,
+            ],
+        )?;
+        self.ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])?;
+        self.ip_in(&ns, &["link", "set", "lo", "up"])?;
+        let cidr = format!("{}/24", self.ip(host));
+        self.ip_in(&ns, &["addr", "add", &cidr, "dev", IFNAME])?;
+        self.ip_in(&ns, &["link", "set", IFNAME, "up"])?;
+        Ok(())
+    }
+
+    /// Join [`Host::Attacker`] to the LAN (once; later calls do nothing). Like
+    /// every host it is removed with the lab.
+    pub fn add_attacker(&mut self) {
+        if self.namespaces.contains(&self.ns(Host::Attacker)) {
+            return;
+        }
+        if let Err(e) = self.add_host(Host::Attacker) {
+            panic!("lab {}: cannot add the attacker: {e}", self.name);
+        }
     }
 
     /// `ip -n NS ARGS`.

@@ -4,6 +4,8 @@
 use super::*;
 use std::collections::BTreeMap;
 
+mod attack;
+
 const MS: Duration = Duration::from_millis(1);
 
 fn ip(last: u8) -> Ipv4Addr {
@@ -144,7 +146,8 @@ fn own_other_group_and_stale_packets_are_dropped_and_counted() {
             own: 1,
             other_group: 1,
             stale: 2,
-            received: 1
+            received: 1,
+            ..Counters::default()
         }
     );
     // A restart (new epoch) resets the sequence.
@@ -158,6 +161,8 @@ fn own_other_group_and_stale_packets_are_dropped_and_counted() {
 fn master_yields_at_once_to_a_better_master() {
     let t0 = Instant::now();
     let mut m = Machine::new(params(1, 100, false), 1, t0);
+    // Signed: trusted at once (unsigned claims are checked first: tests/attack.rs).
+    m.set_signed(true);
     run_until(&mut m, t0, t0 + 500 * MS, dead_peer);
     assert_eq!(m.state(), State::Master);
     m.handle_heartbeat(t0 + 500 * MS, &hb(2, 100, WireState::Master, 1)); // same prio, higher address
@@ -185,6 +190,7 @@ fn master_answers_a_worse_master_immediately() {
 fn backup_takes_over_at_once_on_resign() {
     let t0 = Instant::now();
     let mut m = Machine::new(params(1, 100, false), 1, t0);
+    m.set_signed(true);
     m.handle_heartbeat(t0, &hb(2, 200, WireState::Master, 1));
     m.drain_actions();
     m.handle_heartbeat(t0 + 10 * MS, &hb(2, 200, WireState::Resign, 2));
@@ -220,6 +226,7 @@ fn preempt_off_returning_better_node_stays_backup() {
 fn preempt_on_better_node_takes_over_from_worse_master() {
     let t0 = Instant::now();
     let mut m = Machine::new(params(9, 250, true), 1, t0);
+    m.set_signed(true);
     m.handle_heartbeat(t0 + 20 * MS, &hb(2, 10, WireState::Master, 1));
     assert_eq!(m.state(), State::Master);
     // And not from a better one.
@@ -455,9 +462,20 @@ fn two_master_flaps_double_the_takeover_silence() {
         assert!(acts.contains(&Action::BindVip), "{acts:?}");
         now = until;
         assert_eq!(m.state(), State::Master);
-        // It comes back as MASTER: two masters, the worse one (us) yields.
+        // It comes back as MASTER: two masters, the worse one (us) yields (after
+        // the echo check confirms the unsigned heartbeat).
         seq += 1;
         m.handle_heartbeat(now, &hb(2, 200, WireState::Master, seq));
+        for a in m.drain_actions() {
+            if let Action::Verify { id, .. } = a {
+                let alive = PeerCheck::Alive {
+                    state: WireState::Master,
+                    priority: 200,
+                    node: ip(2),
+                };
+                m.handle_verify(now, id, alive);
+            }
+        }
         assert_eq!(m.state(), State::Backup);
     }
     assert_eq!(silences[0], 300 * MS, "{silences:?}");
@@ -766,7 +784,26 @@ mod sim {
                             eprintln!("{:?} node{i} {from}->{to}: {reason}", self.now);
                         }
                     }
-                    Action::Garp | Action::GarpRefresh => {}
+                    Action::Verify { id, peer } => {
+                        // The echo check alone, answered at once.
+                        let j = (peer.octets()[3] - 1) as usize;
+                        let check = match self.nodes.get(j).and_then(|n| n.m.as_ref()) {
+                            Some(pm) if self.reach(i, j) => {
+                                let (state, priority, node) = pm.echo_status();
+                                PeerCheck::Alive {
+                                    state,
+                                    priority,
+                                    node,
+                                }
+                            }
+                            _ => PeerCheck::Dead,
+                        };
+                        let now = self.now;
+                        if let Some(m) = self.nodes[i].m.as_mut() {
+                            m.handle_verify(now, id, check);
+                        }
+                    }
+                    Action::Garp | Action::GarpRefresh | Action::ConfirmEpoch { .. } => {}
                 }
             }
         }

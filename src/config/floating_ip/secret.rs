@@ -1,0 +1,232 @@
+//! `floating_ip.secret`, `secret_file` and `accept_unauthenticated`: the keys that
+//! authenticate heartbeats and echo answers (see `failover::auth`).
+//!
+//! * `secret: "..."` or `secret: ["new", "old"]` — inline; the first signs, all are
+//!   accepted (key rotation).
+//! * `secret_file: /etc/gateway/failover.key` — the same, one key per line (blank
+//!   lines and `#` comments skipped). Read at start and on every reload (SIGHUP),
+//!   so a rotation needs no restart. A file every user may read is refused: the
+//!   key is what stands between any host on the LAN and the VIP. A relative path
+//!   is relative to the config file's directory.
+//! * `accept_unauthenticated: true` — also take unsigned heartbeats and echo
+//!   answers; only for moving a running unauthenticated group to a secret without
+//!   an outage (docs/security.md gives the order), logged as a warning.
+//!
+//! Keys must be at least [`MIN_SECRET_LEN`] characters: a captured heartbeat lets
+//! an attacker test guesses offline, so a short secret is a weak one.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::FieldError;
+use crate::config::auth::Secret;
+use crate::failover::auth::{Key, Keyring};
+
+/// The shortest accepted key.
+pub const MIN_SECRET_LEN: usize = 16;
+/// The most keys at once (a rotation needs two).
+pub const MAX_KEYS: usize = 8;
+
+/// `secret:` as written: one key, or a list whose first signs.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Secrets {
+    One(Secret),
+    Many(Vec<Secret>),
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} key(s), MASKED", self.list().len())
+    }
+}
+
+impl Secrets {
+    fn list(&self) -> Vec<&Secret> {
+        match self {
+            Secrets::One(s) => vec![s],
+            Secrets::Many(v) => v.iter().collect(),
+        }
+    }
+}
+
+fn check_keys<'a>(
+    field: &str,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Key>, FieldError> {
+    let mut out = Vec::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        if k.chars().count() < MIN_SECRET_LEN {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "key {} is too short: expected at least {MIN_SECRET_LEN} characters (e.g. the output of `openssl rand -base64 32`)",
+                    i + 1
+                ),
+            ));
+        }
+        out.push(Key::new(k.as_bytes()));
+    }
+    if out.is_empty() {
+        return Err(FieldError::new(
+            field,
+            "no key given: expected at least one key (the first one signs)",
+        ));
+    }
+    if out.len() > MAX_KEYS {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{} keys given: expected at most {MAX_KEYS} (a rotation needs two)",
+                out.len()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Checks that need only the file (an inline `secret`, the option combination).
+pub fn validate(
+    secret: Option<&Secrets>,
+    secret_file: Option<&Path>,
+    accept_unauthenticated: bool,
+) -> Result<(), FieldError> {
+    if secret.is_some() && secret_file.is_some() {
+        return Err(FieldError::new(
+            "floating_ip.secret_file",
+            "set either secret or secret_file, not both",
+        ));
+    }
+    if let Some(s) = secret {
+        check_keys("floating_ip.secret", s.list().iter().map(|s| s.expose()))?;
+    }
+    if accept_unauthenticated && secret.is_none() && secret_file.is_none() {
+        return Err(FieldError::new(
+            "floating_ip.accept_unauthenticated",
+            "only meaningful with secret or secret_file (without a key everything is accepted anyway)",
+        ));
+    }
+    Ok(())
+}
+
+/// The keyring: from the inline keys, or read from `secret_file` (relative to
+/// `base`), refusing a world-readable file.
+pub fn keyring(
+    secret: Option<&Secrets>,
+    secret_file: Option<&Path>,
+    accept_unauthenticated: bool,
+    base: &Path,
+) -> Result<Keyring, FieldError> {
+    let field = "floating_ip.secret_file";
+    let keys = match (secret, secret_file) {
+        (Some(s), _) => check_keys("floating_ip.secret", s.list().iter().map(|s| s.expose()))?,
+        (None, Some(path)) => {
+            let path = base.join(path);
+            let shown = path.display();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let meta = std::fs::metadata(&path)
+                    .map_err(|e| FieldError::new(field, format!("cannot read {shown}: {e}")))?;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o004 != 0 {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "{shown} is readable by every user (mode {mode:04o}): expected a file only its owner (and group) can read; run `chmod 600 {shown}`"
+                        ),
+                    ));
+                }
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| FieldError::new(field, format!("cannot read {shown}: {e}")))?;
+            let lines = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'));
+            check_keys(field, lines)
+                .map_err(|e| FieldError::new(field, format!("{shown}: {}", e.message)))?
+        }
+        (None, None) => return Ok(Keyring::default()),
+    };
+    Ok(Keyring::new(keys, accept_unauthenticated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const K1: &str = "0123456789abcdef-one";
+    const K2: &str = "0123456789abcdef-two";
+
+    fn inline(v: &[&str]) -> Secrets {
+        Secrets::Many(v.iter().map(|s| Secret(s.to_string())).collect())
+    }
+
+    #[test]
+    fn inline_keys_first_signs() {
+        let r = keyring(Some(&inline(&[K1, K2])), None, false, Path::new("")).unwrap();
+        assert_eq!(
+            r.ids(),
+            vec![Key::new(K1.as_bytes()).id(), Key::new(K2.as_bytes()).id()]
+        );
+        assert!(r.requires_signature());
+    }
+
+    #[test]
+    fn bad_combinations_and_short_keys_name_the_field() {
+        let e = validate(Some(&inline(&["short"])), None, false).unwrap_err();
+        assert_eq!(e.field, "floating_ip.secret");
+        assert!(e.message.contains("at least 16"), "{}", e.message);
+        let e = validate(Some(&inline(&[K1])), Some(Path::new("/x")), false).unwrap_err();
+        assert_eq!(e.field, "floating_ip.secret_file");
+        let e = validate(None, None, true).unwrap_err();
+        assert_eq!(e.field, "floating_ip.accept_unauthenticated");
+        let e = validate(Some(&inline(&[])), None, false).unwrap_err();
+        assert!(e.message.contains("at least one key"), "{}", e.message);
+    }
+
+    #[test]
+    fn secret_file_is_read_relative_and_refused_when_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hb.key");
+        std::fs::write(&p, format!("# rotation: new first\n{K2}\n\n{K1}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let r = keyring(None, Some(Path::new("hb.key")), true, dir.path()).unwrap();
+        assert_eq!(r.ids().len(), 2);
+        assert_eq!(r.ids()[0], Key::new(K2.as_bytes()).id());
+        assert!(!r.requires_signature(), "accept_unauthenticated");
+
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = keyring(None, Some(Path::new("hb.key")), false, dir.path()).unwrap_err();
+        assert_eq!(e.field, "floating_ip.secret_file");
+        assert!(
+            e.message.contains("readable by every user") && e.message.contains("chmod 600"),
+            "{}",
+            e.message
+        );
+
+        std::fs::write(&p, "# nothing\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = keyring(None, Some(&p), false, Path::new("")).unwrap_err();
+        assert!(e.message.contains("no key"), "{}", e.message);
+        let e = keyring(
+            None,
+            Some(Path::new("/nonexistent/k")),
+            false,
+            Path::new(""),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("cannot read"), "{}", e.message);
+    }
+
+    #[test]
+    fn debug_never_shows_a_key() {
+        let s = format!("{:?}", inline(&[K1]));
+        assert!(!s.contains(K1) && s.contains("MASKED"), "{s}");
+        let r = keyring(Some(&inline(&[K1])), None, false, Path::new("")).unwrap();
+        assert!(!format!("{r:?}").contains(K1));
+    }
+}
