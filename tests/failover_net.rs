@@ -10,13 +10,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::lab::{BACKEND_BANNER, GatewayProc, Hook, Host, Lab, poll};
+use common::load::Server;
 
 const WAIT: Duration = Duration::from_secs(10);
 const SERVICE_PORT: u16 = 8080;
@@ -52,62 +53,6 @@ fn service(lab: &Lab, name: &str, port: u16) -> String {
     )
 }
 
-/// A server in a lab host: one thread accepting, one per connection running
-/// `serve`; everything stops and is joined on drop.
-struct Server {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(
-        lab: &Lab,
-        host: Host,
-        port: u16,
-        serve: impl Fn(TcpStream, &AtomicBool) + Send + Sync + 'static,
-    ) -> Server {
-        let listener = lab
-            .in_netns(host, move || {
-                TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-            })
-            .and_then(|r| r)
-            .expect("cannot listen in the lab");
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let serve = Arc::new(serve);
-        let s = stop.clone();
-        let accept = thread::spawn(move || {
-            let mut conns = Vec::new();
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let (s, serve) = (s.clone(), serve.clone());
-                        conns.push(thread::spawn(move || serve(c, &s)));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            for c in conns {
-                let _ = c.join();
-            }
-        });
-        Server {
-            stop,
-            threads: vec![accept],
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A client loop: one request to the VIP's service every `every`, counting answers
 /// and failures, until dropped.
 struct Requests {
@@ -123,13 +68,9 @@ impl Requests {
         let (s, o, f): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>) =
             (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
         let addr = SocketAddr::from((lab.default_vip(), SERVICE_PORT));
-        let path = format!("/run/netns/{}", lab.ns(Host::Client));
+        let ns = lab.ns(Host::Client);
         let thread = thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on this thread only, with a valid fd.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0);
+            common::load::enter(&ns).expect("enter the client's namespace");
             while !s.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let got =

@@ -664,7 +664,11 @@ impl Shell<'_> {
     fn arp_probe(&self, peer: Option<Ipv4Addr>) -> tokio::task::JoinHandle<Option<String>> {
         let iface = self.fip.interface.clone();
         let vip = self.fip.vip;
-        let ask = peer.map(|p| (self.fip.local_ip, p));
+        // The peer is asked for its own MAC in the same breath, so that its kernel
+        // answering for the VIP (a crashed daemon's leftover, or a live master seen
+        // from a FAULT node) is recognised as one of ours. Health probes name no
+        // peer: the configured one is asked then.
+        let ask = peer.or(self.fip.peer_ip).map(|p| (self.fip.local_ip, p));
         let window = self.window;
         let group = self.group_macs.clone();
         tokio::task::spawn_blocking(move || {
