@@ -732,6 +732,19 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_masked_in_every_dump() {
+        let key = "do-not-print-me-0123456789";
+        let cfg = parse(&format!(
+            "enabled: true\nsecret: [\"{key}\", \"{key}-old\"]"
+        ));
+        let f = cfg.resolve(&host()).unwrap();
+        assert_eq!(f.keys.ids().len(), 2);
+        let dump = format!("{cfg:?} {f:?} {cfg:#?} {f:#?}");
+        assert!(!dump.contains("do-not-print"), "{dump}");
+        assert!(dump.contains("MASKED"), "{dump}");
+    }
+
+    #[test]
     fn stale_vip_on_interface_is_not_local_ip() {
         let mut h = host();
         // A crash left the VIP behind as a secondary address of eth0.

@@ -305,21 +305,9 @@ mod tests {
     use super::*;
     use crate::failover::wire::WireState;
     use proptest::prelude::*;
-    use std::net::Ipv4Addr;
 
     fn hb() -> Heartbeat {
-        Heartbeat {
-            state: WireState::Master,
-            priority: 100,
-            flags: 0,
-            node: Ipv4Addr::new(10, 0, 0, 1),
-            vip: Ipv4Addr::new(10, 0, 0, 234),
-            epoch: 7,
-            seq: 42,
-            interval_ms: 100,
-            auth_type: 0,
-            auth: vec![],
-        }
+        crate::failover::wire::sample()
     }
 
     fn ring(secrets: &[&str]) -> Keyring {

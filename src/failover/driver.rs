@@ -512,6 +512,7 @@ pub async fn run_keyed(
         table_full = c.table_full,
         unconfirmed = c.unconfirmed,
         peers = machine.peer_count(),
+        peers_peak = c.peers_peak,
         malformed = drops.total(),
         auth_failed = drops.auth_failed(),
         unsigned = n(&drops.unsigned),

@@ -12,6 +12,11 @@
 //! # The rules
 //!
 //! Every node sends a heartbeat every `interval` carrying its state and priority.
+//! A heartbeat counts only if the driver authenticated it (when the group has a
+//! secret), it names its own source address, and it is new for its sender (the
+//! peer table's anti-replay, interval and size rules: `machine/peers.rs`). Without
+//! a secret, one that would change this node's role is first checked with the
+//! sender's echo service (`machine/verify.rs`).
 //! A node's *rank* is `(priority, address)`: higher priority wins, ties go to the
 //! higher IPv4 address.
 //!
@@ -67,6 +72,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use super::inbound::BurstLog;
 use super::replay::{Fresh, Replay};
 use super::wire::{Heartbeat, WireState};
 
@@ -216,6 +222,8 @@ pub struct Counters {
     pub table_full: u64,
     /// Unsigned role-changing heartbeats the echo check contradicted (forged).
     pub unconfirmed: u64,
+    /// The most senders the peer table held at once (at most [`MAX_PEERS`]).
+    pub peers_peak: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -302,6 +310,10 @@ pub struct Machine {
     probes: HashMap<u64, Purpose>,
     /// Unsigned role-changing heartbeats waiting for their echo check, by id.
     verifying: HashMap<u64, (Heartbeat, Duration)>,
+    /// Rate limits of the per-sender log lines a forger could otherwise repeat
+    /// at will: restarts seen, claims contradicted.
+    restart_log: BurstLog,
+    verify_log: BurstLog,
     /// The takeover probe of the current "master is silent" episode and its result.
     takeover_probe: Option<u64>,
     takeover_result: Option<ProbeResult>,
@@ -335,6 +347,8 @@ impl Machine {
             next_probe_id: 1,
             probes: HashMap::new(),
             verifying: HashMap::new(),
+            restart_log: BurstLog::default(),
+            verify_log: BurstLog::default(),
             takeover_probe: None,
             takeover_result: None,
             master_down_expired: false,
@@ -595,10 +609,13 @@ impl Machine {
             self.signed,
             protect,
         );
+        self.counters.peers_peak = self.counters.peers_peak.max(self.peers.len() as u64);
         let interval = match admitted {
             Ok((fresh, interval)) => {
-                if fresh == Fresh::Restarted {
-                    tracing::info!(peer = %hb.node, epoch = hb.epoch, "peer {} restarted (new epoch)", hb.node);
+                if fresh == Fresh::Restarted
+                    && let Some(more) = self.restart_log.note(hb.node.into(), now)
+                {
+                    tracing::info!(peer = %hb.node, epoch = hb.epoch, suppressed = more, "peer {} restarted (new epoch)", hb.node);
                 }
                 interval
             }

@@ -16,10 +16,13 @@
 //! * `state` is the sender's state ([`WireState`]); `Resign` is sent by a master that
 //!   is shutting down so the backup takes over without waiting for the dead timer.
 //! * The VIP identifies the group: several pairs can share one LAN and port.
-//! * `epoch` is random per process start: a restarted peer is recognised even though
-//!   its sequence number starts again.
-//! * `auth type` 0 means none; the tag and its length are there so that an HMAC can
-//!   be added without a new version (the tag covers bytes `0..30`).
+//! * `epoch` is the sender's start time (Unix seconds) and the sequence starts from the
+//!   sub-second part of it, so a restarted peer always counts higher than its previous
+//!   run; see [`super::replay`] for what receivers accept.
+//! * `auth type` versions the authentication within wire version 1: 0 is none (no tag;
+//!   INFINI-compatible configs), 1 is HMAC-SHA256 with a 36-byte tag `key id ‖ MAC`,
+//!   the MAC covering every byte before it ([`super::auth`]). Any other type, or a
+//!   length that does not match the datagram, is dropped and counted.
 
 use std::net::Ipv4Addr;
 
@@ -134,25 +137,27 @@ impl Heartbeat {
     }
 }
 
+/// A heartbeat for unit tests.
+#[cfg(test)]
+pub(crate) fn sample() -> Heartbeat {
+    Heartbeat {
+        state: WireState::Master,
+        priority: 100,
+        flags: 0,
+        node: Ipv4Addr::new(10, 0, 0, 1),
+        vip: Ipv4Addr::new(10, 0, 0, 234),
+        epoch: 7,
+        seq: 42,
+        interval_ms: 100,
+        auth_type: 0,
+        auth: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn sample() -> Heartbeat {
-        Heartbeat {
-            state: WireState::Master,
-            priority: 100,
-            flags: 0,
-            node: Ipv4Addr::new(10, 0, 0, 1),
-            vip: Ipv4Addr::new(10, 0, 0, 234),
-            epoch: 7,
-            seq: 42,
-            interval_ms: 100,
-            auth_type: 0,
-            auth: vec![],
-        }
-    }
 
     #[test]
     fn roundtrip_and_layout() {

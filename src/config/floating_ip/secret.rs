@@ -29,11 +29,37 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub const MAX_KEYS: usize = 8;
 
 /// `secret:` as written: one key, or a list whose first signs.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Secrets {
     One(Secret),
     Many(Vec<Secret>),
+}
+
+/// By hand rather than `untagged`, so that a wrong type says what is expected.
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Secrets;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key (a string of at least 16 characters) or a list of keys, the signing one first")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secrets, E> {
+                Ok(Secrets::One(Secret(v.to_string())))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Secrets, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = a.next_element::<String>()? {
+                    keys.push(Secret(k));
+                }
+                Ok(Secrets::Many(keys))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl std::fmt::Debug for Secrets {
@@ -220,6 +246,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("cannot read"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_wrong_type_says_what_is_expected() {
+        let e = serde_yaml_ng::from_str::<Secrets>("12345")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a key (a string"), "{e}");
+        let ok: Secrets = serde_yaml_ng::from_str("[\"a\", \"b\"]").unwrap();
+        assert_eq!(ok.list().len(), 2);
     }
 
     #[test]

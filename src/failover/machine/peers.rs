@@ -137,37 +137,21 @@ impl PeerTable {
         self.windows
             .retain(|a, w| w.signed || peers.contains_key(a));
         let evictable = |a: &Ipv4Addr| *a != newcomer && !protect.contains(&Some(*a));
-        while self.peers.len() >= MAX_PEERS {
-            let oldest = self
-                .peers
-                .iter()
-                .filter(|(a, _)| evictable(a))
-                .min_by_key(|(_, p)| p.last_seen)
-                .map(|(a, _)| *a);
-            match oldest {
-                Some(a) => {
-                    self.peers.remove(&a);
-                    if self.windows.get(&a).is_some_and(|w| !w.signed) {
-                        self.windows.remove(&a);
-                    }
-                }
-                None => return Err(Refused::Full),
-            }
-        }
-        while self.windows.len() >= MAX_PEERS {
+        while self.peers.len() >= MAX_PEERS || self.windows.len() >= MAX_PEERS {
+            // The longest-silent sender, whichever map holds it.
             let oldest = self
                 .windows
                 .iter()
+                .map(|(a, w)| (*a, w.at))
+                .chain(self.peers.iter().map(|(a, p)| (*a, p.last_seen)))
                 .filter(|(a, _)| evictable(a))
-                .min_by_key(|(_, w)| w.at)
-                .map(|(a, _)| *a);
-            match oldest {
-                Some(a) => {
-                    self.windows.remove(&a);
-                    self.peers.remove(&a);
-                }
-                None => return Err(Refused::Full),
-            }
+                .min_by_key(|(_, t)| *t)
+                .map(|(a, _)| a);
+            let Some(a) = oldest else {
+                return Err(Refused::Full);
+            };
+            self.peers.remove(&a);
+            self.windows.remove(&a);
         }
         Ok(())
     }

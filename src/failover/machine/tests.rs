@@ -148,6 +148,7 @@ fn own_other_group_and_stale_packets_are_dropped_and_counted() {
             other_group: 1,
             stale: 2,
             received: 1,
+            peers_peak: 1,
             ..Counters::default()
         }
     );
@@ -570,6 +571,22 @@ mod sim {
             x.link && y.link && !x.cut && !y.cut
         }
 
+        /// Node `i`'s echo check on `addr`: its state if reachable, else dead.
+        fn echo(&self, i: usize, addr: Ipv4Addr) -> PeerCheck {
+            let j = (addr.octets()[3] - 1) as usize;
+            match self.nodes.get(j).and_then(|n| n.m.as_ref()) {
+                Some(pm) if self.reach(i, j) => {
+                    let (state, priority, node) = pm.echo_status();
+                    PeerCheck::Alive {
+                        state,
+                        priority,
+                        node,
+                    }
+                }
+                _ => PeerCheck::Dead,
+            }
+        }
+
         fn pump(&mut self, i: usize) {
             loop {
                 let Some(m) = self.nodes[i].m.as_mut() else {
@@ -590,20 +607,7 @@ mod sim {
                     Action::Probe { id, peer, .. } => {
                         let peer_check = match peer {
                             None => PeerCheck::Unknown,
-                            Some(addr) => {
-                                let j = (addr.octets()[3] - 1) as usize;
-                                match self.nodes.get(j).and_then(|n| n.m.as_ref()) {
-                                    Some(pm) if self.reach(i, j) => {
-                                        let (state, priority, node) = pm.echo_status();
-                                        PeerCheck::Alive {
-                                            state,
-                                            priority,
-                                            node,
-                                        }
-                                    }
-                                    _ => PeerCheck::Dead,
-                                }
-                            }
+                            Some(addr) => self.echo(i, addr),
                         };
                         let n = &self.nodes[i];
                         let targets_ok = self.targets.then_some(n.link && !n.cut);
@@ -632,18 +636,7 @@ mod sim {
                     }
                     Action::Verify { id, peer } => {
                         // The echo check alone, answered at once.
-                        let j = (peer.octets()[3] - 1) as usize;
-                        let check = match self.nodes.get(j).and_then(|n| n.m.as_ref()) {
-                            Some(pm) if self.reach(i, j) => {
-                                let (state, priority, node) = pm.echo_status();
-                                PeerCheck::Alive {
-                                    state,
-                                    priority,
-                                    node,
-                                }
-                            }
-                            _ => PeerCheck::Dead,
-                        };
+                        let check = self.echo(i, peer);
                         let now = self.now;
                         if let Some(m) = self.nodes[i].m.as_mut() {
                             m.handle_verify(now, id, check);

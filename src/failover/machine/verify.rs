@@ -77,7 +77,9 @@ impl Machine {
             self.act_on(now, &hb, interval);
         } else {
             self.counters.unconfirmed += 1;
-            tracing::warn!(peer = %hb.node, claim = ?hb.state, answer = ?check, "unsigned heartbeat of {} claiming {:?} contradicted by its echo check: ignored (forged?)", hb.node, hb.state);
+            if let Some(more) = self.verify_log.note(hb.node.into(), now) {
+                tracing::warn!(peer = %hb.node, claim = ?hb.state, answer = ?check, suppressed = more, "unsigned heartbeat of {} claiming {:?} contradicted by its echo check: ignored (forged?)", hb.node, hb.state);
+            }
         }
     }
 }
