@@ -219,8 +219,15 @@ impl Soak<'_> {
         if h == Host::N1 { 0 } else { 1 }
     }
 
+    /// Start `h`'s daemon; it counts as running (its VIP as served) once it has
+    /// joined the election — by then it has removed a VIP an earlier run left behind.
     fn start_daemon(&mut self, h: Host) {
         let g = self.lab.spawn_gateway(h, &self.configs[Self::idx(h)]);
+        assert!(
+            g.wait_log("reason=startup", Duration::from_secs(5)),
+            "{h} did not start:\n{}",
+            g.log()
+        );
         self.daemons[Self::idx(h)] = Some(g);
         self.running.of(h).store(true, Ordering::Relaxed);
     }

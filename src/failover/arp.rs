@@ -28,7 +28,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use pnet::datalink::{self, Channel, DataLinkSender};
+use pnet::datalink::{self, Channel, DataLinkReceiver, DataLinkSender};
 use pnet::packet::MutablePacket;
 use pnet::packet::arp::{ArpHardwareTypes, ArpOperation, ArpOperations, MutableArpPacket};
 use pnet::packet::ethernet::{EtherTypes, MutableEthernetPacket};
@@ -155,28 +155,7 @@ pub fn probe_vip(
     rounds: u32,
     window: Duration,
 ) -> Result<ProbeFindings, ArpError> {
-    let iface = datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == ifname)
-        .ok_or_else(|| ArpError::NoInterface(ifname.to_string()))?;
-    let mac = match iface.mac {
-        Some(mac) if mac != MacAddr::zero() => mac,
-        _ => return Err(ArpError::NoInterface(ifname.to_string())),
-    };
-    let config = datalink::Config {
-        write_timeout: Some(WRITE_TIMEOUT),
-        read_timeout: Some(Duration::from_millis(5)),
-        promiscuous: false,
-        ..Default::default()
-    };
-    let (mut tx, mut rx) = match datalink::channel(&iface, config)? {
-        Channel::Ethernet(tx, rx) => (tx, rx),
-        _ => {
-            return Err(ArpError::Io(std::io::Error::other(format!(
-                "{ifname}: not an Ethernet channel"
-            ))));
-        }
-    };
+    let (mac, mut tx, mut rx) = open(ifname, Some(Duration::from_millis(5)))?;
     let mut found = ProbeFindings {
         own: Some(mac),
         ..Default::default()
@@ -205,6 +184,35 @@ pub fn probe_vip(
     Ok(found)
 }
 
+/// The interface's MAC and an `AF_PACKET` channel on it; reads time out after
+/// `read_timeout` (none: a sender only).
+fn open(
+    ifname: &str,
+    read_timeout: Option<Duration>,
+) -> Result<(MacAddr, Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>), ArpError> {
+    let iface = datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == ifname)
+        .ok_or_else(|| ArpError::NoInterface(ifname.to_string()))?;
+    let mac = match iface.mac {
+        Some(mac) if mac != MacAddr::zero() => mac,
+        _ => return Err(ArpError::NoInterface(ifname.to_string())),
+    };
+    let config = datalink::Config {
+        write_timeout: Some(WRITE_TIMEOUT),
+        read_timeout,
+        // pnet's default turns promiscuous mode on; ARP to and from us needs none.
+        promiscuous: false,
+        ..Default::default()
+    };
+    match datalink::channel(&iface, config)? {
+        Channel::Ethernet(tx, rx) => Ok((mac, tx, rx)),
+        _ => Err(ArpError::Io(std::io::Error::other(format!(
+            "{ifname}: not an Ethernet channel"
+        )))),
+    }
+}
+
 fn send(tx: &mut dyn DataLinkSender, ifname: &str, frame: &[u8]) -> Result<(), ArpError> {
     match tx.send_to(frame, None) {
         Some(result) => Ok(result?),
@@ -227,28 +235,7 @@ pub fn send_garp(
     if count == 0 {
         return Ok(());
     }
-    let iface = datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == ifname)
-        .ok_or_else(|| ArpError::NoInterface(ifname.to_string()))?;
-    let mac = match iface.mac {
-        Some(mac) if mac != MacAddr::zero() => mac,
-        _ => return Err(ArpError::NoInterface(ifname.to_string())),
-    };
-    let config = datalink::Config {
-        write_timeout: Some(WRITE_TIMEOUT),
-        // pnet's default turns promiscuous mode on; a sender has no use for it.
-        promiscuous: false,
-        ..Default::default()
-    };
-    let mut tx = match datalink::channel(&iface, config)? {
-        Channel::Ethernet(tx, _rx) => tx,
-        _ => {
-            return Err(ArpError::Io(std::io::Error::other(format!(
-                "{ifname}: not an Ethernet channel"
-            ))));
-        }
-    };
+    let (mac, mut tx, _rx) = open(ifname, None)?;
     let frames = garp_frames(mac, vip);
     for round in 0..count {
         if round > 0 {

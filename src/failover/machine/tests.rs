@@ -83,6 +83,20 @@ fn run_until(
     all
 }
 
+/// The probe finds n2 (priority 200) alive as MASTER.
+fn master_alive(id: u64) -> ProbeResult {
+    ProbeResult {
+        id,
+        peer: PeerCheck::Alive {
+            state: WireState::Master,
+            priority: 200,
+            node: ip(2),
+        },
+        targets_ok: None,
+        vip_in_use: None,
+    }
+}
+
 fn dead_peer(id: u64) -> ProbeResult {
     ProbeResult {
         id,
@@ -263,16 +277,7 @@ fn silent_master_probe_decides() {
 
     // Peer answers the echo as MASTER → stay BACKUP.
     let mut m = setup();
-    run_until(&mut m, t0, t0 + 2000 * MS, |id| ProbeResult {
-        id,
-        peer: PeerCheck::Alive {
-            state: WireState::Master,
-            priority: 200,
-            node: ip(2),
-        },
-        targets_ok: None,
-        vip_in_use: None,
-    });
+    run_until(&mut m, t0, t0 + 2000 * MS, master_alive);
     assert_eq!(m.state(), State::Backup);
 
     // Targets unreachable → FAULT, never MASTER.

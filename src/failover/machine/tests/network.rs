@@ -86,17 +86,7 @@ fn echo_answering_master_is_rechecked_after_one_dead_interval() {
     let t0 = Instant::now();
     let mut m = Machine::new(params(1, 100, false), 1, t0);
     m.handle_heartbeat(t0, &hb(2, 200, WireState::Master, 1));
-    let alive = |id| ProbeResult {
-        id,
-        peer: PeerCheck::Alive {
-            state: WireState::Master,
-            priority: 200,
-            node: ip(2),
-        },
-        targets_ok: None,
-        vip_in_use: None,
-    };
-    let acts = run_until(&mut m, t0, t0 + 2000 * MS, alive);
+    let acts = run_until(&mut m, t0, t0 + 2000 * MS, master_alive);
     assert_eq!(m.state(), State::Backup);
     let probes = acts
         .iter()
