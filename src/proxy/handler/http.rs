@@ -124,7 +124,10 @@ impl Metadata for HttpMetadata {
 
 /// Header names must be HTTP tokens and values must not break the line: a value
 /// with CR/LF would let the config inject arbitrary response lines.
-fn validate_headers(headers: &BTreeMap<String, String>, field: &str) -> Result<(), FieldError> {
+fn validate_headers(
+    headers: &BTreeMap<String, String>,
+    field: &str,
+) -> Result<(), FieldError> {
     for (name, value) in headers {
         let token = !name.is_empty()
             && name
