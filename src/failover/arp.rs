@@ -155,7 +155,11 @@ pub fn probe_vip(
     rounds: u32,
     window: Duration,
 ) -> Result<ProbeFindings, ArpError> {
-    let (mac, mut tx, mut rx) = open(ifname, Some(Duration::from_millis(5)))?;
+    let Link {
+        mac,
+        mut tx,
+        mut rx,
+    } = open(ifname, Some(Duration::from_millis(5)))?;
     let mut found = ProbeFindings {
         own: Some(mac),
         ..Default::default()
@@ -184,12 +188,16 @@ pub fn probe_vip(
     Ok(found)
 }
 
-/// The interface's MAC and an `AF_PACKET` channel on it; reads time out after
-/// `read_timeout` (none: a sender only).
-fn open(
-    ifname: &str,
-    read_timeout: Option<Duration>,
-) -> Result<(MacAddr, Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>), ArpError> {
+/// An `AF_PACKET` channel on an interface, with the interface's MAC.
+struct Link {
+    mac: MacAddr,
+    tx: Box<dyn DataLinkSender>,
+    rx: Box<dyn DataLinkReceiver>,
+}
+
+/// Open a [`Link`] on `ifname`; reads time out after `read_timeout` (none: a sender
+/// only).
+fn open(ifname: &str, read_timeout: Option<Duration>) -> Result<Link, ArpError> {
     let iface = datalink::interfaces()
         .into_iter()
         .find(|i| i.name == ifname)
@@ -206,7 +214,7 @@ fn open(
         ..Default::default()
     };
     match datalink::channel(&iface, config)? {
-        Channel::Ethernet(tx, rx) => Ok((mac, tx, rx)),
+        Channel::Ethernet(tx, rx) => Ok(Link { mac, tx, rx }),
         _ => Err(ArpError::Io(std::io::Error::other(format!(
             "{ifname}: not an Ethernet channel"
         )))),
@@ -235,7 +243,7 @@ pub fn send_garp(
     if count == 0 {
         return Ok(());
     }
-    let (mac, mut tx, _rx) = open(ifname, None)?;
+    let Link { mac, mut tx, .. } = open(ifname, None)?;
     let frames = garp_frames(mac, vip);
     for round in 0..count {
         if round > 0 {
