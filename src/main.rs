@@ -304,10 +304,7 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
             }
             let (ktx, krx) = watch::channel(std::sync::Arc::new(fip.keys.clone()));
             keys_tx = Some(ktx);
-            (
-                tokio::spawn(driver::run_keyed(fip, tx, krx, cancel.clone())),
-                rx,
-            )
+            (driver::spawn(fip, tx, krx, cancel.clone()), rx)
         });
 
     let mut current = loaded;

@@ -50,14 +50,22 @@ fn node_config(lab: &Lab, host: Host, priority: u8, extra: &[&str]) -> String {
 /// elected master and of the backup (`GatewayProc::host` tells which is which).
 fn start_both(lab: &Lab, cfg: &str) -> (GatewayProc, GatewayProc) {
     let vip = lab.default_vip();
-    // A VIP left behind by killed daemons must first disappear (the start removes
+    // A VIP left behind by killed daemons must first be removed (the start removes
     // it; the winner binds it again a dead interval later), or the stale holder
-    // would pass for the elected one.
-    let stale = !lab.vip_holders(vip).is_empty();
+    // would pass for the elected one. The daemon says when it has done so: wait for
+    // that event, not for a short window with no holder that a poll may miss.
+    let stale = lab.vip_holders(vip);
     let g1 = lab.spawn_gateway(Host::N1, cfg);
     let g2 = lab.spawn_gateway(Host::N2, cfg);
-    if stale {
-        lab.expect_holders(vip, &[], ELECTION, "the stale VIP was never removed");
+    for g in [&g1, &g2] {
+        if stale.contains(&g.host()) {
+            assert!(
+                g.wait_log("removed a VIP left behind by an earlier run", ELECTION),
+                "{}: the stale VIP was never removed:\n{}",
+                g.host(),
+                g.log()
+            );
+        }
     }
     let master = lab
         .wait_single_holder(vip, ELECTION)
@@ -226,12 +234,25 @@ fn daemon_crash_fails_over_and_restart_removes_stale_vip() {
 fn sigterm_switches_over() {
     let lab = Lab::new("e2e-sigterm");
     let vip = lab.default_vip();
-    let (mut stopping, _alive) = start_both(&lab, &config(&lab));
+    let (mut stopping, alive) = start_both(&lab, &config(&lab));
     let master = stopping.host();
     let backup = master.peer();
 
     let t0 = Instant::now();
     stopping.signal(Signal::SIGTERM);
+    // The instant path: the backup takes over because the master resigned, not
+    // because its dead timer ran out (which would also move the VIP, only later).
+    let resigned = format!("to=MASTER reason=master {} resigned", lab.ip(master));
+    assert!(
+        alive.wait_log(&resigned, FAILOVER),
+        "the backup did not take over on the resign:\n{}",
+        alive.log()
+    );
+    assert!(
+        !alive.log().contains("silent for"),
+        "the backup took over on silence, not on the resign:\n{}",
+        alive.log()
+    );
     let took = assert_reaches(&lab, vip, "after SIGTERM on the master");
     eprintln!(
         "graceful stop: service back after {took:?} (150 ms per client attempt here; scripts/bench-failover.sh measures finely)"

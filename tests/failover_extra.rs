@@ -106,15 +106,30 @@ fn unicast_heartbeats_to_peer_ip_survive_lost_broadcast() {
     lab.nft_drop(Host::N2, Hook::Input, &bcast);
     lab.nft_drop(Host::N1, Hook::Input, &bcast);
     let _g1 = start_n1_master(&lab, &[]);
-    // The echo port is closed too, so only heartbeats keep n2 from taking over.
+    // Every other way n2 could learn that n1 is alive is closed too (echo over TCP
+    // and UDP, ICMP to n1), so only heartbeats keep n2 from taking over.
     lab.nft_drop(Host::N2, Hook::Output, "tcp dport 61111");
-    let g2 = start_n2(&lab);
+    lab.nft_drop(Host::N2, Hook::Output, "udp dport 61111");
+    lab.nft_drop(Host::N2, Hook::Output, "icmp type echo-request");
+    let mut g2 = start_n2(&lab);
+    // n2 must really be running as a backup for the watch below to mean anything.
+    assert!(
+        g2.wait_log("to=BACKUP reason=startup", WAIT),
+        "n2 never started:\n{}",
+        g2.log()
+    );
     if let Err(seen) = lab.holders_stay(vip, &[Host::N1], Duration::from_secs(2)) {
         panic!(
             "n2 took the VIP although unicast heartbeats flow: {seen:?}\n{}",
             g2.log()
         );
     }
+    g2.assert_running("unicast heartbeats");
+    assert!(
+        !g2.log().contains("to=MASTER"),
+        "n2 was MASTER at some point:\n{}",
+        g2.log()
+    );
 }
 
 #[test]

@@ -47,7 +47,7 @@ fn default_broadcast_binding() -> String {
     "224.3.2.2:7654".to_string()
 }
 fn default_heartbeat_interval_ms() -> u64 {
-    100
+    50
 }
 fn default_dead_count() -> u32 {
     3

@@ -23,16 +23,35 @@
 //! * **Start**: a node starts as BACKUP, removes a VIP it may have left behind, and
 //!   listens for `dead_count × interval`. If it hears a MASTER it stays BACKUP.
 //! * **Master dead**: a BACKUP that has heard nothing from a master for
-//!   `dead_count × interval` considers taking over. One interval before that it
-//!   starts a *probe*, so that the evidence is ready in time:
+//!   `dead_count × interval` considers taking over. Silence alone is weak evidence
+//!   (on a lossy link a few heartbeats in a row go missing all the time), so one
+//!   interval before that — on *suspicion* — it starts a *probe* that asks several
+//!   independent ways at once, so that the evidence is in when the timer fires:
+//!   - the peer, over UDP and TCP echo (`echo.port`), repeated every few
+//!     milliseconds, plus ICMP to the peer host (the driver's
+//!     [`confirm`](super::confirm) module). Any answer from the daemon → it is
+//!     alive. A live MASTER → heartbeats are lost but the master is fine → stay
+//!     BACKUP (no split brain) and keep watching. A live non-master that outranks
+//!     us → it takes over, we stay BACKUP. Only when *every* way stayed silent or
+//!     was refused for the whole window is the peer gone.
 //!   - ICMP to the probe targets: if targets are configured and none answers, this
 //!     node is the one cut off → FAULT, no VIP.
-//!   - the echo check on the peer (TCP, `echo.port`): the peer's daemon answers with
-//!     its state. A live MASTER → heartbeats are lost but the master is fine → stay
-//!     BACKUP (no split brain). A live non-master that outranks us → it takes over,
-//!     we stay BACKUP. No answer (refused or timed out) → the peer is gone.
+//!   - an RFC 5227 ARP probe for the VIP: a host that is not a node of this group
+//!     answering for it → FAULT, no VIP (see *VIP in use* below).
 //!   - otherwise the BACKUP becomes MASTER, unless a live node that outranks it is
 //!     still heard (that node takes over instead).
+//! * **Flap damping**: every sign that a takeover was wrong or that the link is
+//!   unstable — two masters heard at once, the link going down — adds 1 to a
+//!   *flap score* that halves every [`DAMP_HALF_LIFE`]. The first flap is free;
+//!   while the score rounds to `k + 1` with `k ≥ 1`, the silence needed before a
+//!   takeover, the wait after a link comes back and the time a BACKUP must have
+//!   been stable before it preempts are all `dead_count × interval × 2^k`, capped
+//!   at [`MAX_HOLD`]. A path that drops in
+//!   bursts therefore costs a few failovers, then no more: each further one needs
+//!   a silence twice as long as the last.
+//! * **VIP in use**: a takeover whose ARP probe found the VIP answered by a foreign
+//!   MAC does not bind it: FAULT, re-checked with a backoff that doubles from
+//!   `probe_interval` up to [`MAX_VIP_BACKOFF`]; BACKUP again once it is free.
 //! * **Resign**: a master that shuts down sends RESIGN; the best remaining node takes
 //!   over at once, without waiting for the dead timer or a probe.
 //! * **Two masters** (a healed partition): the lower-ranked master yields at once
@@ -40,9 +59,12 @@
 //! * **Preempt** (off by default): a BACKUP that outranks the current master takes
 //!   over as soon as it hears it; the old master then yields by the rule above.
 //! * **FAULT**: entered when the link goes down, when a backup finds itself cut off,
-//!   or when a master's periodic target probe fails twice in a row. A FAULT node
-//!   never holds the VIP; it probes its targets every `probe_interval` and returns
-//!   to BACKUP when they answer (and the link is up).
+//!   when a master's periodic target probe fails twice in a row, or when the VIP is
+//!   in use by a foreign host. A FAULT node never holds the VIP; it probes its
+//!   targets every `probe_interval` (and at once, after the damped hold-down, when
+//!   the link comes back) and returns to BACKUP only when the link is up, the
+//!   targets answer (when there are any) and the VIP is not in use — never on
+//!   link-up alone.
 //! * The VIP removed by someone else while MASTER is put back (and announced).
 
 use std::collections::HashMap;
@@ -54,8 +76,11 @@ use super::inbound::BurstLog;
 use super::replay::{Fresh, Replay};
 use super::wire::{Heartbeat, WireState};
 
+mod damping;
 mod peers;
 mod verify;
+use damping::Damping;
+pub use damping::{DAMP_HALF_LIFE, MAX_HOLD};
 pub use peers::{MAX_PEERS, clamp_interval};
 use peers::{Peer, PeerTable, Refused};
 
@@ -125,13 +150,19 @@ pub enum PeerCheck {
 }
 
 /// The outcome of one probe started by [`Action::Probe`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
     pub id: u64,
     pub peer: PeerCheck,
     /// `None` when no targets are configured; otherwise whether any answered.
     pub targets_ok: Option<bool>,
+    /// The MAC address of a host that is not a node of this group and answered the
+    /// ARP probe for the VIP; `None` when the VIP is free or was not probed.
+    pub vip_in_use: Option<String>,
 }
+
+/// The longest wait between two checks of a VIP found in use.
+pub const MAX_VIP_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What the machine asks the driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,11 +174,13 @@ pub enum Action {
     Garp,
     /// One round of gratuitous ARP, the periodic refresh while MASTER.
     GarpRefresh,
-    /// Check the peer's echo service (if `peer` is set) and the ICMP targets, then
-    /// report with [`Machine::handle_probe`] and the same `id`.
+    /// Check the peer (if `peer` is set: echo over UDP and TCP, ICMP to its host),
+    /// the ICMP targets and, if `vip`, whether a foreign host answers ARP for the
+    /// VIP; then report with [`Machine::handle_probe`] and the same `id`.
     Probe {
         id: u64,
         peer: Option<Ipv4Addr>,
+        vip: bool,
     },
     /// An unsigned heartbeat of `peer` would change this node's role (a RESIGN, a
     /// better master, a master to preempt): ask `peer` over the echo check (echo
@@ -287,6 +320,14 @@ pub struct Machine {
     master_down_expired: bool,
     health_failures: u32,
     link_up: bool,
+    /// The peer answered "MASTER" to the echo while its heartbeats were lost: warned
+    /// once per episode, not on every re-check.
+    echo_only_warned: bool,
+    damping: Damping,
+    /// Since when this node has been BACKUP (the preempt hold-down counts from it).
+    backup_since: Instant,
+    /// Backoff of the re-checks while the VIP is in use by a foreign host.
+    vip_backoff: Option<Duration>,
     actions: Vec<Action>,
     pub counters: Counters,
 }
@@ -313,6 +354,13 @@ impl Machine {
             master_down_expired: false,
             health_failures: 0,
             link_up: true,
+            echo_only_warned: false,
+            damping: Damping {
+                score: 0.0,
+                at: now,
+            },
+            backup_since: now,
+            vip_backoff: None,
             actions: Vec::new(),
             counters: Counters::default(),
         };
@@ -437,9 +485,11 @@ impl Machine {
         self.master_down_expired = false;
     }
 
-    /// Arm the "master is silent" timers counted from `from`.
+    /// Arm the "master is silent" timers counted from `from`; `dead` grows with the
+    /// flap score (see the module docs).
     fn arm_master_down(&mut self, from: Instant, dead: Duration, interval: Duration) {
         self.clear_episode();
+        let dead = self.damping.hold(from, dead);
         self.timers.set(Timer::MasterDown, from + dead);
         if dead > interval {
             self.timers.set(Timer::Suspect, from + dead - interval);
@@ -454,6 +504,7 @@ impl Machine {
         self.timers.stop(Timer::Health);
         self.health_failures = 0;
         if self.state != State::Backup {
+            self.backup_since = now;
             self.transition(State::Backup, reason);
         }
         let dead = self.p.dead_interval();
@@ -487,14 +538,18 @@ impl Machine {
         self.timers.stop(Timer::GarpRefresh);
         self.transition(State::Fault, reason);
         self.send_heartbeat_now(now);
-        self.timers.set(Timer::Health, now + self.p.probe_interval);
+        let wait = self.vip_backoff.unwrap_or(self.p.probe_interval);
+        self.timers.set(Timer::Health, now + wait);
     }
 
     fn start_probe(&mut self, now: Instant, purpose: Purpose, peer: Option<Ipv4Addr>) -> u64 {
         let id = self.next_probe_id;
         self.next_probe_id += 1;
         self.probes.insert(id, purpose);
-        self.actions.push(Action::Probe { id, peer });
+        // The VIP is checked before every bind (takeover) and while FAULT (so that a
+        // fault for "VIP in use" can clear); a master holds it already.
+        let vip = self.state != State::Master;
+        self.actions.push(Action::Probe { id, peer, vip });
         if purpose == Purpose::Takeover {
             // Two timeouts (connect, then round trip) plus slack.
             // The driver bounds every probe by `probe_timeout`; this is the net below it.
@@ -597,6 +652,9 @@ impl Machine {
         let theirs = (hb.priority, hb.node);
         match (self.state, hb.state) {
             (State::Master, WireState::Master) => {
+                // Two masters at once: one of the takeovers was premature (or the
+                // path between the nodes was down for a while). Either way, damp.
+                self.damping.bump(now);
                 if theirs > self.rank() {
                     self.master = Some(hb.node);
                     self.enter_backup(
@@ -608,12 +666,21 @@ impl Machine {
                     );
                     self.follow(now, hb.node, interval);
                 } else {
-                    // Make the other master yield as fast as possible.
+                    // Make the other master yield as fast as possible, and announce
+                    // the VIP again: while both held it, the other's gratuitous ARP
+                    // pointed the LAN at its MAC, and it is about to let go.
                     self.send_heartbeat_now(now);
+                    self.actions.push(Action::Garp);
                 }
             }
             (State::Backup, WireState::Master) => {
-                if self.p.preempt && theirs < self.rank() {
+                let stable_for = now.saturating_duration_since(self.backup_since);
+                let preempt_hold = if self.damping.level(now) == 0 {
+                    Duration::ZERO
+                } else {
+                    self.damping.hold(now, self.p.dead_interval())
+                };
+                if self.p.preempt && theirs < self.rank() && stable_for >= preempt_hold {
                     self.enter_master(
                         now,
                         format!(
@@ -648,6 +715,7 @@ impl Machine {
 
     fn follow(&mut self, now: Instant, master: Ipv4Addr, interval: Duration) {
         self.master = Some(master);
+        self.echo_only_warned = false;
         let dead = interval * self.p.dead_count;
         self.arm_master_down(now, dead, interval);
     }
@@ -697,6 +765,7 @@ impl Machine {
                             id,
                             peer: PeerCheck::Dead,
                             targets_ok: self.p.has_targets.then_some(false),
+                            vip_in_use: None,
                         });
                         if self.master_down_expired {
                             self.decide_takeover(now);
@@ -736,8 +805,22 @@ impl Machine {
                     }
                 }
                 (State::Master, _) => self.health_failures = 0,
-                (State::Fault, Some(true) | None) if self.link_up => {
-                    self.enter_backup(now, "probe targets answer again".into());
+                (State::Fault, targets) if self.link_up => {
+                    if let Some(mac) = r.vip_in_use {
+                        let wait = self.vip_in_use_backoff();
+                        tracing::warn!(vip = %self.p.vip, %mac, "VIP still in use by a host that is not a node of this group: checking again in {wait:?}");
+                        self.timers.set(Timer::Health, now + wait);
+                        return;
+                    }
+                    if targets == Some(false) {
+                        return;
+                    }
+                    let why = match (targets, self.vip_backoff.take()) {
+                        (_, Some(_)) => "the VIP is free again",
+                        (Some(true), None) => "link up and probe targets answer",
+                        _ => "link up (no probe targets to ask)",
+                    };
+                    self.enter_backup(now, why.into());
                 }
                 _ => {}
             },
@@ -750,9 +833,10 @@ impl Machine {
             return;
         };
         let dead = self.p.dead_interval();
+        let silence = self.damping.hold(now, dead);
         let lost = match self.master {
-            Some(m) => format!("master {m} silent for {dead:?}"),
-            None => format!("no master heard within {dead:?}"),
+            Some(m) => format!("master {m} silent for {silence:?}"),
+            None => format!("no master heard within {silence:?}"),
         };
         if r.targets_ok == Some(false) {
             self.enter_fault(
@@ -761,14 +845,27 @@ impl Machine {
             );
             return;
         }
+        if let Some(mac) = r.vip_in_use {
+            let wait = self.vip_in_use_backoff();
+            self.enter_fault(
+                now,
+                format!(
+                    "{lost} but the VIP {} is in use by {mac}, which is not a node of this group: not binding it (checking again in {wait:?})",
+                    self.p.vip
+                ),
+            );
+            return;
+        }
+        self.vip_backoff = None;
         if self.better_live_candidate(now).is_some() {
             // A better node is still heard: the election is its to win.
             self.arm_master_down(now, dead, self.p.interval);
             return;
         }
+        // The peer is alive: watch again as if it had just been heard, so that its
+        // real death later is detected in the usual time.
         let reevaluate = |m: &mut Machine, now: Instant| {
-            m.clear_episode();
-            m.timers.set(Timer::MasterDown, now + m.p.probe_interval);
+            m.arm_master_down(now, m.p.dead_interval(), m.p.interval);
         };
         let why = match r.peer {
             PeerCheck::Alive {
@@ -777,10 +874,12 @@ impl Machine {
                 ..
             } => {
                 self.master = Some(node);
-                tracing::warn!(
-                    peer = %node,
-                    "heartbeats from master {node} lost but it answers the echo check as MASTER: staying BACKUP (no split brain)"
-                );
+                if !std::mem::replace(&mut self.echo_only_warned, true) {
+                    tracing::warn!(
+                        peer = %node,
+                        "heartbeats from master {node} lost but it answers the echo check as MASTER: staying BACKUP (no split brain)"
+                    );
+                }
                 return reevaluate(self, now);
             }
             PeerCheck::Alive {
@@ -809,11 +908,42 @@ impl Machine {
             return;
         }
         self.link_up = up;
+        if !up {
+            // A link that goes down is a flap whatever the state: a flapping link
+            // earns longer hold-downs.
+            self.damping.bump(now);
+        }
         match (up, self.state) {
             (false, State::Master | State::Backup) => self.enter_fault(now, "link down".into()),
-            (true, State::Fault) => self.enter_backup(now, "link up".into()),
+            (true, State::Fault) => {
+                // Not BACKUP yet: the probe targets must answer first (the link may be
+                // up towards a dead switch). A calm link is probed at once; a
+                // flapping one must stay up for the damped hold-down first.
+                let hold = if self.damping.level(now) == 0 {
+                    Duration::ZERO
+                } else {
+                    self.damping.hold(now, self.p.dead_interval())
+                };
+                tracing::info!(hold = ?hold, "link up: probing before leaving FAULT");
+                self.timers.set(Timer::Health, now + hold);
+            }
             _ => {}
         }
+    }
+
+    /// The next wait before re-checking a VIP found in use (doubling, capped).
+    fn vip_in_use_backoff(&mut self) -> Duration {
+        let next = match self.vip_backoff {
+            None => self.p.probe_interval,
+            Some(d) => (d * 2).min(MAX_VIP_BACKOFF.max(self.p.probe_interval)),
+        };
+        self.vip_backoff = Some(next);
+        next
+    }
+
+    /// The current flap-damping level (0 = calm), for status and tests.
+    pub fn damping_level(&self, now: Instant) -> u32 {
+        self.damping.level(now)
     }
 
     /// Someone removed the VIP from the interface.

@@ -53,12 +53,64 @@ use super::machine::{PeerCheck, ProbeResult};
 use super::wire::WireState;
 
 const ECHO_MAGIC: &[u8; 4] = b"GWEC";
-const ECHO_REQUEST_LEN: usize = 12;
+/// Length of an echo question (on TCP, or one UDP datagram).
+pub const ECHO_REQUEST_LEN: usize = 12;
 /// The first version's answer: the question, state, priority, node.
 const ECHO_REPLY_LEN: usize = 18;
 /// What follows it: epoch and tag length (the part the tag covers ends here).
 const ECHO_EXT_LEN: usize = 5;
 const ECHO_TAG_LEN: usize = KEY_ID_LEN + MAC_LEN;
+/// The longest answer (with a tag).
+pub const ECHO_ANSWER_MAX: usize = ECHO_REPLY_LEN + ECHO_EXT_LEN + ECHO_TAG_LEN;
+
+/// The question for `nonce`.
+pub fn echo_request(nonce: u64) -> [u8; ECHO_REQUEST_LEN] {
+    let mut req = [0u8; ECHO_REQUEST_LEN];
+    req[..4].copy_from_slice(ECHO_MAGIC);
+    req[4..].copy_from_slice(&nonce.to_be_bytes());
+    req
+}
+
+/// Whether `req` is a well-formed echo question.
+pub fn is_echo_request(req: &[u8; ECHO_REQUEST_LEN]) -> bool {
+    &req[..4] == ECHO_MAGIC
+}
+
+/// Check a complete answer datagram (the UDP side of the echo) to `req` with
+/// `keys`: the same bytes and rules as on TCP.
+pub fn parse_echo_answer(
+    req: &[u8; ECHO_REQUEST_LEN],
+    answer: &[u8],
+    keys: &Keyring,
+) -> Result<EchoAnswer, EchoError> {
+    let head: &[u8; ECHO_REPLY_LEN] = answer
+        .get(..ECHO_REPLY_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(EchoError::Malformed)?;
+    let check = parse_echo_reply(req, head).ok_or(EchoError::Malformed)?;
+    let ext = ECHO_REPLY_LEN + ECHO_EXT_LEN;
+    let (epoch, tag) = match answer.get(ECHO_REPLY_LEN..ext) {
+        None if answer.len() == ECHO_REPLY_LEN => (None, &[][..]),
+        None => return Err(EchoError::Malformed),
+        Some(e) => {
+            let tag_len = usize::from(e[4]);
+            if (tag_len != 0 && tag_len != ECHO_TAG_LEN) || answer.len() != ext + tag_len {
+                return Err(EchoError::Malformed);
+            }
+            (
+                Some(u32::from_be_bytes([e[0], e[1], e[2], e[3]])),
+                &answer[ext..],
+            )
+        }
+    };
+    let answer_end = if epoch.is_some() { ext } else { ECHO_REPLY_LEN };
+    let trust = keys.verify_echo(req, &answer[ECHO_REQUEST_LEN..answer_end], tag)?;
+    Ok(EchoAnswer {
+        check,
+        epoch,
+        signed: matches!(trust, Trust::Signed(_)),
+    })
+}
 /// Concurrent echo connections one source address may hold.
 pub const ECHO_SLOTS_PER_SOURCE: usize = 2;
 /// Concurrent echo connections in all.
@@ -193,11 +245,12 @@ impl Prober {
             id,
             peer,
             targets_ok,
+            vip_in_use: None,
         }
     }
 
     /// `None` without targets; otherwise whether any target answered.
-    async fn ping_targets(&self) -> Option<bool> {
+    pub async fn ping_targets(&self) -> Option<bool> {
         let client = self.icmp.as_ref()?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) as u16;
         let pings = self.targets.iter().map(|t| async move {
@@ -259,7 +312,8 @@ pub async fn echo_check_keyed(
     }
 }
 
-async fn echo_exchange(
+/// One echo exchange on a connected stream, checked with `keys`.
+pub(crate) async fn echo_exchange(
     mut stream: TcpStream,
     nonce: u64,
     keys: &Keyring,
@@ -338,7 +392,7 @@ pub fn parse_echo_reply(
 }
 
 /// The answer to `req`: the first version's 18 bytes, the epoch, and the tag.
-fn echo_reply(
+pub(crate) fn echo_reply(
     req: &[u8; ECHO_REQUEST_LEN],
     status: EchoStatus,
     epoch: u32,

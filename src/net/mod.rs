@@ -88,23 +88,60 @@ pub fn interface_index(ifname: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(ifname).ok()
 }
 
-/// The IPv4 default gateway reached through `ifname`, from `/proc/net/route`.
-pub fn default_gateway(ifname: &str) -> Option<Ipv4Addr> {
-    let table = std::fs::read_to_string("/proc/net/route").ok()?;
-    parse_default_gateway(&table, ifname)
+/// The IPv4 default gateway reached through `ifname`, asked from the kernel's routing
+/// table over rtnetlink (a dump of the IPv4 routes; the default route is the one with
+/// destination prefix length 0, and it must leave through `ifname`). Byte order is
+/// netlink's business, not ours: `/proc/net/route` prints host-endian hex, which a
+/// parser can only get right on one kind of host. `None` when there is no such route
+/// or the kernel cannot be asked.
+#[cfg(target_os = "linux")]
+pub async fn default_gateway(ifname: &str) -> Option<Ipv4Addr> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+    let index = interface_index(ifname)?;
+    let (conn, handle, _) = rtnetlink::new_connection().ok()?;
+    let conn = tokio::spawn(conn);
+    let dump = async {
+        let mut routes = handle
+            .route()
+            .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut found = None;
+        while let Ok(Some(r)) = routes.try_next().await {
+            if r.header.destination_prefix_length != 0
+                || r.header.table != RouteHeader::RT_TABLE_MAIN
+            {
+                continue;
+            }
+            let oif = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            let gw = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            });
+            if let (Some(i), Some(g)) = (oif, gw)
+                && i == index
+                && found.is_none()
+            {
+                found = Some(g);
+            }
+        }
+        found
+    };
+    let found = tokio::time::timeout(std::time::Duration::from_secs(3), dump)
+        .await
+        .ok()
+        .flatten();
+    conn.abort();
+    found
 }
 
-/// `/proc/net/route` lists addresses as little-endian hex; the default route has
-/// destination and mask 0.
-fn parse_default_gateway(table: &str, ifname: &str) -> Option<Ipv4Addr> {
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 8 || f[0] != ifname || f[1] != "00000000" || f[7] != "00000000" {
-            return None;
-        }
-        let gw = u32::from_str_radix(f[2], 16).ok()?;
-        (gw != 0).then(|| Ipv4Addr::from(gw.swap_bytes()))
-    })
+/// Elsewhere the daemon has no route lookup: it probes only configured targets.
+#[cfg(not(target_os = "linux"))]
+pub async fn default_gateway(_ifname: &str) -> Option<Ipv4Addr> {
+    None
 }
 
 /// Prefix length of a contiguous netmask, or `None` if the mask has holes.
@@ -140,18 +177,6 @@ mod tests {
         assert_eq!(prefix_len(Ipv4Addr::new(255, 255, 254, 0)), Some(23));
         assert_eq!(prefix_len(Ipv4Addr::new(255, 0, 255, 0)), None);
         assert_eq!(prefix_len(Ipv4Addr::new(0, 255, 255, 255)), None);
-    }
-
-    #[test]
-    fn default_gateway_from_proc_route() {
-        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-eth0\t00000000\t0103A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-eth0\t0003A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
-        assert_eq!(
-            parse_default_gateway(table, "eth0"),
-            Some(Ipv4Addr::new(192, 168, 3, 1))
-        );
-        assert_eq!(parse_default_gateway(table, "eth1"), None);
     }
 
     #[test]

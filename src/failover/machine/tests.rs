@@ -5,6 +5,7 @@ use super::*;
 use std::collections::BTreeMap;
 
 mod attack;
+mod network;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -82,11 +83,26 @@ fn run_until(
     all
 }
 
+/// The probe finds n2 (priority 200) alive as MASTER.
+fn master_alive(id: u64) -> ProbeResult {
+    ProbeResult {
+        id,
+        peer: PeerCheck::Alive {
+            state: WireState::Master,
+            priority: 200,
+            node: ip(2),
+        },
+        targets_ok: None,
+        vip_in_use: None,
+    }
+}
+
 fn dead_peer(id: u64) -> ProbeResult {
     ProbeResult {
         id,
         peer: PeerCheck::Dead,
         targets_ok: None,
+        vip_in_use: None,
     }
 }
 
@@ -180,7 +196,10 @@ fn master_answers_a_worse_master_immediately() {
     m.handle_heartbeat(t0 + 500 * MS, &hb(2, 100, WireState::Master, 1));
     let acts = m.drain_actions();
     assert_eq!(m.state(), State::Master);
-    assert!(matches!(acts.as_slice(), [Action::SendHeartbeat(h)] if h.state == WireState::Master));
+    assert!(
+        matches!(acts.as_slice(), [Action::SendHeartbeat(h), Action::Garp] if h.state == WireState::Master),
+        "answered and re-announced the VIP (the other's GARP pointed the LAN away): {acts:?}"
+    );
 }
 
 #[test]
@@ -258,15 +277,7 @@ fn silent_master_probe_decides() {
 
     // Peer answers the echo as MASTER → stay BACKUP.
     let mut m = setup();
-    run_until(&mut m, t0, t0 + 2000 * MS, |id| ProbeResult {
-        id,
-        peer: PeerCheck::Alive {
-            state: WireState::Master,
-            priority: 200,
-            node: ip(2),
-        },
-        targets_ok: None,
-    });
+    run_until(&mut m, t0, t0 + 2000 * MS, master_alive);
     assert_eq!(m.state(), State::Backup);
 
     // Targets unreachable → FAULT, never MASTER.
@@ -275,6 +286,7 @@ fn silent_master_probe_decides() {
         id,
         peer: PeerCheck::Dead,
         targets_ok: Some(false),
+        vip_in_use: None,
     });
     assert_eq!(m.state(), State::Fault);
     assert!(!acts.contains(&Action::BindVip));
@@ -285,6 +297,7 @@ fn silent_master_probe_decides() {
         id,
         peer: PeerCheck::Dead,
         targets_ok: Some(true),
+        vip_in_use: None,
     });
     assert_eq!(m.state(), State::Master);
 }
@@ -318,7 +331,17 @@ fn link_down_is_fault_and_releases_vip_link_up_returns_to_backup() {
     assert_eq!(m.state(), State::Fault);
     assert!(acts.contains(&Action::UnbindVip));
     m.handle_link(t0 + 600 * MS, true);
-    assert_eq!(m.state(), State::Backup);
+    assert_eq!(m.state(), State::Fault, "link-up alone is not enough");
+    let acts = run_until(&mut m, t0 + 600 * MS, t0 + 600 * MS, dead_peer);
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Probe { .. })),
+        "{acts:?}"
+    );
+    assert_eq!(
+        m.state(),
+        State::Backup,
+        "no targets: the probe is the check"
+    );
     assert!(m.timer(Timer::MasterDown).is_some());
 }
 
@@ -332,18 +355,21 @@ fn master_with_targets_goes_fault_after_two_failed_health_probes() {
         id,
         peer: PeerCheck::Dead,
         targets_ok: Some(true),
+        vip_in_use: None,
     });
     assert_eq!(m.state(), State::Master);
     run_until(&mut m, t0 + 500 * MS, t0 + 1600 * MS, |id| ProbeResult {
         id,
         peer: PeerCheck::Unknown,
         targets_ok: Some(false),
+        vip_in_use: None,
     });
     assert_eq!(m.state(), State::Master, "one failure is tolerated");
     run_until(&mut m, t0 + 1600 * MS, t0 + 2600 * MS, |id| ProbeResult {
         id,
         peer: PeerCheck::Unknown,
         targets_ok: Some(false),
+        vip_in_use: None,
     });
     assert_eq!(m.state(), State::Fault);
     // Targets come back → BACKUP.
@@ -351,6 +377,7 @@ fn master_with_targets_goes_fault_after_two_failed_health_probes() {
         id,
         peer: PeerCheck::Unknown,
         targets_ok: Some(true),
+        vip_in_use: None,
     });
     assert_eq!(m.state(), State::Backup);
 }
@@ -582,7 +609,7 @@ mod sim {
                             }
                         }
                     }
-                    Action::Probe { id, peer } => {
+                    Action::Probe { id, peer, .. } => {
                         let peer_check = match peer {
                             None => PeerCheck::Unknown,
                             Some(addr) => self.echo(i, addr),
@@ -601,6 +628,7 @@ mod sim {
                                         id,
                                         peer: peer_check,
                                         targets_ok,
+                                        vip_in_use: None,
                                     },
                                 ),
                             );
