@@ -111,24 +111,7 @@ fn install(dir: &Path, cert: &str, key: &str) -> (PathBuf, PathBuf) {
 
 /// A TLS server built from `cfg` that greets with `hello` after the handshake.
 async fn hello_server(cfg: &TlsConfig) -> SocketAddr {
-    let acceptor = acceptor(cfg).expect("server config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"hello").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
+    tls_greeting_server(cfg, |_| b"hello".to_vec()).await
 }
 
 /// A plain rustls client trusting `ca`; returns the server's leaf and the TLS

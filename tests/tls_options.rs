@@ -6,13 +6,16 @@
 //! Each test compares with the default so that an option that stopped working
 //! (the default suite, resumption, or version coming back) turns it red.
 
+mod handlers_support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use gateway::config::tls::TlsConfig;
 use gateway::proxy::tls::{TlsClient, acceptor};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use handlers_support::tls_greeting_server;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// A self-signed ECDSA P-256 certificate for `localhost` in a temporary directory.
 /// (ECDSA: the suites in these tests are the `ECDHE_ECDSA` ones.)
@@ -50,30 +53,14 @@ impl Cert {
 /// A TLS server from `cfg` that writes, after the handshake, the suite and the
 /// handshake kind it saw (`"TLS13_AES_256_GCM_SHA384 Full"`), then closes.
 async fn reporting_server(cfg: &TlsConfig) -> SocketAddr {
-    let acceptor = acceptor(cfg).expect("server config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let (_, conn) = tls.get_ref();
-                    let suite = conn
-                        .negotiated_cipher_suite()
-                        .and_then(|s| s.suite().as_str())
-                        .unwrap_or("?");
-                    let kind = format!("{:?}", conn.handshake_kind());
-                    let _ = tls.write_all(format!("{suite} {kind}").as_bytes()).await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
+    tls_greeting_server(cfg, |conn| {
+        let suite = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("?");
+        format!("{suite} {:?}", conn.handshake_kind()).into_bytes()
+    })
+    .await
 }
 
 /// What `openssl s_client` printed (stdout), run to the server's close.

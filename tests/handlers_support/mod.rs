@@ -425,3 +425,30 @@ pub async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A TLS server on a loopback port built from `cfg`: after each handshake it writes
+/// what `greeting` makes of the connection (e.g. the suite negotiated), then closes.
+pub async fn tls_greeting_server(
+    cfg: &gateway::config::tls::TlsConfig,
+    greeting: fn(&rustls::ServerConnection) -> Vec<u8>,
+) -> SocketAddr {
+    let acceptor = gateway::proxy::tls::acceptor(cfg).expect("server config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let hello = greeting(tls.get_ref().1);
+                    let _ = tls.write_all(&hello).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
