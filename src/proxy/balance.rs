@@ -27,6 +27,20 @@
 //! after which it gets traffic again (one success clears the count). **Active
 //! health** (see [`super::health`]) sets [`Node::set_healthy`].
 //!
+//! Passive health must never lengthen an outage, so it **fails open**, as
+//! nginx's `max_fails` does:
+//!
+//! * a lone node is never benched ([`Balancer::node_failed`]): there is nowhere
+//!   else to send its clients, and benching it would keep refusing them for
+//!   `failTimeout` after it came back;
+//! * when every node not yet tried for this client is benched, [`Balancer::pick`]
+//!   picks among them anyway (same priority and strategy rules) instead of
+//!   refusing the client: a benched node may well be back;
+//! * a node that answers is back at once ([`Node::connect_ok`] clears its bench).
+//!
+//! Active health checks do not fail open: a node they found dead stays out
+//! until they find it alive (its `passes`), as in gobetween.
+//!
 //! Nodes are replaced wholesale by discovery ([`Balancer::set_nodes`]); a node
 //! that is still listed (same name and address) keeps its counters and health.
 
@@ -239,14 +253,25 @@ impl Balancer {
         true
     }
 
-    /// Pick a node for a client, skipping those in `tried`. `None`: nothing available.
+    /// Pick a node for a client, skipping those in `tried`. When passive health
+    /// has benched every healthy node left, they are candidates all the same
+    /// (fail-open). `None`: every node was tried or is down by its active check.
     pub fn pick(&self, client: IpAddr, tried: &[Arc<Node>]) -> Option<Arc<Node>> {
         let nodes = self.nodes.load();
         let now = Instant::now();
+        let untried = |n: &&Arc<Node>| !tried.iter().any(|t| Arc::ptr_eq(t, n));
         let mut cands: Vec<&Arc<Node>> = nodes
             .iter()
-            .filter(|n| n.available(now) && !tried.iter().any(|t| Arc::ptr_eq(t, n)))
+            .filter(untried)
+            .filter(|n| n.available(now))
             .collect();
+        if cands.is_empty() {
+            cands = nodes
+                .iter()
+                .filter(untried)
+                .filter(|n| n.is_healthy())
+                .collect();
+        }
         let best = cands.iter().map(|n| n.config.priority).min()?;
         cands.retain(|n| n.config.priority == best);
         let picked = match self.strategy {
@@ -263,6 +288,16 @@ impl Balancer {
             Strategy::Iphash1 => rendezvous(client, &cands),
         };
         Some(picked.clone())
+    }
+
+    /// A connection to `node` failed: count it toward passive health
+    /// (`maxFails` / `failTimeout`), unless it is the only node, which is never
+    /// benched. Returns whether this benched it.
+    pub fn node_failed(&self, node: &Node) -> bool {
+        if self.nodes.load().len() <= 1 {
+            return false;
+        }
+        node.connect_failed(self.max_fails, self.fail_timeout)
     }
 
     /// The minimum by `key`; ties are broken in turn so equal nodes share the load.
@@ -482,6 +517,51 @@ mod tests {
         assert_eq!(pick(&b, client(1)), "b");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(pick(&b, client(1)), "a");
+    }
+
+    /// Fail-open: every node benched is not "no node"; a success unbenches.
+    #[test]
+    fn every_node_benched_fails_open() {
+        let b = balancer(Strategy::RoundRobin, &[node("a", 1, 0), node("b", 1, 0)]);
+        let (a, bb) = (b.nodes()[0].clone(), b.nodes()[1].clone());
+        for n in [&a, &bb] {
+            b.node_failed(n);
+            assert!(b.node_failed(n), "maxFails 2 benches at the second failure");
+        }
+        assert!(!a.available(Instant::now()) && !bb.available(Instant::now()));
+        // Both benched: both are still offered, in turn, each once per client.
+        let first = b.pick(client(1), &[]).unwrap();
+        let second = b.pick(client(1), std::slice::from_ref(&first)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(b.pick(client(1), &[first.clone(), second]).is_none());
+        // A node that answers is back at once, and preferred to the benched one.
+        first.connect_ok();
+        assert!(first.available(Instant::now()));
+        for _ in 0..4 {
+            assert!(Arc::ptr_eq(&b.pick(client(1), &[]).unwrap(), &first));
+        }
+        // Active health does not fail open.
+        a.set_healthy(false);
+        bb.set_healthy(false);
+        assert!(b.pick(client(1), &[]).is_none());
+    }
+
+    /// A benched node with a healthy peer stays benched (passive health still
+    /// works); only a lone node is never benched.
+    #[test]
+    fn a_lone_node_is_never_benched() {
+        let one = balancer(Strategy::RoundRobin, &[node("a", 1, 0)]);
+        let a = one.nodes()[0].clone();
+        for _ in 0..10 {
+            assert!(!one.node_failed(&a));
+        }
+        assert!(a.available(Instant::now()));
+        let two = balancer(Strategy::Fifo, &[node("a", 1, 0), node("b", 1, 0)]);
+        let a = two.nodes()[0].clone();
+        two.node_failed(&a);
+        assert!(two.node_failed(&a));
+        assert_eq!(pick(&two, client(1)), "b");
+        assert_eq!(pick(&two, client(1)), "b");
     }
 
     #[test]

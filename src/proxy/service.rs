@@ -64,9 +64,9 @@ impl Service {
         }
     }
 
-    /// A node failed: count it toward passive health (`maxFails`/`failTimeout`).
-    /// Returns whether the node was benched.
+    /// A node failed: count it toward passive health (`maxFails`/`failTimeout`;
+    /// a lone node is never benched). Returns whether the node was benched.
     pub fn node_failed(&self, node: &Node) -> bool {
-        node.connect_failed(self.balancer.max_fails, self.balancer.fail_timeout)
+        self.balancer.node_failed(node)
     }
 }
