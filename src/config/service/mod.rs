@@ -127,6 +127,13 @@ pub struct ServiceConfig {
     pub proxy_protocol: Option<ProxyProtocolConfig>,
     #[serde(default)]
     pub udp: Option<UdpConfig>,
+
+    /// The chain `handler.chain` names, filled in after validation by
+    /// [`crate::config::Config::link_chains`] (not a YAML field): a service is
+    /// built from its own config alone, and a reload that changes its chain
+    /// changes the service.
+    #[serde(skip)]
+    pub chain: Option<std::sync::Arc<crate::config::chain::ChainConfig>>,
 }
 
 /// The default for `backend_connection_timeout: 0`: 5 s.
@@ -273,12 +280,6 @@ impl ServiceConfig {
         let at = |f: &str| format!("services[{i}].{f}");
         if self.name.trim().is_empty() {
             return Err(FieldError::new(at("name"), "expected a non-empty name"));
-        }
-        if self.handler.chain.is_some() {
-            return Err(FieldError::new(
-                at("handler.chain"),
-                "forwarding chains are not supported by this build: expected no chain (use a forwarder)",
-            ));
         }
         let udp = self.is_udp();
         let kind = self.handler.kind;
