@@ -248,3 +248,53 @@ async fn tcp_forwarder_goes_through_the_chain() {
     let (_s, line) = proxy_common::connect_greeted(addr).await;
     assert_eq!(line, "peer 127.0.0.3");
 }
+
+/// A UDP echo on loopback that answers each datagram with
+/// `<payload> from <source address>`.
+async fn udp_echo() -> SocketAddr {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let reply = format!("{} from {}", String::from_utf8_lossy(&buf[..n]), from.ip());
+            let _ = s.send_to(reply.as_bytes(), from).await;
+        }
+    });
+    addr
+}
+
+/// A `udp` service through a SOCKS5 hop (dante, UDP ASSOCIATE, relaying from
+/// 127.0.0.3) and through a virtual node (leaving from 127.0.0.2): the echo
+/// names the address each datagram came from. Straight to the echo they would
+/// come from 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_service_through_a_socks5_hop_and_a_virtual_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d_port = free_port();
+    let _d = danted(dir.path(), d_port, "127.0.0.3", "127.0.0.1/32").await;
+    let echo = udp_echo().await;
+    let set = start(&format!(
+        "services:\n- {{name: viasocks, addr: \"127.0.0.1:0\", handler: {{type: udp, chain: socks}}, listener: {{type: udp}}, client_idle_timeout: 5s, forwarder: {{nodes: [{{addr: \"{echo}\"}}]}}}}\n- {{name: viavirtual, addr: \"127.0.0.1:0\", handler: {{type: udp, chain: uplink}}, listener: {{type: udp}}, client_idle_timeout: 5s, forwarder: {{nodes: [{{addr: \"{echo}\"}}]}}}}\nchains:\n- {{name: socks, hops: [{{nodes: [{{name: dante, addr: \"127.0.0.1:{d_port}\", connector: {{type: socks5}}}}]}}]}}\n- {{name: uplink, hops: [{{nodes: [{{name: v, addr: \":0\", interface: 127.0.0.2, connector: {{type: virtual}}, dialer: {{type: virtual}}}}]}}]}}\n"
+    ));
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 2048];
+    for (service, from) in [("viasocks", "127.0.0.3"), ("viavirtual", "127.0.0.2")] {
+        let to = set.local_addr(service).unwrap();
+        for i in 0..3 {
+            let msg = format!("{service} {i}");
+            client.send_to(msg.as_bytes(), to).await.unwrap();
+            let (n, _) = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                client.recv_from(&mut buf),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("no reply through {service}"))
+            .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&buf[..n]),
+                format!("{msg} from {from}")
+            );
+        }
+    }
+}

@@ -149,7 +149,7 @@ fn refusal(code: u8) -> ConnectError {
 }
 
 /// ATYP, address, port of a target: an IP literal as such, a name as a name.
-fn encode_host(host: &str, port: u16) -> Result<Vec<u8>, ConnectError> {
+pub(crate) fn encode_host(host: &str, port: u16) -> Result<Vec<u8>, ConnectError> {
     let mut out = Vec::with_capacity(host.len() + 4);
     match host.parse::<IpAddr>() {
         Ok(ip) => encode_ip(&mut out, SocketAddr::new(ip, port)),
