@@ -202,6 +202,7 @@ impl Running {
                 let ctx = Arc::new(UdpService {
                     svc,
                     cfg: cfg.udp.clone().unwrap_or_default(),
+                    exits: cfg.interface().map(|i| i.exits.clone()).unwrap_or_default(),
                 });
                 tokio::spawn(udp::serve(u.clone(), ctx, stop.clone()));
             }

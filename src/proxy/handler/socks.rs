@@ -67,6 +67,7 @@ use super::{
     Metadata, Outcome, Protocol, credentials_match, join_host_port,
 };
 pub use crate::config::service::handler::{Socks4Metadata, Socks5Metadata};
+use crate::proxy::egress;
 use crate::proxy::stats::inc;
 
 const VERSION5: u8 = 0x05;
@@ -411,6 +412,24 @@ impl Socks5 {
                 });
             }
         };
+        // GOST's `interface`: datagrams to targets leave through the service's
+        // exit, from a second socket; without one the relay socket sends too.
+        let out = if ctx.router.exits.is_empty() {
+            None
+        } else {
+            match egress::udp_unconnected(&ctx.router.exits, relay_ip.is_ipv4()).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    client
+                        .write_all(&reply5(rep::GENERAL_FAILURE, unspecified()))
+                        .await?;
+                    return Err(HandlerError::Target {
+                        target: "udp relay through the service's interface".into(),
+                        source: e,
+                    });
+                }
+            }
+        };
         let bound = socket.local_addr()?;
         // The association lives as long as the control connection, so a client
         // that vanishes without closing it (power loss, NAT timeout) would pin a
@@ -430,6 +449,7 @@ impl Socks5 {
 
         let mut assoc = UdpAssociation {
             socket,
+            out,
             client_ip: canonical_ip(conn.peer.ip()),
             client: None,
             destinations: HashSet::new(),
@@ -451,7 +471,7 @@ impl Socks5 {
                         Err(e) => return Err(HandlerError::Client(e)),
                     }
                 }
-                recv = assoc.socket.recv_from(&mut buf) => {
+                recv = assoc.recv_from(&mut buf) => {
                     match recv {
                         Ok((n, from)) if n < buf.len() => assoc.on_datagram(&buf[..n], from).await,
                         Ok(_) => inc(&ctx.stats.udp_dropped),
@@ -471,7 +491,12 @@ impl Socks5 {
 
 /// One UDP association's state.
 struct UdpAssociation<'a> {
+    /// Bound where the client reached the service: takes the client's
+    /// datagrams and sends it the replies.
     socket: UdpSocket,
+    /// Bound to the service's `interface` exit, when it has one: sends to the
+    /// targets and takes their replies. `None`: `socket` does both.
+    out: Option<UdpSocket>,
     client_ip: IpAddr,
     /// Learned from the first datagram sent from `client_ip`.
     client: Option<SocketAddr>,
@@ -493,6 +518,28 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 impl UdpAssociation<'_> {
+    /// The socket that talks to targets.
+    fn out(&self) -> &UdpSocket {
+        self.out.as_ref().unwrap_or(&self.socket)
+    }
+
+    /// The next datagram on either socket, into one buffer.
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let Some(out) = &self.out else {
+            return self.socket.recv_from(buf).await;
+        };
+        loop {
+            let ready = tokio::select! {
+                r = self.socket.readable() => r.map(|()| &self.socket),
+                r = out.readable() => r.map(|()| out),
+            }?;
+            match ready.try_recv_from(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
     async fn on_datagram(&mut self, data: &[u8], from: SocketAddr) {
         let from = canonical(from);
         let from_client = match self.client {
@@ -537,7 +584,7 @@ impl UdpAssociation<'_> {
             self.destinations.clear();
         }
         self.destinations.insert(canonical(dest));
-        match self.socket.send_to(payload, dest).await {
+        match self.out().send_to(payload, dest).await {
             Ok(_) => inc(&self.stats.udp_datagrams_out),
             Err(_) => inc(&self.stats.udp_dropped),
         }
@@ -551,7 +598,7 @@ impl UdpAssociation<'_> {
                 if let Some(a) = self.dns.get(&key) {
                     return Some(*a);
                 }
-                let want_v4 = self.socket.local_addr().ok()?.is_ipv4();
+                let want_v4 = self.out().local_addr().ok()?.is_ipv4();
                 let found = tokio::net::lookup_host(join_host_port(host, *port))
                     .await
                     .ok()?
