@@ -203,6 +203,7 @@ impl Running {
                     svc,
                     cfg: cfg.udp.clone().unwrap_or_default(),
                     exits: cfg.interface().map(|i| i.exits.clone()).unwrap_or_default(),
+                    router,
                 });
                 tokio::spawn(udp::serve(u.clone(), ctx, stop.clone()));
             }

@@ -34,6 +34,7 @@
 pub mod connector;
 pub mod dialer;
 pub mod stream;
+pub mod udp;
 
 use std::io;
 use std::net::IpAddr;

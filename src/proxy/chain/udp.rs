@@ -39,8 +39,9 @@ pub struct UdpBackend {
 struct SocksRelay {
     /// RSV RSV FRAG ATYP DST.ADDR DST.PORT, put in front of every datagram.
     header: Vec<u8>,
-    /// The association ends when this closes: held for the session's life.
-    _control: Outbound,
+    /// The association ends when this closes: held for the session's life
+    /// (never used again; the mutex makes the session shareable across threads).
+    _control: std::sync::Mutex<Outbound>,
 }
 
 impl UdpBackend {
@@ -102,7 +103,12 @@ fn header_len(d: &[u8]) -> Option<usize> {
 impl Chain {
     /// A datagram path to `target` through the chain's (single) hop, for a
     /// client at `client`. Nodes that fail are benched and another is tried.
-    pub async fn udp(&self, router: &Router, target: &str, client: IpAddr) -> io::Result<UdpBackend> {
+    pub async fn udp(
+        &self,
+        router: &Router,
+        target: &str,
+        client: IpAddr,
+    ) -> io::Result<UdpBackend> {
         let hop = &self.hops[0];
         let mut tried: Vec<Arc<Node>> = Vec::new();
         let mut last = None;
@@ -191,7 +197,7 @@ async fn udp_attempt(
         sock,
         socks: Some(SocksRelay {
             header,
-            _control: control,
+            _control: std::sync::Mutex::new(control),
         }),
     })
 }
@@ -202,8 +208,15 @@ mod tests {
 
     #[test]
     fn relay_headers() {
-        assert_eq!(header_len(&[0, 0, 0, 1, 10, 0, 0, 1, 0, 53, b'x']), Some(10));
-        assert_eq!(header_len(&[0, 0, 1, 1, 10, 0, 0, 1, 0, 53]), None, "fragment");
+        assert_eq!(
+            header_len(&[0, 0, 0, 1, 10, 0, 0, 1, 0, 53, b'x']),
+            Some(10)
+        );
+        assert_eq!(
+            header_len(&[0, 0, 1, 1, 10, 0, 0, 1, 0, 53]),
+            None,
+            "fragment"
+        );
         assert_eq!(header_len(&[0, 0, 0, 3, 1, b'a', 0, 53]), Some(8));
         assert_eq!(header_len(&[0, 0, 0, 3, 9, b'a']), None);
         assert_eq!(header_len(&[0, 0, 0, 9]), None);
