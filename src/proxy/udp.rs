@@ -40,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::balance::Node;
+use super::chain::udp::UdpBackend;
 use super::egress::{self, Exit, Via};
+use super::router::Router;
 use super::service::Service;
 use super::stats::{Active, inc};
 use crate::config::service::UdpConfig;
@@ -51,6 +53,9 @@ pub(crate) struct UdpService {
     pub svc: Service,
     pub cfg: UdpConfig,
     pub exits: Vec<Exit>,
+    /// The service's router: with a `handler.chain`, sessions reach their node
+    /// through it (a SOCKS5 hop's UDP ASSOCIATE, or a virtual node's exit).
+    pub router: Router,
 }
 
 /// Largest datagram handled (the IPv4 maximum payload).
@@ -75,7 +80,7 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<UdpService>, stop: Canc
     let cfg = &ctx.cfg;
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
     let mut sessions: HashMap<SocketAddr, SessionHandle> = HashMap::new();
-    let mut ff_sockets: HashMap<String, Arc<UdpSocket>> = HashMap::new();
+    let mut ff_sockets: HashMap<String, Arc<UdpBackend>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -155,11 +160,11 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<UdpService>, stop: Canc
 
 /// Pick a node and open a socket connected to it (from the client's address in
 /// transparent mode). Failures are counted and logged.
-async fn open_backend(u: &UdpService, client: SocketAddr) -> Option<(Arc<Node>, UdpSocket)> {
+async fn open_backend(u: &UdpService, client: SocketAddr) -> Option<(Arc<Node>, UdpBackend)> {
     let ctx = &u.svc;
     let mut tried: Vec<Arc<Node>> = Vec::new();
     while let Some(node) = ctx.balancer.pick(client.ip(), &tried) {
-        match backend_socket(node.addr(), &u.exits, u.cfg.transparent.then_some(client)).await {
+        match node_path(u, node.addr(), client, u.cfg.transparent).await {
             Ok(s) => {
                 node.connect_ok();
                 return Some((node, s));
@@ -176,6 +181,22 @@ async fn open_backend(u: &UdpService, client: SocketAddr) -> Option<(Arc<Node>, 
     }
     ctx.no_node(client.ip(), tried.len(), "dropping datagram");
     None
+}
+
+/// The way to the node at `addr`: through the service's chain if it has one
+/// (the config refuses a chain with `transparent`), else a socket of its own.
+async fn node_path(
+    u: &UdpService,
+    addr: &str,
+    client: SocketAddr,
+    transparent: bool,
+) -> io::Result<UdpBackend> {
+    match &u.router.chain {
+        Some(chain) => chain.udp(&u.router, addr, client.ip()).await,
+        None => backend_socket(addr, &u.exits, transparent.then_some(client))
+            .await
+            .map(UdpBackend::direct),
+    }
 }
 
 /// A socket connected to the node at `addr`, leaving through the service's
@@ -245,7 +266,7 @@ async fn fire_and_forget(
     u: &UdpService,
     client: SocketAddr,
     data: &[u8],
-    cache: &mut HashMap<String, Arc<UdpSocket>>,
+    cache: &mut HashMap<String, Arc<UdpBackend>>,
 ) {
     let ctx = &u.svc;
     let Some(node) = ctx.balancer.pick(client.ip(), &[]) else {
@@ -255,16 +276,14 @@ async fn fire_and_forget(
     };
     let sent = if u.cfg.transparent {
         // The source differs per client: no caching.
-        match backend_socket(node.addr(), &u.exits, Some(client)).await {
+        match node_path(u, node.addr(), client, true).await {
             Ok(s) => s.send(data).await,
             Err(e) => Err(e),
         }
     } else {
         let sock = match cache.get(node.addr()) {
             Some(s) => Ok(s.clone()),
-            None => backend_socket(node.addr(), &u.exits, None)
-                .await
-                .map(Arc::new),
+            None => node_path(u, node.addr(), client, false).await.map(Arc::new),
         };
         match sock {
             Ok(s) => {
@@ -300,7 +319,7 @@ struct Session {
     ctx: Arc<UdpService>,
     client: SocketAddr,
     listener: Arc<UdpSocket>,
-    backend: UdpSocket,
+    backend: UdpBackend,
     node: Arc<Node>,
     hand_back: HandBack,
 }

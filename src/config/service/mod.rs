@@ -138,6 +138,13 @@ pub struct ServiceConfig {
     pub proxy_protocol: Option<ProxyProtocolConfig>,
     #[serde(default)]
     pub udp: Option<UdpConfig>,
+
+    /// The chain `handler.chain` names, filled in after validation by
+    /// [`crate::config::Config::link_chains`] (not a YAML field): a service is
+    /// built from its own config alone, and a reload that changes its chain
+    /// changes the service.
+    #[serde(skip)]
+    pub chain: Option<std::sync::Arc<crate::config::chain::ChainConfig>>,
 }
 
 /// The default for `backend_connection_timeout: 0`: 5 s.
@@ -304,12 +311,6 @@ impl ServiceConfig {
         }
         if let Some(m) = &self.metadata {
             m.validate(self.interface.as_ref(), &at("metadata"))?;
-        }
-        if self.handler.chain.is_some() {
-            return Err(FieldError::new(
-                at("handler.chain"),
-                "forwarding chains are not supported by this build: expected no chain (use a forwarder)",
-            ));
         }
         let udp = self.is_udp();
         let kind = self.handler.kind;
