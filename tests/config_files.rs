@@ -15,6 +15,8 @@ fn host() -> Interfaces {
         addrs: vec![
             IfAddr::new("lo", Ipv4Addr::LOCALHOST, 8),
             IfAddr::new("eth0", Ipv4Addr::new(192, 168, 3, 35), 24),
+            // The seeds' examples (tests/configs/valid/seed*.yml) name eth1 and 192.168.0.1.
+            IfAddr::new("eth1", Ipv4Addr::new(192, 168, 0, 1), 24),
         ],
     }
 }
@@ -40,9 +42,21 @@ fn shipped_sample_loads() {
     assert!(!loaded.config.services.is_empty());
 }
 
+/// A file whose first line is `# skip: <reason>` waits for a feature of another
+/// branch; it is reported, not loaded.
+pub fn skip_reason(f: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(f).ok()?;
+    let reason = text.lines().next()?.strip_prefix("# skip: ")?;
+    Some(reason.to_string())
+}
+
 #[test]
 fn valid_configs_load() {
     for f in files("tests/configs/valid") {
+        if let Some(why) = skip_reason(&f) {
+            eprintln!("skipped {}: {why}", f.display());
+            continue;
+        }
         if let Err(e) = config::load(&f, &host()) {
             panic!("{} should load: {e}", f.display());
         }

@@ -1,5 +1,5 @@
-//! What only this host can tell about the services: that every interface and
-//! address an `interface` names exists here, and that every certificate, key
+//! What only this host can tell about the services and chains: that every
+//! interface and address an `interface` names (service, hop, node) exists here, and that every certificate, key
 //! and CA file opens and parses (and each key fits its certificate).
 //!
 //! Run by [`crate::config::load`] — so by `-test`, at start-up and on every
@@ -7,13 +7,12 @@
 //! a typo in `interface` or a truncated `certFile` is reported with its field
 //! and line instead of failing later, per connection or at bind time.
 
-use super::ServiceConfig;
-use crate::config::FieldError;
+use crate::config::{Config, FieldError};
 use crate::net::Interfaces;
 
-/// Check every service against this host (`ifs`: its interface snapshot).
-pub fn check_host(services: &[ServiceConfig], ifs: &Interfaces) -> Result<(), FieldError> {
-    for (i, s) in services.iter().enumerate() {
+/// Check every service and chain against this host (`ifs`: its interface snapshot).
+pub fn check_host(config: &Config, ifs: &Interfaces) -> Result<(), FieldError> {
+    for (i, s) in config.services.iter().enumerate() {
         let at = |f: &str| format!("services[{i}].{f}");
         if let Some(iface) = s.interface() {
             iface.check_host(ifs, &at(s.interface_field()))?;
@@ -23,6 +22,23 @@ pub fn check_host(services: &[ServiceConfig], ifs: &Interfaces) -> Result<(), Fi
         }
         if let Some(tls) = s.forwarder.as_ref().and_then(|f| f.tls.as_ref()) {
             tls.check_files(&at("forwarder.tls"))?;
+        }
+    }
+    for (i, c) in config.chains.iter().enumerate() {
+        for (j, hop) in c.hops.iter().enumerate() {
+            let at = |f: &str| format!("chains[{i}].hops[{j}].{f}");
+            if let Some(iface) = &hop.interface {
+                iface.check_host(ifs, &at("interface"))?;
+            }
+            for (k, node) in hop.nodes.iter().enumerate() {
+                if let Some(iface) = &node.interface {
+                    iface.check_host(ifs, &at(&format!("nodes[{k}].interface")))?;
+                }
+                if let Some(tls) = &node.dialer.tls {
+                    tls.client_config()
+                        .check_files(&at(&format!("nodes[{k}].dialer.tls")))?;
+                }
+            }
         }
     }
     Ok(())
