@@ -127,13 +127,13 @@ impl fmt::Display for Host {
 }
 
 /// Where in `/run/netns` the named namespace is mounted.
-fn netns_path(ns: &str) -> PathBuf {
+pub fn netns_path(ns: &str) -> PathBuf {
     Path::new("/run/netns").join(ns)
 }
 
 /// Move the calling thread into the network namespace mounted at `path`.
 /// Only this thread moves; sockets it opens afterwards live in that namespace.
-fn enter_netns(path: &Path) -> io::Result<()> {
+pub fn enter_netns(path: &Path) -> io::Result<()> {
     let file = File::open(path)?;
     // SAFETY: setns(2) with a valid open fd and a namespace type; it only changes
     // this thread's network namespace and touches no memory of ours.
