@@ -466,3 +466,88 @@ fn hop_node_and_virtual_node_exits() {
     }
     assert_eq!((b1, b2), (50, 50), "round robin over the two exits");
 }
+
+/// One datagram through the SOCKS5 service on `port` (UDP ASSOCIATE) to the
+/// target's port 53: the backend's answer, or `None`. The client reaches the
+/// service on eth0's address, so the relay socket is bound there (a relay on
+/// 127.0.0.1 could not send off-host at all).
+fn socks5_udp(lab: &TwoNic, port: u16) -> Option<String> {
+    in_ns(&lab.gw, move || {
+        let mut c = TcpStream::connect(("10.1.1.1", port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        c.write_all(&[5, 1, 0]).ok()?;
+        let mut hello = [0u8; 2];
+        c.read_exact(&mut hello).ok()?;
+        // UDP ASSOCIATE, client address not known yet (0.0.0.0:0).
+        c.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).ok()?;
+        let mut rep = [0u8; 10];
+        c.read_exact(&mut rep).ok()?;
+        if rep[1] != 0 || rep[3] != 1 {
+            return None;
+        }
+        let relay = std::net::SocketAddr::from((
+            Ipv4Addr::new(rep[4], rep[5], rep[6], rep[7]),
+            u16::from_be_bytes([rep[8], rep[9]]),
+        ));
+        let u = UdpSocket::bind("10.1.1.1:0").ok()?;
+        u.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut d = vec![0, 0, 0, 1];
+        d.extend_from_slice(&TARGET.octets());
+        d.extend_from_slice(&53u16.to_be_bytes());
+        d.extend_from_slice(b"who");
+        u.send_to(&d, relay).ok()?;
+        let mut buf = [0u8; 256];
+        let (n, _) = u.recv_from(&mut buf).ok()?;
+        // RSV RSV FRAG ATYP(1) ADDR(4) PORT(2), then the payload.
+        (n > 10).then(|| String::from_utf8_lossy(&buf[10..n]).into_owned())
+    })
+}
+
+/// The SOCKS5 UDP relay sends to targets through the service's exit, and UDP
+/// health probes leave through it too: a probe expecting b2's answer keeps its
+/// node in rotation only if it really went out of eth1, and one expecting b1's
+/// takes its node out (so the checks do run).
+#[test]
+fn socks5_udp_relay_and_udp_probes_use_the_exit() {
+    let mut lab = TwoNic::new();
+    let socks = |name: &str, port: u16, extra: &str| {
+        format!(
+            "- name: {name}\n  addr: \":{port}\"\n{extra}  handler: {{type: socks5, metadata: {{udp: true}}}}\n  listener: {{type: tcp}}\n"
+        )
+    };
+    let checked = |name: &str, port: u16, want: &str| {
+        udp_service(name, port, "  interface: eth1\n").replace(
+            "  forwarder: {nodes: [{addr: \"10.9.9.9:53\"}]}\n",
+            &format!(
+                "  forwarder:\n    nodes: [{{addr: \"10.9.9.9:53\"}}]\n    healthcheck: {{kind: probe, probe_protocol: udp, probe_send: who, probe_recv: \"{want}\", interval: 200ms, timeout: 1s, fails: 1, passes: 1}}\n"
+            ),
+        )
+    };
+    let yaml = format!(
+        "services:\n{}{}{}{}",
+        socks("s5-none", 7300, ""),
+        socks("s5-eth1", 7301, "  interface: eth1\n"),
+        checked("hc-b2", 7302, "b2 10.1.2.1"),
+        checked("hc-b1", 7303, "b1"),
+    );
+    lab.gateway(&yaml, 7300);
+    assert_eq!(socks5_udp(&lab, 7300).as_deref(), Some("b1 10.1.1.1"));
+    // Reached on eth0's address, relayed out of eth1.
+    assert_eq!(socks5_udp(&lab, 7301).as_deref(), Some("b2 10.1.2.1"));
+    // The probe expecting b1 fails (it goes out of eth1, to b2): its node leaves.
+    let out = poll(Duration::from_secs(10), || {
+        lab.udp(7303, Duration::from_millis(500))
+            .is_none()
+            .then_some(())
+    });
+    assert!(
+        out.is_some(),
+        "hc-b1's node never left rotation:\n{}",
+        lab.log()
+    );
+    // By then the other service's probes ran as often: its node is still in.
+    assert_eq!(
+        lab.udp(7302, Duration::from_secs(5)).as_deref(),
+        Some("b2 10.1.2.1")
+    );
+}
