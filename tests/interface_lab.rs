@@ -34,7 +34,16 @@ use common::lab::{enter_netns, netns_path, poll};
 const TARGET: Ipv4Addr = Ipv4Addr::new(10, 9, 9, 9);
 static LABS: AtomicU32 = AtomicU32::new(0);
 
-fn ip(args: &[&str]) {
+/// `ip -n NS <cmd>` (words split on spaces); panics with ip's message.
+fn ip(ns: &str, cmd: &str) {
+    run_ip(&[&["-n", ns][..], &cmd.split_whitespace().collect::<Vec<_>>()].concat());
+}
+
+fn netns_add(ns: &str) {
+    run_ip(&["netns", "add", ns]);
+}
+
+fn run_ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
@@ -85,111 +94,46 @@ impl TwoNic {
         };
         // Registered before anything can fail, so Drop deletes what exists.
         for ns in [&gw, &backends[0], &backends[1]] {
-            ip(&["netns", "add", ns]);
+            netns_add(ns);
         }
         let g = gw.as_str();
-        ip(&[
-            "-n",
+        let b = &backends;
+        ip(
             g,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &backends[0],
-        ]);
-        ip(&[
-            "-n",
+            &format!("link add eth0 type veth peer name eth0 netns {}", b[0]),
+        );
+        ip(
             g,
-            "link",
-            "add",
-            "eth1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &backends[1],
-        ]);
-        ip(&[
-            "-n", g, "link", "add", "eth2", "type", "veth", "peer", "name", "eth2p",
-        ]);
-        ip(&["-n", g, "addr", "add", "10.1.1.1/24", "dev", "eth0"]);
-        ip(&["-n", g, "addr", "add", "10.1.2.1/24", "dev", "eth1"]);
-        ip(&["-n", g, "addr", "add", "10.1.3.1/24", "dev", "eth2"]);
-        // Seeds 000/001 name 192.168.0.1 as a hop's exit.
-        ip(&["-n", g, "addr", "add", "192.168.0.1/32", "dev", "lo"]);
-        for dev in ["lo", "eth0", "eth1"] {
-            ip(&["-n", g, "link", "set", dev, "up"]);
+            &format!("link add eth1 type veth peer name eth0 netns {}", b[1]),
+        );
+        for cmd in [
+            "link add eth2 type veth peer name eth2p",
+            "addr add 10.1.1.1/24 dev eth0",
+            "addr add 10.1.2.1/24 dev eth1",
+            "addr add 10.1.3.1/24 dev eth2",
+            // Seeds 000/001 name 192.168.0.1 as a hop's exit.
+            "addr add 192.168.0.1/32 dev lo",
+            "link set lo up",
+            "link set eth0 up",
+            "link set eth1 up",
+            "route add 10.9.9.9/32 via 10.1.1.2 dev eth0 metric 100",
+            "route add 10.9.9.9/32 via 10.1.2.2 dev eth1 metric 200",
+            "rule add from 10.1.2.1 table 102",
+            "route add 10.9.9.9/32 via 10.1.2.2 dev eth1 table 102",
+        ] {
+            ip(g, cmd);
         }
-        ip(&[
-            "-n",
-            g,
-            "route",
-            "add",
-            "10.9.9.9/32",
-            "via",
-            "10.1.1.2",
-            "dev",
-            "eth0",
-            "metric",
-            "100",
-        ]);
-        ip(&[
-            "-n",
-            g,
-            "route",
-            "add",
-            "10.9.9.9/32",
-            "via",
-            "10.1.2.2",
-            "dev",
-            "eth1",
-            "metric",
-            "200",
-        ]);
-        ip(&["-n", g, "rule", "add", "from", "10.1.2.1", "table", "102"]);
-        ip(&[
-            "-n",
-            g,
-            "route",
-            "add",
-            "10.9.9.9/32",
-            "via",
-            "10.1.2.2",
-            "dev",
-            "eth1",
-            "table",
-            "102",
-        ]);
         for (i, b) in backends.iter().enumerate() {
             let net = i + 1;
-            ip(&[
-                "-n",
-                b,
-                "addr",
-                "add",
-                &format!("10.1.{net}.2/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", b, "addr", "add", "10.9.9.9/32", "dev", "lo"]);
-            ip(&["-n", b, "link", "set", "lo", "up"]);
-            ip(&["-n", b, "link", "set", "eth0", "up"]);
-            ip(&[
-                "-n",
-                b,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.1.{net}.1"),
-            ]);
+            for cmd in [
+                format!("addr add 10.1.{net}.2/24 dev eth0"),
+                "addr add 10.9.9.9/32 dev lo".into(),
+                "link set lo up".into(),
+                "link set eth0 up".into(),
+                format!("route add default via 10.1.{net}.1"),
+            ] {
+                ip(b, &cmd);
+            }
             lab.start_backend(b.clone(), format!("b{net}"));
         }
         lab
