@@ -32,6 +32,30 @@ fn gateway(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The TOML files name placeholder certificate paths (`/etc/gw/web.crt`), and
+/// `-test` opens and parses every file a config names: point them at the test
+/// PKI (tests/configs/files) so the rest of the translation is what is tested.
+fn with_real_files(yaml: &str) -> String {
+    let files = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/files");
+    let mut out = String::new();
+    for line in yaml.lines() {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let key = [
+            ("certFile: ", "cert.pem"),
+            ("keyFile: ", "key.pem"),
+            ("caFile: ", "cert.pem"),
+        ]
+        .into_iter()
+        .find(|(k, _)| body.starts_with(k));
+        match key {
+            Some((k, f)) => out += &format!("{indent}{k}{}\n", files.join(f).display()),
+            None => out += &format!("{line}\n"),
+        }
+    }
+    out
+}
+
 /// Import `name`, check the exit code, and run `-test` on the output.
 fn import_and_check(name: &str, expect_code: i32) -> (String, String) {
     let path = input(name);
@@ -39,7 +63,7 @@ fn import_and_check(name: &str, expect_code: i32) -> (String, String) {
     assert_eq!(code, expect_code, "{name}: {err}\n{yaml}");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("gateway.yml");
-    std::fs::write(&out, &yaml).unwrap();
+    std::fs::write(&out, with_real_files(&yaml)).unwrap();
     let (code, stdout, test_err) = gateway(&["-test", "-config", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{name}: -test failed: {test_err}\n{yaml}");
     assert!(stdout.contains("test is successful"), "{stdout}");
