@@ -23,6 +23,7 @@ pub mod acme;
 pub mod auth;
 pub mod duration;
 pub mod floating_ip;
+pub mod resolver;
 pub mod service;
 pub mod tls;
 
@@ -47,6 +48,12 @@ pub struct Config {
     /// gobetween's `[acme]`: certificates for `tls` listeners with `acme_hosts`.
     #[serde(default)]
     pub acme: Option<acme::AcmeConfig>,
+    /// GOST's resolvers (upstream nameservers), referred to by name (`resolver:`).
+    #[serde(default)]
+    pub resolvers: Vec<resolver::ResolverConfig>,
+    /// GOST's host mappers, referred to by name (`hosts:`).
+    #[serde(default)]
+    pub hosts: Vec<resolver::HostsConfig>,
 }
 
 /// Why a file with neither section is refused (at `-test`, at start and on reload).
@@ -128,7 +135,9 @@ impl Config {
         if config.floating_ip.is_none() && config.services.is_empty() {
             return Err(empty());
         }
+        let mut config = config;
         config.validate().map_err(|e| at_field(text, path, e))?;
+        config.link().map_err(|e| at_field(text, path, e))?;
         Ok(config)
     }
 
@@ -151,6 +160,7 @@ impl Config {
                 }
             }
         }
+        out.extend(self.acme.iter().flat_map(|a| a.notes()));
         out
     }
 
@@ -175,6 +185,20 @@ impl Config {
                     format!("services[{i}].listener.tls.acme_hosts"),
                     "acme_hosts needs the top-level acme: section (at least acme: {cache_dir: ...})",
                 ));
+            }
+        }
+        resolver::validate(&self.resolvers, &self.hosts)
+    }
+
+    /// Point every `resolver:`/`hosts:` reference at the entry it names; a name
+    /// no entry has is an error naming the field. Runs right after [`Self::validate`].
+    pub fn link(&mut self) -> Result<(), FieldError> {
+        for (i, s) in self.services.iter_mut().enumerate() {
+            if let Some(r) = &mut s.resolver {
+                resolver::link_ref(r, &self.resolvers, &format!("services[{i}].resolver"))?;
+            }
+            if let Some(h) = &mut s.hosts {
+                resolver::link_ref(h, &self.hosts, &format!("services[{i}].hosts"))?;
             }
         }
         Ok(())

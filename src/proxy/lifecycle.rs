@@ -104,7 +104,12 @@ impl Running {
         };
         let addr = cfg.addr.addr;
         let connect_timeout = cfg.connect_timeout();
-        let router = Router::new(connect_timeout, cfg.interface.as_ref());
+        let mut router = Router::new(connect_timeout, cfg.interface.as_ref());
+        router.resolve = super::resolve::Resolve::new(
+            cfg.resolver.as_ref().and_then(|r| r.target.as_deref()),
+            cfg.hosts.as_ref().and_then(|h| h.target.as_deref()),
+        )
+        .map_err(|e| fail(format!("resolver: {e}")))?;
         // Everything that can fail is built before the socket is bound: here only
         // the files a TLS section names can (they are read now).
         let mut proxy = ProxyHandler::from_config(&cfg.handler, router.clone());

@@ -25,6 +25,7 @@
 //! * [`balance`], [`health`], [`discovery`]: the forwarder's nodes, how one is
 //!   chosen, and how the list and its health are kept current;
 //! * [`router`]: connecting to a target (timeout, GOST's `interface` exit);
+//! * [`resolve`]: the names a service dials (GOST's `hosts:` and `resolver:`);
 //!   [`listen`]: binding with `IP_FREEBIND`; [`relay`]: moving bytes;
 //!   [`proxy_protocol`], [`tls`], [`cut`]: what their names say;
 //! * [`stats`]: the counters, in one vocabulary.
@@ -45,6 +46,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod resolve;
 pub mod router;
 pub mod service;
 pub mod stats;

@@ -19,6 +19,8 @@ pub struct Router {
     pub connect_timeout: Duration,
     /// GOST's `interface`, as the config parsed it. Empty: the kernel chooses.
     pub exits: Vec<Exit>,
+    /// GOST's `hosts:` and `resolver:` for the names dialled (default: the system's).
+    pub resolve: super::resolve::Resolve,
 }
 
 /// One entry of the `interface` list.
@@ -27,6 +29,7 @@ impl Default for Router {
         Self {
             connect_timeout: Duration::from_secs(10),
             exits: Vec::new(),
+            resolve: Default::default(),
         }
     }
 }
@@ -38,14 +41,14 @@ impl Router {
         Router {
             connect_timeout,
             exits: interface.map(|i| i.exits.clone()).unwrap_or_default(),
+            resolve: Default::default(),
         }
     }
 
     /// Connect to `host:port` (a name is resolved; each address is tried).
     pub async fn connect(&self, target: &str) -> io::Result<TcpStream> {
         let addrs =
-            match tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host(target)).await
-            {
+            match tokio::time::timeout(self.connect_timeout, self.resolve.lookup(target)).await {
                 Ok(r) => r?,
                 Err(_) => {
                     return Err(io::Error::new(

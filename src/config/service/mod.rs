@@ -78,6 +78,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::FieldError;
 pub use super::duration::{DurationStr, MAX_DURATION};
+use super::resolver::{HostsConfig, NameRef, ResolverConfig};
 pub use access::{AccessConfig, AccessPolicy, AccessRule, Cidr};
 pub use forwarder::{
     DiscoveryConfig, DiscoveryKind, FailPolicy, ForwarderConfig, HealthcheckConfig,
@@ -101,6 +102,13 @@ pub struct ServiceConfig {
     /// order; an entry ending in `!` is strict (if it fails, the rest is not tried).
     #[serde(default)]
     pub interface: Option<Interface>,
+    /// GOST's `resolver`: the `resolvers:` entry that resolves the names this
+    /// service dials (default: the system resolver).
+    #[serde(default)]
+    pub resolver: Option<NameRef<ResolverConfig>>,
+    /// GOST's `hosts`: the `hosts:` entry consulted before any DNS.
+    #[serde(default)]
+    pub hosts: Option<NameRef<HostsConfig>>,
     pub handler: HandlerConfig,
     pub listener: ListenerConfig,
     #[serde(default)]
