@@ -9,13 +9,14 @@
 //! new order); with pebble stopped, a restart still serves it.
 //! Every process is killed by a guard, also on panic.
 
+mod pebble_support;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,20 +122,7 @@ impl Pebble {
         validity: Option<u64>,
         blocklist: &[&str],
     ) -> Pebble {
-        // pebble's HTTPS certificate, signed by a throwaway CA (a self-signed
-        // leaf would be refused by rustls' verifier).
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        leaf.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let key = KeyPair::generate().unwrap();
-        let cert = leaf.signed_by(&key, &ca).unwrap();
-        std::fs::write(dir.join("pebble.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.join("pebble.key"), key.serialize_pem()).unwrap();
-        let ca_pem = ca.pem();
-        std::fs::write(dir.join("pebble-ca.pem"), &ca_pem).unwrap();
+        let ca_pem = pebble_support::write_pebble_tls(dir, "127.0.0.1".parse().unwrap());
 
         let (dns_port, acme_port, mgmt_port, chall_mgmt) =
             (free_port(), free_port(), free_port(), free_port());
