@@ -59,26 +59,14 @@ fn only_the_vip_holder_orders_and_the_new_master_orders_after_takeover() {
     pebble_support::write_pebble_tls(dir.path(), ca_ip.into());
     let ca = dir.path().join("pebble-ca.pem");
 
-    let _dns = lab.spawn(
-        Host::Backend,
-        &[
-            "pebble-challtestsrv",
-            "-dns01",
-            &format!("{ca_ip}:{DNS_PORT}"),
-            "-http01",
-            "",
-            "-tlsalpn01",
-            "",
-            "-https01",
-            "",
-            "-defaultIPv6",
-            "",
-            "-defaultIPv4",
-            &vip.to_string(),
-            "-management",
-            &format!("{ca_ip}:8055"),
-        ],
-    );
+    let mut dns_argv = vec!["pebble-challtestsrv".to_string()];
+    dns_argv.extend(pebble_support::challtestsrv_args(
+        &format!("{ca_ip}:{DNS_PORT}"),
+        &vip.to_string(),
+        &format!("{ca_ip}:8055"),
+    ));
+    let dns_argv: Vec<&str> = dns_argv.iter().map(String::as_str).collect();
+    let _dns = lab.spawn(Host::Backend, &dns_argv);
     let config = serde_json::json!({"pebble": {
         "listenAddress": format!("{ca_ip}:{ACME_PORT}"),
         "managementListenAddress": format!("{ca_ip}:{MGMT_PORT}"),

@@ -128,22 +128,11 @@ impl Pebble {
             (free_port(), free_port(), free_port(), free_port());
         let dns = spawn(
             "pebble-challtestsrv",
-            Command::new("pebble-challtestsrv").args([
-                "-dns01",
+            Command::new("pebble-challtestsrv").args(pebble_support::challtestsrv_args(
                 &format!("127.0.0.1:{dns_port}"),
-                "-http01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-https01",
-                "",
-                "-defaultIPv6",
-                "",
-                "-defaultIPv4",
                 "127.0.0.1",
-                "-management",
                 &format!("127.0.0.1:{chall_mgmt}"),
-            ]),
+            )),
         );
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{acme_port}"),

@@ -15,9 +15,12 @@ mod proxy_common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::config::Config;
+use gateway::proxy::ServiceSet;
+use gateway::proxy::balance::Balancer;
 use proxy_common::{Backend, start, tcp_services, wait_for, which};
 
 /// A dnsmasq serving `records` (dnsmasq options such as
@@ -134,6 +137,22 @@ async fn resolver_nameserver_answers_and_hosts_win_over_dns() {
     );
 }
 
+/// A forwarding service "srv" whose nodes come from SRV discovery of
+/// `_web._tcp.gw-test` at `dns` every 200 ms, with `extra` discovery options.
+fn srv_service(dns: &Dnsmasq, extra: &str) -> (ServiceSet, Arc<Balancer>) {
+    let discovery = format!(
+        "{{kind: srv, srv_lookup_server: \"{}\", srv_lookup_pattern: _web._tcp.gw-test, interval: 200ms, {extra}}}",
+        dns.addr
+    );
+    let set = start(&tcp_services(
+        "srv",
+        "[]",
+        &format!("    discovery: {discovery}\n"),
+    ));
+    let bal = set.balancer("srv").unwrap();
+    (set, bal)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_discovery_gets_every_record_of_a_truncated_answer() {
     const RECORDS: usize = 120;
@@ -152,16 +171,7 @@ async fn srv_discovery_gets_every_record_of_a_truncated_answer() {
     // And one resolvable target, so the service can also be used.
     records.push("--host-record=localhost.gw-test,127.0.0.1".into());
     let dns = Dnsmasq::start(&records);
-    let discovery = format!(
-        "{{kind: srv, srv_lookup_server: \"{}\", srv_lookup_pattern: _web._tcp.gw-test, interval: 200ms, timeout: 3s}}",
-        dns.addr
-    );
-    let set = start(&tcp_services(
-        "srv",
-        "[]",
-        &format!("    discovery: {discovery}\n"),
-    ));
-    let bal = set.balancer("srv").unwrap();
+    let (set, bal) = srv_service(&dns, "timeout: 3s");
     assert!(
         wait_for(Duration::from_secs(10), || bal.nodes().len() == RECORDS).await,
         "expected all {RECORDS} SRV records as nodes, have {}",
@@ -190,16 +200,7 @@ async fn srv_discovery_over_tcp_only_and_nodes_are_dialled() {
         "--srv-host=_web._tcp.gw-test,localhost,{},0,1",
         backend.addr.port()
     )]);
-    let discovery = format!(
-        "{{kind: srv, srv_lookup_server: \"{}\", srv_lookup_pattern: _web._tcp.gw-test, srv_dns_protocol: tcp, interval: 200ms}}",
-        dns.addr
-    );
-    let set = start(&tcp_services(
-        "srv",
-        "[]",
-        &format!("    discovery: {discovery}\n"),
-    ));
-    let bal = set.balancer("srv").unwrap();
+    let (set, bal) = srv_service(&dns, "srv_dns_protocol: tcp");
     assert!(wait_for(Duration::from_secs(10), || bal.nodes().len() == 1).await);
     assert_eq!(
         bal.nodes()[0].config.addr,

@@ -21,6 +21,7 @@
 
 pub mod acme;
 pub mod auth;
+pub mod chain;
 pub mod duration;
 pub mod floating_ip;
 pub mod resolver;
@@ -48,6 +49,9 @@ pub struct Config {
     /// gobetween's `[acme]`: certificates for `tls` listeners with `acme_hosts`.
     #[serde(default)]
     pub acme: Option<acme::AcmeConfig>,
+    /// GOST's forwarding chains, named by `handler.chain` (see [`chain`]).
+    #[serde(default)]
+    pub chains: Vec<chain::ChainConfig>,
     /// GOST's resolvers (upstream nameservers), referred to by name (`resolver:`).
     #[serde(default)]
     pub resolvers: Vec<resolver::ResolverConfig>,
@@ -129,15 +133,15 @@ impl Config {
             field: e.field,
             message: e.message,
         })?;
-        let Some(config) = config else {
+        let Some(mut config) = config else {
             return Err(empty());
         };
         if config.floating_ip.is_none() && config.services.is_empty() {
             return Err(empty());
         }
-        let mut config = config;
         config.validate().map_err(|e| at_field(text, path, e))?;
         config.link().map_err(|e| at_field(text, path, e))?;
+        config.link_chains();
         Ok(config)
     }
 
@@ -164,12 +168,20 @@ impl Config {
         out
     }
 
+    /// Give each service the chain its `handler.chain` names
+    /// (`ServiceConfig::chain`), after [`validate`](Self::validate). A config
+    /// built in code rather than read from a file must call both.
+    pub fn link_chains(&mut self) {
+        chain::link_chains(&self.chains, &mut self.services);
+    }
+
     /// Checks that need nothing but the file itself.
     pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(fip) = &self.floating_ip {
             fip.validate()?;
         }
         service::validate_services(&self.services)?;
+        chain::validate_chains(&self.chains, &self.services)?;
         // ACME: the section is checked, and `acme_hosts` needs it.
         if let Some(a) = &self.acme {
             a.validate()?;
@@ -288,6 +300,7 @@ pub fn load(path: &Path, ifs: &crate::net::Interfaces) -> Result<Loaded, ConfigE
         message: format!("cannot read: {e}"),
     })?;
     let config = Config::from_str_named(&text, path)?;
+    service::host::check_host(&config.services, ifs).map_err(|e| at_field(&text, path, e))?;
     let floating_ip = match &config.floating_ip {
         Some(f) if f.enabled => {
             let dir = path.parent().unwrap_or(Path::new(""));

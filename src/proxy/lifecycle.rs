@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use super::ProxyError;
 use super::balance::Balancer;
+use super::chain::Chain;
 use super::forward::{TLS_HANDSHAKE_TIMEOUT, TcpService};
 use super::handler::{HandlerStats, ProxyHandler};
 use super::relay::RelayOpts;
@@ -104,8 +105,12 @@ impl Running {
         };
         let addr = cfg.addr.addr;
         let connect_timeout = cfg.connect_timeout();
-        let mut router = Router::new(connect_timeout, cfg.interface.as_ref());
-        router.resolve = super::resolve::Resolve::new(
+        let chain = match &cfg.chain {
+            Some(c) => Some(Chain::shared(c).map_err(|e| fail(e.to_string()))?),
+            None => None,
+        };
+        let mut router = Router::new(connect_timeout, cfg.interface()).with_chain(chain);
+        router.names = super::resolve::Resolve::new(
             cfg.resolver.as_ref().and_then(|r| r.target.as_deref()),
             cfg.hosts.as_ref().and_then(|h| h.target.as_deref()),
         )
@@ -202,6 +207,7 @@ impl Running {
                 let ctx = Arc::new(UdpService {
                     svc,
                     cfg: cfg.udp.clone().unwrap_or_default(),
+                    exits: cfg.interface().map(|i| i.exits.clone()).unwrap_or_default(),
                 });
                 tokio::spawn(udp::serve(u.clone(), ctx, stop.clone()));
             }

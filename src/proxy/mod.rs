@@ -24,8 +24,10 @@
 //! * [`handler`]: the proxy protocols (`http`, `socks5`, `socks4`, `auto`);
 //! * [`balance`], [`health`], [`discovery`]: the forwarder's nodes, how one is
 //!   chosen, and how the list and its health are kept current;
-//! * [`router`]: connecting to a target (timeout, GOST's `interface` exit);
-//! * [`resolve`]: the names a service dials (GOST's `hosts:` and `resolver:`);
+//! * [`router`]: connecting to a target (timeout, GOST's `interface` exit),
+//!   directly or through a forwarding [`chain`];
+//!   [`egress`]: binding any outgoing socket, TCP or UDP, to that exit;
+//!   [`resolve`]: the names a service dials (GOST's `hosts:` and `resolver:`);
 //!   [`listen`]: binding with `IP_FREEBIND`; [`relay`]: moving bytes;
 //!   [`proxy_protocol`], [`tls`], [`cut`]: what their names say;
 //! * [`stats`]: the counters, in one vocabulary.
@@ -36,9 +38,11 @@
 
 pub mod acme;
 pub mod balance;
+pub mod chain;
 pub mod clock;
 pub mod cut;
 pub mod discovery;
+pub mod egress;
 pub mod forward;
 pub mod handler;
 pub mod health;

@@ -30,3 +30,27 @@ pub fn write_pebble_tls(dir: &Path, ip: IpAddr) -> String {
     std::fs::write(dir.join("pebble-ca.pem"), &ca_pem).unwrap();
     ca_pem
 }
+
+/// pebble-challtestsrv's arguments: DNS on `dns`, every A query answered with
+/// `answer` (no AAAA), management on `mgmt`, and none of its own challenge
+/// servers (they would take 5001/5002/5003).
+pub fn challtestsrv_args(dns: &str, answer: &str, mgmt: &str) -> Vec<String> {
+    [
+        "-dns01",
+        dns,
+        "-http01",
+        "",
+        "-tlsalpn01",
+        "",
+        "-https01",
+        "",
+        "-defaultIPv6",
+        "",
+        "-defaultIPv4",
+        answer,
+        "-management",
+        mgmt,
+    ]
+    .map(String::from)
+    .to_vec()
+}
