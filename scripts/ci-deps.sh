@@ -12,6 +12,7 @@
 #   curl, openssl   handler tests: curl as HTTP/SOCKS client, openssl s_client as TLS client
 #   pebble          tests/acme_pebble.rs: pebble (ACME server) and pebble-challtestsrv (its DNS)
 #   tinyproxy, dante-server  tests/chains.rs: Debian's HTTP and SOCKS5 proxies as chain hops
+#   dnsmasq-base    tests/resolver_dns.rs: dnsmasq, the DNS server for resolver/hosts and SRV discovery
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" -ne 0 ]; then
@@ -21,9 +22,9 @@ fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     iproute2 nftables iputils-ping iputils-arping socat tcpdump keepalived curl openssl python3 pebble \
-    tinyproxy dante-server \
+    tinyproxy dante-server dnsmasq-base \
     >/dev/null
-for tool in ip nft ping arping socat keepalived python3 curl openssl ss pebble pebble-challtestsrv tinyproxy danted; do
+for tool in ip nft ping arping socat keepalived python3 curl openssl ss pebble pebble-challtestsrv tinyproxy danted dnsmasq; do
     command -v "$tool" >/dev/null || { echo "ci-deps.sh: $tool missing after install" >&2; exit 1; }
 done
 echo "ci-deps.sh: ok"

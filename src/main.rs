@@ -400,6 +400,7 @@ fn reload(
     for n in new.config.notes() {
         tracing::warn!("{n}");
     }
+    gateway::proxy::acme::reloaded(new.config.acme.as_ref());
     if new.config.services.is_empty() && !current.config.services.is_empty() {
         // Allowed (the file has a floating_ip section and asks for no services),
         // but an operator should see it was not an accident.

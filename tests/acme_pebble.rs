@@ -9,13 +9,14 @@
 //! new order); with pebble stopped, a restart still serves it.
 //! Every process is killed by a guard, also on panic.
 
+mod pebble_support;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,51 +110,29 @@ struct Pebble {
 impl Pebble {
     /// Start challtestsrv and pebble; pebble validates http-01 on `http_port`.
     async fn start(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
-        Self::start_with(dir, http_port, tls_port, None).await
+        Self::start_with(dir, http_port, tls_port, None, &[]).await
     }
 
-    /// As [`Pebble::start`], with certificates valid `validity` seconds.
+    /// As [`Pebble::start`], with certificates valid `validity` seconds, and
+    /// orders for the names in `blocklist` refused.
     async fn start_with(
         dir: &Path,
         http_port: u16,
         tls_port: u16,
         validity: Option<u64>,
+        blocklist: &[&str],
     ) -> Pebble {
-        // pebble's HTTPS certificate, signed by a throwaway CA (a self-signed
-        // leaf would be refused by rustls' verifier).
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        leaf.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let key = KeyPair::generate().unwrap();
-        let cert = leaf.signed_by(&key, &ca).unwrap();
-        std::fs::write(dir.join("pebble.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.join("pebble.key"), key.serialize_pem()).unwrap();
-        let ca_pem = ca.pem();
-        std::fs::write(dir.join("pebble-ca.pem"), &ca_pem).unwrap();
+        let ca_pem = pebble_support::write_pebble_tls(dir, "127.0.0.1".parse().unwrap());
 
         let (dns_port, acme_port, mgmt_port, chall_mgmt) =
             (free_port(), free_port(), free_port(), free_port());
         let dns = spawn(
             "pebble-challtestsrv",
-            Command::new("pebble-challtestsrv").args([
-                "-dns01",
+            Command::new("pebble-challtestsrv").args(pebble_support::challtestsrv_args(
                 &format!("127.0.0.1:{dns_port}"),
-                "-http01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-https01",
-                "",
-                "-defaultIPv6",
-                "",
-                "-defaultIPv4",
                 "127.0.0.1",
-                "-management",
                 &format!("127.0.0.1:{chall_mgmt}"),
-            ]),
+            )),
         );
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{acme_port}"),
@@ -168,6 +147,9 @@ impl Pebble {
         let mut config = config;
         if let Some(v) = validity {
             config["pebble"]["certificateValidityPeriod"] = v.into();
+        }
+        if !blocklist.is_empty() {
+            config["pebble"]["domainBlocklist"] = blocklist.into();
         }
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
         let pebble = spawn(
@@ -199,7 +181,8 @@ impl Pebble {
 }
 
 /// Write the gateway config: `acme:` pointing at `pebble` (plus `extra_acme`
-/// lines), one tls service with `acme_hosts: [host]` forwarding to `backend`.
+/// lines), one tls service with `acme_hosts: [host]` forwarding to `backend`
+/// (`host` may be several names: `"a.test, b.test"`).
 fn write_config(
     dir: &Path,
     pebble: &Pebble,
@@ -342,12 +325,27 @@ fn acme_config_errors() {
     let e = load(&both);
     assert!(e.contains("expected one of the two"), "{e}");
     let e = load(&format!(
-        "acme: {{challenge: sni}}\n{}",
+        "acme: {{challenge: dns}}\n{}",
         svc("acme_hosts: [a.test]")
     ));
     assert!(
-        e.contains("acme.challenge") && e.contains("not implemented"),
+        e.contains("acme.challenge") && e.contains("dns-01) is not implemented"),
         "{e}"
+    );
+    // gobetween's old name of tls-alpn: accepted, with a note.
+    let sni = format!("acme: {{challenge: sni}}\n{}", svc("acme_hosts: [a.test]"));
+    let config = gateway::config::Config::from_str_named(&sni, Path::new("g.yml")).unwrap();
+    assert_eq!(
+        config.acme.as_ref().unwrap().challenge,
+        gateway::config::acme::AcmeChallenge::TlsAlpn { old_name: true }
+    );
+    assert!(
+        config
+            .notes()
+            .iter()
+            .any(|n| n.starts_with("acme.challenge: \"sni\" is gobetween's old name of tls-alpn")),
+        "{:?}",
+        config.notes()
     );
     let e = load(&format!(
         "acme: {{http_bind: nowhere}}\n{}",
@@ -369,7 +367,7 @@ fn acme_config_errors() {
 async fn renewal_keeps_established_connections() {
     let dir = tempfile::tempdir().unwrap();
     let (http_port, tls_port) = (free_port(), free_port());
-    let pebble = Pebble::start_with(dir.path(), http_port, tls_port, Some(15)).await;
+    let pebble = Pebble::start_with(dir.path(), http_port, tls_port, Some(15), &[]).await;
     // An echo backend.
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = echo.local_addr().unwrap();
@@ -461,4 +459,130 @@ async fn unreachable_ca_and_busy_challenge_port_are_logged_and_retried() {
     .await;
     assert!(gw.0.try_wait().unwrap().is_none(), "the daemon exited");
     drop(squatter);
+}
+
+/// The SAN DNS names of a certificate.
+fn dns_names(der: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.subject_alternative_name()
+        .unwrap()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// tls-alpn-01, answered by the `acme_hosts` listener itself (pebble's
+/// `tlsPort` is the listener's port), for a listener with two hosts: each name
+/// gets its own certificate, chosen by SNI. No http-01 responder runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_two_hosts_on_one_listener_chosen_by_sni() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(dir.path(), http_port, tls_port).await;
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            let _ = s.write_all(b"hello\n").await;
+        }
+    });
+    let (a, b) = ("alpn-a.test", "alpn-b.test");
+    let config = write_config(
+        dir.path(),
+        &pebble,
+        http_port,
+        tls_port,
+        &format!("{a}, {b}"),
+        &backend_addr,
+        "  challenge: tls-alpn\n",
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let root = pebble.root().await;
+    let log = dir.path().join("gateway.log");
+    let _gw = gateway(&config, &log);
+    let leaf_a = wait_for_certificate(addr, a, &root, &log).await;
+    let leaf_b = wait_for_certificate(addr, b, &root, &log).await;
+    assert_eq!(dns_names(&leaf_a), vec![a.to_string()]);
+    assert_eq!(dns_names(&leaf_b), vec![b.to_string()]);
+    // The service behind the listener works over the ACME certificate.
+    let (_, mut tls) = handshake(addr, b, roots_of(&root)).await.unwrap();
+    let mut hello = [0u8; 6];
+    tls.read_exact(&mut hello).await.unwrap();
+    assert_eq!(&hello, b"hello\n");
+    // tls-alpn-01 needs no http-01 responder: nothing listens on http_bind.
+    assert!(TcpStream::connect(("127.0.0.1", http_port)).await.is_err());
+}
+
+/// Bad inputs with a CA that answers: an order the CA refuses (pebble's
+/// blocklist) is logged with its host and retried with backoff, while the other
+/// host of the same listener gets its certificate; a `cache_dir` that cannot be
+/// written (it lies under a regular file) is logged with the host, and the
+/// certificate is served from memory all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_order_and_unwritable_cache_are_logged_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tls_port) = (free_port(), free_port());
+    let (good, blocked) = ("acme-good.test", "acme-blocked.test");
+    let pebble = Pebble::start_with(dir.path(), http_port, tls_port, None, &[blocked]).await;
+    let config = write_config(
+        dir.path(),
+        &pebble,
+        http_port,
+        tls_port,
+        &format!("{good}, {blocked}"),
+        "127.0.0.1:9",
+        "",
+    );
+    // cache_dir under a regular file: every write fails (also for root).
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("cache_dir: {}", dir.path().join("cache").display()),
+        &format!("cache_dir: {}", file.join("cache").display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let root = pebble.root().await;
+    let log = dir.path().join("gateway.log");
+    let mut gw = gateway(&config, &log);
+    wait_for_certificate(addr, good, &root, &log).await;
+    let text = wait_for_log(
+        &log,
+        &[
+            "ACME: order failed",
+            "rejectedIdentifier",
+            "retry in 5s",
+            "certificate not cached",
+        ],
+    )
+    .await;
+    let refused = text
+        .lines()
+        .find(|l| l.contains("ACME: order failed"))
+        .unwrap();
+    assert!(refused.contains(blocked), "{refused}");
+    let uncached = text
+        .lines()
+        .find(|l| l.contains("certificate not cached"))
+        .unwrap();
+    assert!(uncached.contains(good), "{uncached}");
+    // Retried with backoff: the second attempt waits longer than the first.
+    let text = wait_for_log(&log, &["retry in 10s"]).await;
+    assert!(
+        text.lines()
+            .any(|l| l.contains("retry in 10s") && l.contains(blocked)),
+        "{text}"
+    );
+    assert!(gw.0.try_wait().unwrap().is_none(), "the daemon exited");
+    // The refused host has no certificate; the good one keeps being served.
+    assert!(handshake(addr, blocked, roots_of(&root)).await.is_err());
+    handshake(addr, good, roots_of(&root)).await.unwrap();
 }

@@ -204,7 +204,7 @@ fn unmappable_items_are_listed_with_lines_and_exit_5() {
         "line 13: servers.a.sni:",
         "line 17: servers.a.discovery.kind: json discovery",
         "line 24: servers.b.discovery.kind: \"docker\"",
-        "line 28: acme.challenge: \"dns\": only the http challenge",
+        "line 28: acme.challenge: \"dns\": only the http and tls-alpn (sni) challenges",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }

@@ -18,7 +18,7 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 #[serde(deny_unknown_fields)]
 pub struct AcmeConfig {
     /// gobetween: `http` | `tls-alpn` | `dns` (`sni`: gobetween's old name of
-    /// tls-alpn); this build implements `http`, the others are refused at load.
+    /// tls-alpn, accepted with a note); `dns` is refused at load.
     #[serde(default = "default_challenge")]
     pub challenge: AcmeChallenge,
     /// gobetween: where the http-01 responder listens. The CA always asks port 80 of
@@ -47,15 +47,22 @@ pub struct AcmeConfig {
 pub enum AcmeChallenge {
     /// http-01: `GET /.well-known/acme-challenge/TOKEN` on `http_bind`.
     Http,
+    /// tls-alpn-01 (RFC 8737): the `acme_hosts` listener itself answers a TLS
+    /// handshake that offers ALPN `acme-tls/1` with the challenge certificate.
+    /// `old_name`: written as `sni`, gobetween's old name for it.
+    TlsAlpn { old_name: bool },
 }
 
 impl AcmeChallenge {
     pub fn parse(name: &str) -> Result<AcmeChallenge, String> {
         match name {
             "http" => Ok(AcmeChallenge::Http),
-            "tls-alpn" | "sni" | "dns" => Err(format!(
-                "{name:?} is not implemented by this build yet: expected \"http\" (http-01 on http_bind)"
-            )),
+            "tls-alpn" => Ok(AcmeChallenge::TlsAlpn { old_name: false }),
+            "sni" => Ok(AcmeChallenge::TlsAlpn { old_name: true }),
+            "dns" => Err(
+                "\"dns\" (dns-01) is not implemented by this build: it needs an API of your DNS provider; expected \"http\" (http-01 on http_bind) or \"tls-alpn\" (tls-alpn-01 on the acme_hosts listener)"
+                    .to_string(),
+            ),
             other => Err(format!("{other:?}: expected http, tls-alpn or dns")),
         }
     }
@@ -92,6 +99,17 @@ pub fn default_renew_before() -> DurationStr {
 }
 
 impl AcmeConfig {
+    /// What is accepted but worth a word (printed by `-test`, logged at start).
+    pub fn notes(&self) -> Vec<String> {
+        match self.challenge {
+            AcmeChallenge::TlsAlpn { old_name: true } => vec![
+                "acme.challenge: \"sni\" is gobetween's old name of tls-alpn (tls-alpn-01); read as tls-alpn"
+                    .to_string(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     /// Checks of the section alone beyond what parsing checked (names the field).
     pub fn validate(&self) -> Result<(), FieldError> {
         if !(self.directory.starts_with("https://") || self.directory.starts_with("http://")) {

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod chain;
 pub mod duration;
 pub mod floating_ip;
+pub mod resolver;
 pub mod service;
 pub mod tls;
 
@@ -51,6 +52,12 @@ pub struct Config {
     /// GOST's forwarding chains, named by `handler.chain` (see [`chain`]).
     #[serde(default)]
     pub chains: Vec<chain::ChainConfig>,
+    /// GOST's resolvers (upstream nameservers), referred to by name (`resolver:`).
+    #[serde(default)]
+    pub resolvers: Vec<resolver::ResolverConfig>,
+    /// GOST's host mappers, referred to by name (`hosts:`).
+    #[serde(default)]
+    pub hosts: Vec<resolver::HostsConfig>,
 }
 
 /// Why a file with neither section is refused (at `-test`, at start and on reload).
@@ -133,6 +140,7 @@ impl Config {
             return Err(empty());
         }
         config.validate().map_err(|e| at_field(text, path, e))?;
+        config.link().map_err(|e| at_field(text, path, e))?;
         config.link_chains();
         Ok(config)
     }
@@ -156,6 +164,7 @@ impl Config {
                 }
             }
         }
+        out.extend(self.acme.iter().flat_map(|a| a.notes()));
         out
     }
 
@@ -188,6 +197,20 @@ impl Config {
                     format!("services[{i}].listener.tls.acme_hosts"),
                     "acme_hosts needs the top-level acme: section (at least acme: {cache_dir: ...})",
                 ));
+            }
+        }
+        resolver::validate(&self.resolvers, &self.hosts)
+    }
+
+    /// Point every `resolver:`/`hosts:` reference at the entry it names; a name
+    /// no entry has is an error naming the field. Runs right after [`Self::validate`].
+    pub fn link(&mut self) -> Result<(), FieldError> {
+        for (i, s) in self.services.iter_mut().enumerate() {
+            if let Some(r) = &mut s.resolver {
+                resolver::link_ref(r, &self.resolvers, &format!("services[{i}].resolver"))?;
+            }
+            if let Some(h) = &mut s.hosts {
+                resolver::link_ref(h, &self.hosts, &format!("services[{i}].hosts"))?;
             }
         }
         Ok(())

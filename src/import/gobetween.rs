@@ -568,10 +568,14 @@ fn acme_section(cx: &mut Cx<'_>, t: &DeTable<'_>) -> Mapping {
                 Some("http") => {
                     out.insert(k.into(), "http".into());
                 }
+                // gobetween's `sni` is tls-alpn-01 under its old name.
+                Some("sni" | "tls-alpn") => {
+                    out.insert(k.into(), "tls-alpn".into());
+                }
                 Some(c) => cx.skip(
                     &span,
                     &key,
-                    format!("{c:?}: only the http challenge is implemented by this build"),
+                    format!("{c:?}: only the http and tls-alpn (sni) challenges are implemented by this build"),
                 ),
                 None => {}
             },

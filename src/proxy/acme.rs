@@ -20,8 +20,18 @@
 //!
 //! # Challenges
 //!
-//! http-01 only in this build: a small responder on `http_bind` answers
-//! `GET /.well-known/acme-challenge/TOKEN` with the key authorization.
+//! * `http` (http-01): a small responder on `http_bind` answers
+//!   `GET /.well-known/acme-challenge/TOKEN` with the key authorization.
+//! * `tls-alpn` (tls-alpn-01, RFC 8737; gobetween's old name `sni`): the CA
+//!   opens a TLS connection to port 443 of the name offering only the ALPN
+//!   protocol `acme-tls/1`. The `acme_hosts` listener itself answers it: the
+//!   listener reads the ClientHello first ([`tls_alpn_challenge`], called from
+//!   `tls::accept_with_timeout`), and when it offers `acme-tls/1` for a name with
+//!   a challenge in progress, the handshake is completed with a self-signed
+//!   certificate for that name carrying the `acmeIdentifier` extension (the
+//!   SHA-256 of the key authorization), and the connection is closed. Every other
+//!   handshake goes on with the listener's own configuration, untouched. So no
+//!   second port is needed, but the listener must be what the CA reaches on 443.
 //!
 //! # High availability
 //!
@@ -59,7 +69,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::config::acme::AcmeConfig;
+use crate::config::acme::{AcmeChallenge, AcmeConfig};
 use crate::failover::driver::FailoverStatus;
 use crate::failover::machine::State;
 
@@ -74,8 +84,8 @@ pub enum AcmeError {
     Protocol(#[from] instant_acme::Error),
     #[error("order for {host} ended {status}")]
     Order { host: String, status: String },
-    #[error("no http-01 challenge offered for {0}")]
-    NoChallenge(String),
+    #[error("no {kind} challenge offered for {host}")]
+    NoChallenge { kind: &'static str, host: String },
     #[error("cache {path}: {source}")]
     Cache {
         path: PathBuf,
@@ -83,7 +93,9 @@ pub enum AcmeError {
     },
     #[error("certificate from the CA: {0}")]
     Certificate(String),
-    #[error("acme_hosts needs the top-level acme: section")]
+    #[error(
+        "ACME is not running: the acme: section was not in the configuration the daemon started with; restart it to use acme_hosts"
+    )]
     NotConfigured,
 }
 
@@ -97,6 +109,10 @@ pub struct Manager {
     slots: Mutex<HashMap<String, Slot>>,
     /// http-01: token → key authorization.
     tokens: Arc<Mutex<HashMap<String, String>>>,
+    /// tls-alpn-01: host → challenge certificate, while its challenge is pending.
+    alpn_certs: Arc<Mutex<HashMap<String, Arc<CertifiedKey>>>>,
+    /// tls-alpn-01: the handshake configuration that serves `alpn_certs`.
+    alpn_config: Arc<rustls::ServerConfig>,
     account: tokio::sync::Mutex<Option<Account>>,
 }
 
@@ -105,15 +121,37 @@ static MANAGER: OnceLock<Arc<Manager>> = OnceLock::new();
 /// Install the manager (once, at start, inside the runtime) and start the
 /// http-01 responder. `status` is the failover status, `None` without failover.
 pub fn install(cfg: AcmeConfig, status: Option<watch::Receiver<FailoverStatus>>) {
+    let alpn_certs = Arc::new(Mutex::new(HashMap::new()));
+    let mut alpn_config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ChallengeResolver(alpn_certs.clone())));
+    alpn_config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
     let m = Arc::new(Manager {
         cfg,
         status,
         slots: Mutex::new(HashMap::new()),
         tokens: Arc::new(Mutex::new(HashMap::new())),
+        alpn_certs,
+        alpn_config: Arc::new(alpn_config),
         account: tokio::sync::Mutex::new(None),
     });
-    if MANAGER.set(m.clone()).is_ok() {
+    if MANAGER.set(m.clone()).is_ok() && m.cfg.challenge == AcmeChallenge::Http {
         tokio::spawn(http01_responder(m.cfg.http_bind, m.tokens.clone()));
+    }
+}
+
+/// After a reload: ACME keeps the settings it started with (its account, cache
+/// and challenge responder live as long as the process), so a changed `acme:`
+/// section is reported as needing a restart. New `acme_hosts` are ordered with
+/// the running settings.
+pub fn reloaded(new: Option<&AcmeConfig>) {
+    let running = MANAGER.get().map(|m| &m.cfg);
+    if running != new {
+        tracing::warn!(
+            "acme: changed in the configuration: ACME keeps the settings it started with until the next restart"
+        );
     }
 }
 
@@ -172,6 +210,71 @@ impl ResolvesServerCert for AcmeResolver {
         }?;
         slot.1.load_full()
     }
+}
+
+/// The ALPN protocol of tls-alpn-01 (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// For a ClientHello that offers `acme-tls/1` for a name whose tls-alpn-01
+/// challenge is pending: the configuration that answers it with the challenge
+/// certificate. `None` for every other handshake (and without tls-alpn).
+pub fn tls_alpn_challenge(hello: &ClientHello<'_>) -> Option<Arc<rustls::ServerConfig>> {
+    let m = MANAGER.get()?;
+    if !matches!(m.cfg.challenge, AcmeChallenge::TlsAlpn { .. }) {
+        return None;
+    }
+    let offered = hello.alpn()?.any(|p| p == ACME_TLS_ALPN);
+    let sni = hello.server_name()?.to_ascii_lowercase();
+    let pending = m
+        .alpn_certs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&sni);
+    (offered && pending).then(|| m.alpn_config.clone())
+}
+
+/// Whether listeners must look at the ClientHello before choosing their
+/// configuration (a tls-alpn-01 manager is installed).
+pub fn tls_alpn_enabled() -> bool {
+    MANAGER
+        .get()
+        .is_some_and(|m| matches!(m.cfg.challenge, AcmeChallenge::TlsAlpn { .. }))
+}
+
+/// Serves the pending tls-alpn-01 challenge certificate of the SNI name.
+#[derive(Debug)]
+struct ChallengeResolver(Arc<Mutex<HashMap<String, Arc<CertifiedKey>>>>);
+
+impl ResolvesServerCert for ChallengeResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name()?.to_ascii_lowercase();
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&sni)
+            .cloned()
+    }
+}
+
+/// The tls-alpn-01 certificate for `host`: self-signed, the name as its only
+/// SAN, and the critical `acmeIdentifier` extension holding `digest` (SHA-256 of
+/// the key authorization).
+fn challenge_certificate(host: &str, digest: &[u8]) -> Result<CertifiedKey, AcmeError> {
+    let bad = |e: rcgen::Error| AcmeError::Certificate(format!("tls-alpn-01 certificate: {e}"));
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).map_err(bad)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(bad)?;
+    let cert = params.self_signed(&key).map_err(bad)?;
+    let key_der = PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| AcmeError::Certificate(e.to_string()))?;
+    // Not `CertifiedKey::from_der`: its key/certificate consistency check parses
+    // the certificate with webpki, which refuses the critical acmeIdentifier
+    // extension; the key was generated for this very certificate.
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| AcmeError::Certificate(e.to_string()))?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }
 
 fn provider() -> CryptoProvider {
@@ -362,12 +465,14 @@ impl Manager {
         Ok(account)
     }
 
-    /// One order for `host` with http-01; returns (chain PEM, key PEM).
+    /// One order for `host` with the configured challenge; returns (chain PEM,
+    /// key PEM).
     async fn order(&self, host: &str) -> Result<(String, String), AcmeError> {
         let account = self.account().await?;
         let ids = [Identifier::Dns(host.to_string())];
         let mut order = account.new_order(&NewOrder::new(&ids)).await?;
         let mut tokens = Vec::new();
+        let mut alpn_pending = false;
         let mut auths = order.authorizations();
         while let Some(a) = auths.next().await {
             let mut a = a?;
@@ -381,16 +486,34 @@ impl Manager {
                     });
                 }
             }
-            let mut ch = a
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| AcmeError::NoChallenge(host.to_string()))?;
-            let token = ch.token.clone();
-            let key_auth = ch.key_authorization().as_str().to_string();
-            self.tokens
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(token.clone(), key_auth);
-            tokens.push(token);
+            let (kind, label) = match self.cfg.challenge {
+                AcmeChallenge::Http => (ChallengeType::Http01, "http-01"),
+                AcmeChallenge::TlsAlpn { .. } => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+            };
+            let mut ch = a.challenge(kind).ok_or_else(|| AcmeError::NoChallenge {
+                kind: label,
+                host: host.to_string(),
+            })?;
+            match self.cfg.challenge {
+                AcmeChallenge::Http => {
+                    let token = ch.token.clone();
+                    let key_auth = ch.key_authorization().as_str().to_string();
+                    self.tokens
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(token.clone(), key_auth);
+                    tokens.push(token);
+                }
+                AcmeChallenge::TlsAlpn { .. } => {
+                    let digest = ch.key_authorization().digest();
+                    let cert = challenge_certificate(host, digest.as_ref())?;
+                    self.alpn_certs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(host.to_string(), Arc::new(cert));
+                    alpn_pending = true;
+                }
+            }
             ch.set_ready().await?;
         }
         let result = async {
@@ -409,6 +532,12 @@ impl Manager {
         let mut map = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         for t in tokens {
             map.remove(&t);
+        }
+        if alpn_pending {
+            self.alpn_certs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(host);
         }
         result
     }

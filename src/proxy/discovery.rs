@@ -7,8 +7,9 @@
 //!   `host:port [weight=N] [priority=N]`, blank lines and `#` comments ignored.
 //! * `exec` — run a command every `interval` (bounded by `timeout`); its stdout is
 //!   a node list in the same formats.
-//! * `srv` — a DNS SRV query every `interval`; each answer is a node
-//!   `target:port` with the record's weight and priority.
+//! * `srv` — a DNS SRV query every `interval` (hickory-resolver: UDP, TCP when
+//!   the answer is truncated); each answer is a node `target:port` with the
+//!   record's weight and priority.
 //!
 //! A failed discovery (unreadable file, bad line, command failing, DNS error)
 //! never half-applies: the list is parsed completely first. On failure
@@ -59,7 +60,7 @@ pub async fn run(
                 }
             }
             DiscoveryKind::Exec => run_exec(&cfg).await.map(|n| (n, None)),
-            DiscoveryKind::Srv => srv::lookup(&cfg).await.map(|n| (n, None)),
+            DiscoveryKind::Srv => srv_nodes(&cfg).await.map(|n| (n, None)),
         };
         match result {
             Ok((nodes, stamp)) => {
@@ -180,201 +181,34 @@ fn parse_json(text: &str) -> Result<Vec<NodeConfig>, String> {
         .collect()
 }
 
-/// The first `nameserver` of /etc/resolv.conf, port 53.
-fn system_nameserver() -> Option<SocketAddr> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
-    text.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        (w.next() == Some("nameserver"))
-            .then(|| w.next())
-            .flatten()
-            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-            .map(|ip| SocketAddr::new(ip, 53))
-    })
-}
-
-/// A minimal DNS client for SRV records: one question, answers parsed with name
-/// compression. Enough for Consul, CoreDNS or any resolver; no caching (the
-/// interval is the cache).
-mod srv {
-    use super::*;
-
-    const TYPE_SRV: u16 = 33;
-
-    pub async fn lookup(cfg: &DiscoveryConfig) -> Result<Vec<NodeConfig>, String> {
-        let name = cfg
-            .srv_lookup_pattern
-            .as_deref()
-            .ok_or("no srv_lookup_pattern")?;
-        let server = match &cfg.srv_lookup_server {
-            Some(s) => s
-                .parse::<SocketAddr>()
+/// gobetween's `srv` discovery: one SRV query, each record a node `target:port`
+/// with the record's weight and priority. The query goes through
+/// `hickory-resolver` ([`super::resolve::srv_lookup`]): over UDP and, when the
+/// answer is truncated (more records than fit a datagram), again over TCP, so a
+/// large service gets all its nodes; `srv_dns_protocol: tcp` asks over TCP only.
+async fn srv_nodes(cfg: &DiscoveryConfig) -> Result<Vec<NodeConfig>, String> {
+    let name = cfg
+        .srv_lookup_pattern
+        .as_deref()
+        .ok_or("no srv_lookup_pattern")?;
+    let server = match &cfg.srv_lookup_server {
+        Some(s) => Some(
+            s.parse::<SocketAddr>()
                 .map_err(|_| format!("bad srv_lookup_server {s:?}"))?,
-            None => system_nameserver().ok_or("no nameserver in /etc/resolv.conf")?,
-        };
-        let id: u16 = rand::random();
-        let query = build_query(id, name)?;
-        let answer = match tokio::time::timeout(
-            cfg.timeout.0,
-            exchange(server, &query, cfg.srv_dns_protocol),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(|e| format!("DNS query to {server}: {e}"))?,
-            Err(_) => {
-                return Err(format!(
-                    "DNS server {server} did not answer within {:?}",
-                    cfg.timeout.0
-                ));
-            }
-        };
-        parse_response(id, &answer)
-    }
-
-    async fn exchange(
-        server: SocketAddr,
-        query: &[u8],
-        proto: ProbeProtocol,
-    ) -> std::io::Result<Vec<u8>> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        match proto {
-            ProbeProtocol::Udp => {
-                let local: SocketAddr = if server.is_ipv4() {
-                    ([0, 0, 0, 0], 0).into()
-                } else {
-                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-                };
-                let s = tokio::net::UdpSocket::bind(local).await?;
-                s.connect(server).await?;
-                s.send(query).await?;
-                let mut buf = vec![0u8; 4096];
-                let n = s.recv(&mut buf).await?;
-                buf.truncate(n);
-                Ok(buf)
-            }
-            ProbeProtocol::Tcp => {
-                let mut s = tokio::net::TcpStream::connect(server).await?;
-                let mut msg = (query.len() as u16).to_be_bytes().to_vec();
-                msg.extend_from_slice(query);
-                s.write_all(&msg).await?;
-                let len = s.read_u16().await? as usize;
-                let mut buf = vec![0u8; len];
-                s.read_exact(&mut buf).await?;
-                Ok(buf)
-            }
-        }
-    }
-
-    pub fn build_query(id: u16, name: &str) -> Result<Vec<u8>, String> {
-        let mut q = Vec::with_capacity(32 + name.len());
-        q.extend_from_slice(&id.to_be_bytes());
-        q.extend_from_slice(&0x0100u16.to_be_bytes()); // recursion desired
-        q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // 1 question
-        for label in name.trim_end_matches('.').split('.') {
-            if label.is_empty() || label.len() > 63 {
-                return Err(format!("{name:?}: expected a DNS name"));
-            }
-            q.push(label.len() as u8);
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.push(0);
-        q.extend_from_slice(&TYPE_SRV.to_be_bytes());
-        q.extend_from_slice(&1u16.to_be_bytes()); // class IN
-        Ok(q)
-    }
-
-    fn u16_at(m: &[u8], i: usize) -> Result<u16, String> {
-        m.get(i..i + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or_else(|| "truncated DNS message".to_string())
-    }
-
-    /// Read a (possibly compressed) name at `i`; returns it and the offset after it.
-    fn read_name(m: &[u8], mut i: usize) -> Result<(String, usize), String> {
-        let mut labels: Vec<String> = Vec::new();
-        let mut end = None;
-        for _ in 0..128 {
-            let len = *m.get(i).ok_or("truncated DNS name")? as usize;
-            if len & 0xc0 == 0xc0 {
-                let ptr = (u16_at(m, i)? & 0x3fff) as usize;
-                end.get_or_insert(i + 2);
-                i = ptr;
-                continue;
-            }
-            if len == 0 {
-                return Ok((labels.join("."), end.unwrap_or(i + 1)));
-            }
-            let label = m.get(i + 1..i + 1 + len).ok_or("truncated DNS label")?;
-            labels.push(String::from_utf8_lossy(label).into_owned());
-            i += 1 + len;
-        }
-        Err("DNS name compression loop".into())
-    }
-
-    pub fn parse_response(id: u16, m: &[u8]) -> Result<Vec<NodeConfig>, String> {
-        if u16_at(m, 0)? != id {
-            return Err("DNS answer with a foreign id".into());
-        }
-        let flags = u16_at(m, 2)?;
-        let rcode = flags & 0x000f;
-        if rcode != 0 {
-            return Err(format!("DNS error rcode {rcode}"));
-        }
-        let qd = u16_at(m, 4)?;
-        let an = u16_at(m, 6)?;
-        let mut i = 12;
-        for _ in 0..qd {
-            i = read_name(m, i)?.1 + 4;
-        }
-        let mut nodes = Vec::new();
-        for _ in 0..an {
-            let (_, j) = read_name(m, i)?;
-            let ty = u16_at(m, j)?;
-            let rdlen = u16_at(m, j + 8)? as usize;
-            let rdata = j + 10;
-            if m.len() < rdata + rdlen {
-                return Err("truncated DNS record".into());
-            }
-            if ty == TYPE_SRV {
-                let priority = u16_at(m, rdata)?;
-                let weight = u16_at(m, rdata + 2)?;
-                let port = u16_at(m, rdata + 4)?;
-                let (target, _) = read_name(m, rdata + 6)?;
-                nodes.push(NodeConfig {
-                    name: String::new(),
-                    addr: format!("{target}:{port}"),
-                    weight: (weight as u32).max(1),
-                    priority: priority as u32,
-                });
-            }
-            i = rdata + rdlen;
-        }
-        Ok(nodes)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn parses_srv_answer_with_compression() {
-            let mut m = build_query(7, "_web._tcp.lan").unwrap();
-            m[2] = 0x81;
-            m[3] = 0x80;
-            m[7] = 1; // one answer
-            m.extend_from_slice(&[0xc0, 12]); // name: pointer to the question
-            m.extend_from_slice(&[0, 33, 0, 1, 0, 0, 0, 60]);
-            let target = b"\x02b1\x03lan\x00";
-            m.extend_from_slice(&((6 + target.len()) as u16).to_be_bytes());
-            m.extend_from_slice(&[0, 1, 0, 5, 0x1f, 0x90]);
-            m.extend_from_slice(target);
-            let nodes = parse_response(7, &m).unwrap();
-            assert_eq!(nodes.len(), 1);
-            assert_eq!(nodes[0].addr, "b1.lan:8080");
-            assert_eq!((nodes[0].weight, nodes[0].priority), (5, 1));
-            assert!(parse_response(8, &m).is_err());
-        }
-    }
+        ),
+        None => None,
+    };
+    let tcp = cfg.srv_dns_protocol == ProbeProtocol::Tcp;
+    let records = super::resolve::srv_lookup(name, server, tcp, cfg.timeout.0).await?;
+    Ok(records
+        .into_iter()
+        .map(|r| NodeConfig {
+            name: String::new(),
+            addr: format!("{}:{}", r.target, r.port),
+            weight: (r.weight as u32).max(1),
+            priority: r.priority as u32,
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -109,7 +109,12 @@ impl Running {
             Some(c) => Some(Chain::shared(c).map_err(|e| fail(e.to_string()))?),
             None => None,
         };
-        let router = Router::new(connect_timeout, cfg.interface()).with_chain(chain);
+        let mut router = Router::new(connect_timeout, cfg.interface()).with_chain(chain);
+        router.names = super::resolve::Resolve::new(
+            cfg.resolver.as_ref().and_then(|r| r.target.as_deref()),
+            cfg.hosts.as_ref().and_then(|h| h.target.as_deref()),
+        )
+        .map_err(|e| fail(format!("resolver: {e}")))?;
         // Everything that can fail is built before the socket is bound: here only
         // the files a TLS section names can (they are read now).
         let mut proxy = ProxyHandler::from_config(&cfg.handler, router.clone());

@@ -27,6 +27,7 @@
 //! * [`router`]: connecting to a target (timeout, GOST's `interface` exit),
 //!   directly or through a forwarding [`chain`];
 //!   [`egress`]: binding any outgoing socket, TCP or UDP, to that exit;
+//!   [`resolve`]: the names a service dials (GOST's `hosts:` and `resolver:`);
 //!   [`listen`]: binding with `IP_FREEBIND`; [`relay`]: moving bytes;
 //!   [`proxy_protocol`], [`tls`], [`cut`]: what their names say;
 //! * [`stats`]: the counters, in one vocabulary.
@@ -49,6 +50,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod resolve;
 pub mod router;
 pub mod service;
 pub mod stats;

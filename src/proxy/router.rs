@@ -29,6 +29,8 @@ pub struct Router {
     pub exits: Vec<Exit>,
     /// The service's `handler.chain`: connections go through it.
     pub chain: Option<Arc<Chain>>,
+    /// GOST's `hosts:` and `resolver:` for the names dialled (default: the system's).
+    pub names: super::resolve::Resolve,
 }
 
 /// One entry of the `interface` list.
@@ -38,6 +40,7 @@ impl Default for Router {
             connect_timeout: Duration::from_secs(10),
             exits: Vec::new(),
             chain: None,
+            names: Default::default(),
         }
     }
 }
@@ -50,6 +53,7 @@ impl Router {
             connect_timeout,
             exits: interface.map(|i| i.exits.clone()).unwrap_or_default(),
             chain: None,
+            names: Default::default(),
         }
     }
 
@@ -83,9 +87,9 @@ impl Router {
 
     /// The addresses of `host:port`, within the connect timeout.
     pub async fn resolve(&self, target: &str) -> io::Result<Vec<SocketAddr>> {
-        match tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host(target)).await {
+        match tokio::time::timeout(self.connect_timeout, self.names.lookup(target)).await {
             Ok(r) => {
-                let addrs: Vec<SocketAddr> = r?.collect();
+                let addrs: Vec<SocketAddr> = r?;
                 if addrs.is_empty() {
                     return Err(io::Error::new(
                         io::ErrorKind::NotFound,

@@ -223,7 +223,27 @@ where
 {
     // Saturating: a huge configured limit means "no limit", never a panic.
     let deadline = super::clock::deadline_in(limit);
-    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+    let handshake = async {
+        if !super::acme::tls_alpn_enabled() {
+            return acceptor.accept(stream).await;
+        }
+        // ACME tls-alpn-01: the ClientHello decides which configuration answers
+        // (src/proxy/acme.rs); a validation connection is answered and closed.
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await?;
+        match super::acme::tls_alpn_challenge(&start.client_hello()) {
+            Some(challenge) => {
+                let mut answered = start.into_stream(challenge).await?;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut answered).await;
+                Err(std::io::Error::other(
+                    "ACME tls-alpn-01 validation answered",
+                ))
+            }
+            None => start.into_stream(acceptor.config().clone()).await,
+        }
+    };
+    match tokio::time::timeout_at(deadline, handshake).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -450,6 +470,18 @@ impl TlsClient {
         };
         self.connector.connect(name, stream).await
     }
+}
+
+/// A client configuration that trusts the system CA bundle, with the crate's
+/// default TLS versions: for clients of public servers the service config does
+/// not describe (DNS over TLS/HTTPS nameservers, src/proxy/resolve.rs).
+pub(crate) fn system_client_config() -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::new("tls", e.to_string()))?
+        .with_root_certificates(system_roots()?)
+        .with_no_client_auth())
 }
 
 fn system_roots() -> Result<RootCertStore, TlsError> {

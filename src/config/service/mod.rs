@@ -83,6 +83,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::FieldError;
 pub use super::duration::{DurationStr, MAX_DURATION};
+use super::resolver::{HostsConfig, NameRef, ResolverConfig};
 pub use access::{AccessConfig, AccessPolicy, AccessRule, Cidr};
 pub use forwarder::{
     DiscoveryConfig, DiscoveryKind, FailPolicy, ForwarderConfig, HealthcheckConfig,
@@ -112,6 +113,13 @@ pub struct ServiceConfig {
     /// which takes either form.
     #[serde(default)]
     pub metadata: Option<ServiceMetadata>,
+    /// GOST's `resolver`: the `resolvers:` entry that resolves the names this
+    /// service dials (default: the system resolver).
+    #[serde(default)]
+    pub resolver: Option<NameRef<ResolverConfig>>,
+    /// GOST's `hosts`: the `hosts:` entry consulted before any DNS.
+    #[serde(default)]
+    pub hosts: Option<NameRef<HostsConfig>>,
     pub handler: HandlerConfig,
     pub listener: ListenerConfig,
     #[serde(default)]
