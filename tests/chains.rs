@@ -298,3 +298,46 @@ async fn udp_service_through_a_socks5_hop_and_a_virtual_node() {
         }
     }
 }
+
+/// `interface` at each level for a real (proxy) node: the node's value wins
+/// over its hop's, the hop's over the service's, and with neither the
+/// service's applies. The hop is this gateway's HTTP proxy, admitting only
+/// the one source address each chain should leave from (access rules), so a
+/// connection from any other exit is refused and the client gets 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interface_of_node_then_hop_then_service() {
+    let origin = Origin::start().await;
+    let proxy = |name: &str, allow: &str| {
+        format!(
+            "- {{name: {name}, addr: \"127.0.0.1:0\", handler: {{type: http}}, listener: {{type: tcp}}, access: {{default: deny, rules: [\"allow {allow}\"]}}}}\n"
+        )
+    };
+    let hops = start(&format!(
+        "services:\n{}{}{}",
+        proxy("p5", "127.0.0.5"),
+        proxy("p4", "127.0.0.4"),
+        proxy("p6", "127.0.0.6")
+    ));
+    let at = |n: &str| hops.local_addr(n).unwrap();
+    let set = start(&format!(
+        "services:\n\
+         - {{name: node, addr: \"127.0.0.1:0\", interface: 127.0.0.6, handler: {{type: http, chain: node}}, listener: {{type: tcp}}}}\n\
+         - {{name: hop, addr: \"127.0.0.1:0\", interface: 127.0.0.6, handler: {{type: http, chain: hop}}, listener: {{type: tcp}}}}\n\
+         - {{name: service, addr: \"127.0.0.1:0\", interface: 127.0.0.6, handler: {{type: http, chain: service}}, listener: {{type: tcp}}}}\n\
+         chains:\n\
+         - {{name: node, hops: [{{interface: 127.0.0.4, nodes: [{{addr: \"{}\", interface: 127.0.0.5}}]}}]}}\n\
+         - {{name: hop, hops: [{{interface: 127.0.0.4, nodes: [{{addr: \"{}\"}}]}}]}}\n\
+         - {{name: service, hops: [{{nodes: [{{addr: \"{}\"}}]}}]}}\n",
+        at("p5"),
+        at("p4"),
+        at("p6")
+    ));
+    for service in ["node", "hop", "service"] {
+        let (code, body) = http_connect(set.local_addr(service).unwrap(), origin.addr).await;
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "peer 127.0.0.1\n"),
+            "chain {service} did not leave by its exit"
+        );
+    }
+}

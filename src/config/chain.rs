@@ -630,20 +630,7 @@ impl ConnectorConfig {
             return Err(not_option("connectTimeout"));
         }
         if let Some(h) = &m.header {
-            for (name, value) in h {
-                let token = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-                if !token || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                    return Err(FieldError::new(
-                        format!("{at}.metadata.header"),
-                        format!(
-                            "{name:?}: expected a header name of letters, digits and !#$%&'*+-.^_`|~ and a value without CR, LF or NUL"
-                        ),
-                    ));
-                }
-            }
+            super::service::handler::validate_headers(h, at)?;
         }
         if let Some(a) = &self.auth {
             if a.username.contains(':') && self.kind == ConnectorType::Http {

@@ -494,7 +494,10 @@ fn validate_udp_buffer(size: usize, field: &str) -> Result<(), FieldError> {
 
 /// Header names must be HTTP tokens and values must not break the line: a value
 /// with CR/LF would let the config inject arbitrary response lines.
-fn validate_headers(headers: &BTreeMap<String, String>, field: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_headers(
+    headers: &BTreeMap<String, String>,
+    field: &str,
+) -> Result<(), FieldError> {
     for (name, value) in headers {
         let token = !name.is_empty()
             && name

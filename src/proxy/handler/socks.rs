@@ -70,17 +70,17 @@ pub use crate::config::service::handler::{Socks4Metadata, Socks5Metadata};
 use crate::proxy::egress;
 use crate::proxy::stats::inc;
 
-const VERSION5: u8 = 0x05;
-const METHOD_NONE: u8 = 0x00;
-const METHOD_USERPASS: u8 = 0x02;
+pub(crate) const VERSION5: u8 = 0x05;
+pub(crate) const METHOD_NONE: u8 = 0x00;
+pub(crate) const METHOD_USERPASS: u8 = 0x02;
 const METHOD_UNACCEPTABLE: u8 = 0xFF;
 
-const CMD_CONNECT: u8 = 0x01;
-const CMD_UDP_ASSOCIATE: u8 = 0x03;
+pub(crate) const CMD_CONNECT: u8 = 0x01;
+pub(crate) const CMD_UDP_ASSOCIATE: u8 = 0x03;
 
-const ATYP_IPV4: u8 = 0x01;
-const ATYP_DOMAIN: u8 = 0x03;
-const ATYP_IPV6: u8 = 0x04;
+pub(crate) const ATYP_IPV4: u8 = 0x01;
+pub(crate) const ATYP_DOMAIN: u8 = 0x03;
+pub(crate) const ATYP_IPV6: u8 = 0x04;
 
 /// RFC 1928 §6 reply codes.
 pub mod rep {
@@ -96,7 +96,7 @@ pub mod rep {
 }
 
 /// SOCKS4 reply codes.
-const SOCKS4_GRANTED: u8 = 90;
+pub(crate) const SOCKS4_GRANTED: u8 = 90;
 const SOCKS4_REJECTED: u8 = 91;
 
 /// Idle time before TCP keepalive probes start on a UDP association's control
@@ -132,7 +132,7 @@ impl Address {
 }
 
 /// Append the SOCKS5 encoding (ATYP, address, port) of `addr`.
-fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+pub(crate) fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr.ip() {
         IpAddr::V4(ip) => {
             out.push(ATYP_IPV4);

@@ -14,16 +14,10 @@ use super::{ConnectError, split_target};
 use crate::config::auth::AuthConfig;
 use crate::config::chain::ConnectorConfig;
 use crate::proxy::chain::stream::Outbound;
-use crate::proxy::handler::socks::rep;
-
-const VERSION5: u8 = 0x05;
-const METHOD_NONE: u8 = 0x00;
-const METHOD_USERPASS: u8 = 0x02;
-const CMD_CONNECT: u8 = 0x01;
-const CMD_UDP_ASSOCIATE: u8 = 0x03;
-const ATYP_IPV4: u8 = 0x01;
-const ATYP_DOMAIN: u8 = 0x03;
-const ATYP_IPV6: u8 = 0x04;
+use crate::proxy::handler::socks::{
+    ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6, CMD_CONNECT, CMD_UDP_ASSOCIATE, METHOD_NONE,
+    METHOD_USERPASS, SOCKS4_GRANTED, VERSION5, encode_addr, rep,
+};
 
 #[derive(Debug)]
 pub struct Socks5Connector {
@@ -57,7 +51,7 @@ impl Socks5Connector {
         from: SocketAddr,
     ) -> Result<SocketAddr, ConnectError> {
         let mut addr = Vec::new();
-        encode_ip(&mut addr, from);
+        encode_addr(&mut addr, from);
         self.request(stream, CMD_UDP_ASSOCIATE, &addr).await
     }
 
@@ -152,7 +146,7 @@ fn refusal(code: u8) -> ConnectError {
 pub(crate) fn encode_host(host: &str, port: u16) -> Result<Vec<u8>, ConnectError> {
     let mut out = Vec::with_capacity(host.len() + 4);
     match host.parse::<IpAddr>() {
-        Ok(ip) => encode_ip(&mut out, SocketAddr::new(ip, port)),
+        Ok(ip) => encode_addr(&mut out, SocketAddr::new(ip, port)),
         Err(_) => {
             let name = host.as_bytes();
             if name.len() > 255 {
@@ -171,20 +165,6 @@ pub(crate) fn encode_host(host: &str, port: u16) -> Result<Vec<u8>, ConnectError
         }
     }
     Ok(out)
-}
-
-pub(crate) fn encode_ip(out: &mut Vec<u8>, addr: SocketAddr) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.push(ATYP_IPV4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(ATYP_IPV6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&addr.port().to_be_bytes());
 }
 
 /// The address of a reply after its ATYP byte. A name (which servers do not
@@ -219,9 +199,6 @@ async fn read_addr(stream: &mut Outbound, atyp: u8) -> Result<SocketAddr, Connec
     stream.read_exact(&mut port).await?;
     Ok(SocketAddr::new(ip, u16::from_be_bytes(port)))
 }
-
-/// SOCKS4 reply codes.
-const SOCKS4_GRANTED: u8 = 90;
 
 #[derive(Debug)]
 pub struct Socks4Connector {
