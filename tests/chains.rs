@@ -142,9 +142,18 @@ async fn tls_dialer_hop_verifies_and_carries_socks5() {
         "a node with a certificate of another CA was accepted"
     );
     assert_eq!(origin.peers.lock().unwrap().len(), 1);
-    // The far service saw TLS clients: one handshake succeeded, one failed.
-    let s = far.stats("far").unwrap();
-    assert!(s.completed >= 1, "{s:?}");
+    // The far service saw TLS clients: one handshake succeeded, one failed. Its
+    // connection ends after the client's, asynchronously: wait for the count
+    // (a deadline, not a sleep) instead of reading it once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let s = far.stats("far").unwrap();
+        if s.completed >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// A hop of two nodes, round robin, `maxFails: 1`: node `broken` accepts and
