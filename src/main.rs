@@ -272,12 +272,12 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
     // The failover status channel exists before the services, so that ACME
     // (src/proxy/acme.rs) can follow it: only the VIP holder orders certificates.
     let status_channel = loaded.floating_ip.as_ref().map(|fip| {
-        watch::channel(FailoverStatus {
-            state: State::Init,
-            reason: "starting".into(),
-            vip: fip.vip,
-            interface: fip.interface.clone(),
-        })
+        watch::channel(FailoverStatus::new(
+            State::Init,
+            "starting",
+            fip.vip,
+            &fip.interface,
+        ))
     });
     if let Some(acme) = &loaded.config.acme {
         gateway::proxy::acme::install(
@@ -294,6 +294,8 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
     }
 
     let mut keys_tx = None;
+    // The operator's standby/active switch (the Web API takes it).
+    let mut failover_control: Option<driver::Control> = None;
     let mut failover = loaded
         .floating_ip
         .clone()
@@ -304,7 +306,9 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
             }
             let (ktx, krx) = watch::channel(std::sync::Arc::new(fip.keys.clone()));
             keys_tx = Some(ktx);
-            (driver::spawn(fip, tx, krx, cancel.clone()), rx)
+            let (control, commands) = driver::control();
+            failover_control = Some(control);
+            (driver::spawn(fip, tx, krx, commands, cancel.clone()), rx)
         });
 
     let mut current = loaded;
