@@ -307,6 +307,7 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
             let (ktx, krx) = watch::channel(std::sync::Arc::new(fip.keys.clone()));
             keys_tx = Some(ktx);
             let (control, commands) = driver::control();
+            let commands = commands.handover_grace(Duration::from_secs(cli.grace));
             failover_control = Some(control);
             (driver::spawn(fip, tx, krx, commands, cancel.clone()), rx)
         });
@@ -353,16 +354,39 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
         Some(Ok(Ok(()))) => Err(anyhow::anyhow!("failover stopped unexpectedly")),
         Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failover")),
         Some(Err(e)) => Err(anyhow::anyhow!("failover task failed: {e}")),
-        None => match failover.take() {
-            // The driver releases the VIP and resigns before it returns.
-            Some((handle, _)) => match tokio::time::timeout(Duration::from_secs(5), handle).await {
-                Ok(Ok(Ok(()))) => Ok(()),
-                Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failover")),
-                Ok(Err(e)) => Err(anyhow::anyhow!("failover task failed: {e}")),
-                Err(_) => Err(anyhow::anyhow!("failover did not stop within 5 s")),
-            },
-            None => Ok(()),
-        },
+        None => {
+            // The driver releases the VIP and resigns (STOPPED); after a handover
+            // it keeps serving the old connections for up to the grace time.
+            let grace = Duration::from_secs(cli.grace);
+            let handed_over = match failover.as_mut() {
+                Some((_, rx)) => matches!(
+                    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.state == State::Stopped)).await,
+                    Ok(Ok(s)) if s.handover
+                ),
+                None => false,
+            };
+            if let (Some(fip), false) = (&current.floating_ip, handed_over) {
+                // The VIP is released; what was accepted on it cannot finish.
+                gateway::proxy::cut::cut(fip.vip.into());
+            }
+            let stopped = async {
+                match failover.take() {
+                    Some((handle, _)) => {
+                        match tokio::time::timeout(grace + Duration::from_secs(5), handle).await {
+                            Ok(Ok(Ok(()))) => Ok(()),
+                            Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failover")),
+                            Ok(Err(e)) => Err(anyhow::anyhow!("failover task failed: {e}")),
+                            Err(_) => Err(anyhow::anyhow!(
+                                "failover did not stop within the grace time + 5 s"
+                            )),
+                        }
+                    }
+                    None => Ok(()),
+                }
+            };
+            let (result, ()) = tokio::join!(stopped, services.shutdown(grace));
+            return result;
+        }
     };
     if let Some(fip) = &current.floating_ip {
         // The VIP is released by now; what was accepted on it cannot finish.

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use super::arp;
 use super::auth::{AuthError, Keyring};
 use super::confirm::{self, Confirmer, UdpEchoStats};
+use super::handover::shell::{self as handover, Link, Steer};
 use super::inbound::{self, BurstLog, Dropped};
 use super::machine::{Action, Counters, Machine, Params, PeerCheck, ProbeResult, Refusal, State};
 use super::netwatch::{self, NetEvent};
@@ -128,6 +129,10 @@ pub struct FailoverStatus {
     pub since: SystemTime,
     /// In operator standby ([`Control::standby`]): never takes the VIP.
     pub standby: bool,
+    /// Set with STOPPED when the VIP was handed over with its connections: they
+    /// keep working through the peer until they end ([`super::handover`]), so
+    /// they must not be cut.
+    pub handover: bool,
     pub vip: Ipv4Addr,
     pub interface: String,
 }
@@ -140,6 +145,7 @@ impl FailoverStatus {
             reason: reason.into(),
             since: SystemTime::now(),
             standby: false,
+            handover: false,
             vip,
             interface: interface.to_string(),
         }
@@ -178,12 +184,23 @@ pub struct Control {
 #[derive(Debug)]
 pub struct Commands {
     rx: mpsc::Receiver<(Command, Reply)>,
+    grace: Option<Duration>,
+}
+
+impl Commands {
+    /// On cancellation, a MASTER hands its connections over to the peer and
+    /// serves them for at most `grace` ([`super::handover`]). Without it (or
+    /// with zero) it releases the VIP as before.
+    pub fn handover_grace(mut self, grace: Duration) -> Self {
+        self.grace = (!grace.is_zero()).then_some(grace);
+        self
+    }
 }
 
 /// A control handle and the receiving end for [`spawn`].
 pub fn control() -> (Control, Commands) {
     let (tx, rx) = mpsc::channel(8);
-    (Control { tx }, Commands { rx })
+    (Control { tx }, Commands { rx, grace: None })
 }
 
 impl Control {
@@ -383,6 +400,7 @@ pub async fn run_keyed(
     let vip = VipController::new(&iface, fip.vip, fip.prefix)
         .await
         .map_err(|e| FailoverError::Vip(iface.clone(), e))?;
+    handover::clean_stale(fip.vip).await;
     let sock = heartbeat_socket(&iface, fip.heartbeat_port).map_err(|source| {
         FailoverError::Heartbeat {
             iface: iface.clone(),
@@ -518,8 +536,21 @@ pub async fn run_keyed(
         status_tx,
         echo_tx,
         started: true,
+        handing_over: false,
     };
     shell.execute(&mut machine).await;
+    let dests = shell.dests.clone();
+    let link_keys = keys.clone();
+    let link = Link {
+        sock: &sock,
+        dests: &dests,
+        keys: &link_keys,
+        iface: &iface,
+        node: fip.local_ip,
+        vip: fip.vip,
+        port: fip.heartbeat_port,
+    };
+    let mut steer = Steer::new(&iface, fip.local_ip, fip.vip);
 
     let mut buf = [0u8; 512];
     let mut drop_log = BurstLog::default();
@@ -531,10 +562,22 @@ pub async fn run_keyed(
                 None => std::future::pending().await,
             }
         };
+        let steer_deadline = steer.state.next_timeout();
+        let steer_sleep = async {
+            match steer_deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             r = sock.recv_from(&mut buf) => match r {
+                Ok((n, from)) if buf[..n].starts_with(&super::handover::wire::MAGIC) => {
+                    if let Some(e) = steer.on_datagram(&link, &buf[..n], from).await {
+                        log_drop(&mut drop_log, from, &e, false);
+                    }
+                }
                 Ok((n, from)) => {
                     let accepted = inbound::accept(&buf[..n], &keys.borrow());
                     match (accepted, from.ip()) {
@@ -593,12 +636,24 @@ pub async fn run_keyed(
                 }
             }
             _ = sleep => machine.handle_timeout(Instant::now()),
+            _ = steer_sleep => steer.on_timeout(&link).await,
         }
         shell.execute(&mut machine).await;
     }
 
+    // A planned switchover: a MASTER hands its connections over first (gate, list,
+    // the peer's ACK, VIP on lo), then releases the VIP and resigns as always.
+    let leaving = match commands.grace {
+        Some(_) if machine.state() == State::Master => handover::begin(&link).await,
+        _ => None,
+    };
+    shell.handing_over = leaving.is_some();
     machine.shutdown(Instant::now());
     shell.execute(&mut machine).await;
+    if let (Some(leaving), Some(grace)) = (leaving, commands.grace) {
+        leaving.run(&link, grace).await;
+    }
+    steer.stop().await;
     tasks.cancel();
     let c = &machine.counters;
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -619,6 +674,9 @@ pub async fn run_keyed(
         unsigned = n(&drops.unsigned),
         unknown_key = n(&drops.unknown_key),
         bad_mac = n(&drops.bad_mac),
+        handover_malformed = n(&steer.drops.malformed),
+        handover_unsigned = n(&steer.drops.unsigned),
+        handover_auth_failed = n(&steer.drops.auth_failed),
         "failover stopped"
     );
     Ok(())
@@ -645,6 +703,8 @@ struct Shell<'a> {
     echo_tx: watch::Sender<probe::EchoStatus>,
     /// True until the first UnbindVip has run (the crash clean-up at start).
     started: bool,
+    /// The coming STOPPED is a handover ([`FailoverStatus::handover`]).
+    handing_over: bool,
 }
 
 impl Shell<'_> {
@@ -752,6 +812,7 @@ impl Shell<'_> {
                     let mut st =
                         FailoverStatus::new(to, reason.clone(), self.fip.vip, &self.fip.interface);
                     st.standby = machine.is_standby();
+                    st.handover = to == State::Stopped && self.handing_over;
                     self.status_tx.send_replace(st);
                     self.notify(from, to, &reason);
                 }
