@@ -40,7 +40,9 @@ struct Cli {
     /// Check the configuration and exit (0: valid, 1: invalid), like `nginx -t`.
     #[arg(short = 't', long = "test")]
     test: bool,
-    /// On stop, how long in-flight connections may finish (seconds).
+    /// On stop, how long in-flight connections may finish (seconds); a master
+    /// with a secret hands its VIP connections to the peer and serves them as long
+    /// (docs/operations.md, "Planned switchover").
     #[arg(long = "grace", default_value_t = 10)]
     grace: u64,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::lab::{BACKEND_BANNER, GatewayProc, Host, Lab, poll};
+use common::lab::{BACKEND_BANNER, GatewayProc, Hook, Host, Lab, poll};
 use common::load::{self, Server};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -416,4 +416,43 @@ fn killed_old_master_loses_only_its_connections() {
         g1.log()
     );
     assert_eq!(leftovers(&lab, Host::N2), Vec::<String>::new());
+}
+
+/// The peer never acknowledges (here its handover messages are dropped, as an
+/// older version would drop them): the old master says why and switches over
+/// as before — its connections are cut, the VIP moves at once, nothing is left.
+#[test]
+fn without_an_ack_the_switchover_is_the_old_one() {
+    let lab = Lab::new("switchover_noack");
+    let _backends = backends(&lab);
+    let (mut g1, mut g2) = start_pair(&lab);
+    // "GWHO" at the start of the UDP payload.
+    lab.nft_drop(Host::N2, Hook::Input, "udp dport 7654 @th,64,32 0x4757484f");
+    let s = connect(&lab, STREAM_PORT);
+    let stream = thread::spawn(move || read_pattern(s, stream_len()));
+    thread::sleep(Duration::from_millis(500));
+    g1.signal(nix::sys::signal::Signal::SIGTERM);
+    expect_lan_holder(&lab, Host::N2);
+    assert!(
+        g1.wait_log("no peer acknowledged", WAIT),
+        "no fallback line:\n{}",
+        g1.log()
+    );
+    let status = g1
+        .wait_exit(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("n1 kept running without a handover:\n{}", g1.log()));
+    assert!(status.success(), "{}", g1.log());
+    assert!(
+        stream.join().expect("stream client").is_err(),
+        "without a handover the connection is cut"
+    );
+    assert!(!steering_present(&lab, Host::N2));
+    for host in Host::NODES {
+        assert_eq!(
+            leftovers(&lab, host),
+            Vec::<String>::new(),
+            "{host} kept state"
+        );
+    }
+    g2.assert_running("after the fallback");
 }
