@@ -19,5 +19,6 @@ pub mod machine;
 pub mod netwatch;
 pub mod probe;
 pub mod replay;
+pub mod status;
 pub mod vip;
 pub mod wire;
