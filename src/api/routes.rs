@@ -11,6 +11,9 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::{ApiError, App, Authed, data, ok, read_body, view};
+use crate::config::ServiceConfig;
+use crate::config::chain::ChainConfig;
+use crate::daemon::state::Section;
 use crate::daemon::{self, EditError, lock};
 
 pub(super) fn routes(p: &str) -> Router<App> {
@@ -20,14 +23,8 @@ pub(super) fn routes(p: &str) -> Router<App> {
         .route(&format!("{p}/login"), get(login))
         .route(&format!("{p}/config"), get(get_config).post(save_config))
         .route(&format!("{p}/config/reload"), post(reload))
-        .route(
-            &format!("{p}/config/services"),
-            get(list_services).post(add_service),
-        )
-        .route(
-            &format!("{p}/config/services/{{name}}"),
-            get(get_service).put(put_service).delete(delete_service),
-        )
+        .merge(objects::<ServiceConfig>(p))
+        .merge(objects::<ChainConfig>(p))
         .route(&format!("{p}/failover"), get(failover))
         .route(&format!("{p}/failover/standby"), post(standby))
         .route(&format!("{p}/failover/active"), post(active));
@@ -154,7 +151,7 @@ async fn get_config(
         {
             m.insert(
                 "services".into(),
-                serde_json::Value::Array(view::services(&d)),
+                serde_json::Value::Array(view::objects::<ServiceConfig>(&d)),
             );
         }
         doc
@@ -265,47 +262,59 @@ async fn reload(State(app): State<App>) -> Result<Response, ApiError> {
     Ok(ok())
 }
 
-async fn list_services(State(app): State<App>) -> Response {
+/// `GET|POST /config/{services,chains}` and `GET|PUT|DELETE …/{name}`.
+fn objects<T: Section + Send + 'static>(p: &str) -> Router<App> {
+    Router::new()
+        .route(
+            &format!("{p}/config/{}", T::KEY),
+            get(list_objects::<T>).post(add_object::<T>),
+        )
+        .route(
+            &format!("{p}/config/{}/{{name}}", T::KEY),
+            get(get_object::<T>)
+                .put(put_object::<T>)
+                .delete(delete_object::<T>),
+        )
+}
+
+async fn list_objects<T: Section>(State(app): State<App>) -> Response {
     let d = lock(&app.ctx.daemon);
-    let list = view::services(&d);
+    let list = view::objects::<T>(&d);
     data(serde_json::json!({ "count": list.len(), "list": list }))
 }
 
-async fn get_service(
+async fn get_object<T: Section>(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let d = lock(&app.ctx.daemon);
-    let raw = d
-        .raw_services()
-        .find(|(n, _)| *n == name)
-        .map(|(_, r)| r.clone());
+    let raw = (d.objects::<T>().into_iter()).find(|(n, _)| *n == name);
     match raw {
-        Some(r) => Ok(data(view::service(&d, &name, &r))),
-        None => Err(EditError::NotFound(format!("service {name:?} not found")).into()),
+        Some((_, r)) => Ok(data(view::object::<T>(&d, &name, &r))),
+        None => Err(EditError::NotFound(format!("{} {name:?} not found", T::NOUN)).into()),
     }
 }
 
-async fn add_service(State(app): State<App>, body: Body) -> Result<Response, ApiError> {
+async fn add_object<T: Section>(State(app): State<App>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(body).await?;
-    lock(&app.ctx.daemon).add_service(&body)?;
+    lock(&app.ctx.daemon).add::<T>(&body)?;
     Ok(ok())
 }
 
-async fn put_service(
+async fn put_object<T: Section>(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(body).await?;
-    lock(&app.ctx.daemon).replace_service(&name, &body)?;
+    lock(&app.ctx.daemon).replace::<T>(&name, &body)?;
     Ok(ok())
 }
 
-async fn delete_service(
+async fn delete_object<T: Section>(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    lock(&app.ctx.daemon).delete_service(&name)?;
+    lock(&app.ctx.daemon).delete::<T>(&name)?;
     Ok(ok())
 }

@@ -5,7 +5,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::config::ServiceConfig;
 use crate::daemon::Daemon;
+use crate::daemon::state::Section;
 use crate::failover::driver::FailoverStatus;
 
 /// Keys whose values are secrets wherever they appear (GOST's `auth.password`,
@@ -95,10 +97,21 @@ fn status(d: &Daemon, name: &str) -> Value {
     })
 }
 
-/// Every service, in order.
-pub fn services(d: &Daemon) -> Vec<Value> {
-    (d.raw_services())
-        .map(|(name, raw)| service(d, name, raw))
+/// An object of `T`'s list as written, masked; a service with its `status`.
+pub fn object<T: Section>(d: &Daemon, name: &str, raw: &Value) -> Value {
+    if T::KEY == ServiceConfig::KEY {
+        service(d, name, raw)
+    } else {
+        let mut v = raw.clone();
+        mask(&mut v);
+        v
+    }
+}
+
+/// Every object of `T`'s list, in order.
+pub fn objects<T: Section>(d: &Daemon) -> Vec<Value> {
+    (d.objects::<T>().iter())
+        .map(|(name, raw)| object::<T>(d, name, raw))
         .collect()
 }
 
@@ -135,7 +148,7 @@ pub fn failover(st: &FailoverStatus) -> Value {
 /// `GET /status`: what the status page shows. Read-only and without any
 /// configuration detail beyond names and addresses (see docs/api.md).
 pub fn summary(d: &Daemon, st: Option<&FailoverStatus>, authed: bool, auth_on: bool) -> Value {
-    let list: Vec<Value> = (d.raw_services())
+    let list: Vec<Value> = (d.objects::<ServiceConfig>().iter())
         .map(|(name, _)| {
             let mut s = status(d, name);
             if let Value::Object(m) = &mut s {

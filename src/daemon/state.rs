@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use crate::config::chain::ChainConfig;
 use crate::config::{self, Config, ConfigError, Loaded, ServiceConfig};
 use crate::failover::auth::Keyring;
 use crate::net::Interfaces;
@@ -104,8 +105,8 @@ pub struct Daemon {
     current: Loaded,
     /// The document's top level, without `services`.
     raw: Map<String, Value>,
-    /// `services` as written, in the order of `current.config.services`.
-    raw_services: Vec<Value>,
+    /// `services` and `chains` as written, in the order of the typed lists.
+    raw_lists: HashMap<&'static str, Vec<Value>>,
     services: ServiceSet,
     keys_tx: Option<watch::Sender<Arc<Keyring>>>,
     events: HashMap<String, (SystemTime, VecDeque<ServiceEvent>)>,
@@ -123,7 +124,7 @@ impl Daemon {
             path,
             current: source.loaded,
             raw: Map::new(),
-            raw_services: Vec::new(),
+            raw_lists: HashMap::new(),
             services,
             keys_tx,
             events: HashMap::new(),
@@ -137,12 +138,21 @@ impl Daemon {
     }
 
     fn set_raw(&mut self, mut raw: Map<String, Value>) {
-        self.raw_services = match raw.remove("services") {
-            Some(Value::Array(v)) if v.len() == self.current.config.services.len() => v,
-            _ => (self.current.config.services.iter())
-                .map(|s| serde_json::json!({ "name": s.name }))
-                .collect(),
-        };
+        let c = &self.current.config;
+        let names: [Vec<&str>; 2] = [
+            c.services.iter().map(|s| s.name.as_str()).collect(),
+            c.chains.iter().map(|s| s.name.as_str()).collect(),
+        ];
+        for (key, names) in LISTS.into_iter().zip(names) {
+            let list = match raw.remove(key) {
+                Some(Value::Array(v)) if v.len() == names.len() => v,
+                // Cannot happen for a file the typed parse accepted; never lose a name.
+                _ => (names.iter())
+                    .map(|n| serde_json::json!({ "name": n }))
+                    .collect(),
+            };
+            self.raw_lists.insert(key, list);
+        }
         self.raw = raw;
     }
 
@@ -180,19 +190,14 @@ impl Daemon {
         (self.events.get(name)).map(|(t, e)| (*t, e.iter().cloned().collect()))
     }
 
-    /// The services as written, in order: (name, document).
-    pub fn raw_services(&self) -> impl Iterator<Item = (&str, &Value)> {
-        (self.current.config.services.iter())
-            .map(|s| s.name.as_str())
-            .zip(self.raw_services.iter())
-    }
-
     /// The whole running configuration as written, secrets included (for saving;
     /// the API masks it before showing it).
     pub fn document(&self) -> Value {
         let mut m = self.raw.clone();
-        if !self.raw_services.is_empty() {
-            m.insert("services".into(), Value::Array(self.raw_services.clone()));
+        for key in LISTS {
+            if let Some(list) = self.raw_lists.get(key).filter(|l| !l.is_empty()) {
+                m.insert(key.into(), Value::Array(list.clone()));
+            }
         }
         Value::Object(m)
     }
@@ -283,124 +288,193 @@ impl Daemon {
         }
     }
 
-    /// Validate `list` as the file would be, then apply it. `edited` is the index
-    /// of the service the body described: its errors are reported relative to the
-    /// body (`addr: ...` rather than `services[3].addr: ...`).
-    fn apply(
+    /// Validate `candidate` as the file would be, link its chains, then apply its
+    /// services. `edited` is the index in `T`'s list of the object the body
+    /// described: its errors are reported relative to the body (`addr: ...`
+    /// rather than `services[3].addr: ...`).
+    fn apply<T: Section>(
         &mut self,
-        list: Vec<ServiceConfig>,
+        mut candidate: Config,
         raw: Vec<Value>,
         edited: Option<usize>,
         why: &str,
     ) -> Result<(), EditError> {
-        let candidate = Config {
-            services: list,
-            ..self.current.config.clone()
-        };
         if let Err(e) = candidate.validate() {
-            let prefix = edited.map(|i| format!("services[{i}]."));
+            let prefix = edited.map(|i| format!("{}[{i}].", T::KEY));
             let field = match prefix.as_deref().and_then(|p| e.field.strip_prefix(p)) {
                 Some(rel) => rel.to_string(),
                 None => e.field.clone(),
             };
             return Err(EditError::Invalid(format!("{field}: {}", e.message)));
         }
+        candidate.link_chains();
         if let Err(e) = self.services.reload(&candidate.services) {
             return Err(EditError::Create(e.to_string()));
         }
         self.note_changes(&candidate.services, why);
-        self.current.config.services = candidate.services;
-        self.raw_services = raw;
+        self.current.config = candidate;
+        self.raw_lists.insert(T::KEY, raw);
         Ok(())
     }
 
-    /// `POST /config/services`: add a service described by `body` (YAML or JSON).
-    pub fn add_service(&mut self, body: &[u8]) -> Result<String, EditError> {
-        let (svc, raw) = parse_service(body, None)?;
-        let name = svc.name.clone();
-        if self.current.config.services.iter().any(|s| s.name == name) {
+    /// `POST /config/services` (or `chains`): add the object `body` describes
+    /// (YAML or JSON). Returns its name.
+    pub fn add<T: Section>(&mut self, body: &[u8]) -> Result<String, EditError> {
+        let (obj, raw) = parse_object::<T>(body, None)?;
+        let name = obj.name().to_string();
+        if T::list(&self.current.config)
+            .iter()
+            .any(|s| s.name() == name)
+        {
             return Err(EditError::Duplicate(format!(
-                "name: service {name:?} already exists"
+                "name: {} {name:?} already exists",
+                T::NOUN
             )));
         }
-        let mut list = self.current.config.services.clone();
-        let mut raws = self.raw_services.clone();
-        list.push(svc);
+        let mut candidate = self.current.config.clone();
+        let mut raws = self.raw_list::<T>().to_vec();
+        T::list_mut(&mut candidate).push(obj);
         raws.push(raw);
-        let i = list.len() - 1;
-        self.apply(list, raws, Some(i), "added through the API")?;
-        tracing::info!(service = %name, "service added through the API");
+        let i = raws.len() - 1;
+        self.apply::<T>(candidate, raws, Some(i), "added through the API")?;
+        tracing::info!(name = %name, "{} added through the API", T::NOUN);
         Ok(name)
     }
 
-    /// `PUT /config/services/{name}`: replace a service. The body may leave out
+    /// `PUT /config/services/{name}`: replace an object. The body may leave out
     /// `name`; if it gives one, it must be `name`.
-    pub fn replace_service(&mut self, name: &str, body: &[u8]) -> Result<(), EditError> {
-        let i = self.index(name)?;
-        let (svc, raw) = parse_service(body, Some(name))?;
-        let mut list = self.current.config.services.clone();
-        let mut raws = self.raw_services.clone();
-        list[i] = svc;
+    pub fn replace<T: Section>(&mut self, name: &str, body: &[u8]) -> Result<(), EditError> {
+        let i = self.index::<T>(name)?;
+        let (obj, raw) = parse_object::<T>(body, Some(name))?;
+        let mut candidate = self.current.config.clone();
+        let mut raws = self.raw_list::<T>().to_vec();
+        T::list_mut(&mut candidate)[i] = obj;
         raws[i] = raw;
-        self.apply(list, raws, Some(i), "replaced through the API")?;
-        tracing::info!(service = %name, "service replaced through the API");
+        self.apply::<T>(candidate, raws, Some(i), "replaced through the API")?;
+        tracing::info!(name = %name, "{} replaced through the API", T::NOUN);
         Ok(())
     }
 
-    /// `DELETE /config/services/{name}`: stop accepting at once; connections in
-    /// flight drain for the reload grace period.
-    pub fn delete_service(&mut self, name: &str) -> Result<(), EditError> {
-        let i = self.index(name)?;
-        let mut list = self.current.config.services.clone();
-        let mut raws = self.raw_services.clone();
-        list.remove(i);
+    /// `DELETE /config/services/{name}`: a service stops accepting at once and
+    /// its connections in flight drain for the reload grace period. A chain still
+    /// named by a service cannot be deleted.
+    pub fn delete<T: Section>(&mut self, name: &str) -> Result<(), EditError> {
+        let i = self.index::<T>(name)?;
+        let mut candidate = self.current.config.clone();
+        let mut raws = self.raw_list::<T>().to_vec();
+        T::list_mut(&mut candidate).remove(i);
         raws.remove(i);
-        self.apply(list, raws, None, "deleted through the API")?;
-        tracing::info!(service = %name, "service deleted through the API; draining");
+        self.apply::<T>(candidate, raws, None, "deleted through the API")?;
+        tracing::info!(name = %name, "{} deleted through the API", T::NOUN);
         Ok(())
     }
 
-    fn index(&self, name: &str) -> Result<usize, EditError> {
-        (self.current.config.services.iter())
-            .position(|s| s.name == name)
-            .ok_or_else(|| EditError::NotFound(format!("service {name:?} not found")))
+    fn index<T: Section>(&self, name: &str) -> Result<usize, EditError> {
+        (T::list(&self.current.config).iter())
+            .position(|s| s.name() == name)
+            .ok_or_else(|| EditError::NotFound(format!("{} {name:?} not found", T::NOUN)))
+    }
+
+    /// `T`'s objects as written, in order.
+    fn raw_list<T: Section>(&self) -> &[Value] {
+        self.raw_lists.get(T::KEY).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// `T`'s objects as written, in order: (name, document).
+    pub fn objects<T: Section>(&self) -> Vec<(String, Value)> {
+        (T::list(&self.current.config).iter())
+            .map(|o| o.name().to_string())
+            .zip(self.raw_list::<T>().iter().cloned())
+            .collect()
     }
 }
 
-/// Read a service from a request body: JSON or YAML (JSON is turned into YAML
-/// first, so both go through the one parser the file goes through, with the same
-/// messages). `name`: the name from the URL, filled in when the body has none.
-pub fn parse_service(body: &[u8], name: Option<&str>) -> Result<(ServiceConfig, Value), EditError> {
+/// A list of named objects the API edits: `services`, `chains`.
+pub trait Section: serde::de::DeserializeOwned + Clone {
+    /// The top-level key (and the URL's last segment).
+    const KEY: &'static str;
+    /// For messages.
+    const NOUN: &'static str;
+    fn name(&self) -> &str;
+    fn list(c: &Config) -> &Vec<Self>;
+    fn list_mut(c: &mut Config) -> &mut Vec<Self>;
+}
+
+impl Section for ServiceConfig {
+    const KEY: &'static str = "services";
+    const NOUN: &'static str = "service";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn list(c: &Config) -> &Vec<Self> {
+        &c.services
+    }
+    fn list_mut(c: &mut Config) -> &mut Vec<Self> {
+        &mut c.services
+    }
+}
+
+impl Section for ChainConfig {
+    const KEY: &'static str = "chains";
+    const NOUN: &'static str = "chain";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn list(c: &Config) -> &Vec<Self> {
+        &c.chains
+    }
+    fn list_mut(c: &mut Config) -> &mut Vec<Self> {
+        &mut c.chains
+    }
+}
+
+/// The keys of the lists kept as written, one entry per object.
+const LISTS: [&str; 2] = [ServiceConfig::KEY, ChainConfig::KEY];
+
+/// Read an object from a request body: JSON or YAML. A YAML body is parsed as
+/// it came (so errors point at its own lines); a JSON body, or one that needed
+/// its `name` filled in from the URL, goes through YAML text first, so that both
+/// meet the one parser the file goes through, with the same messages.
+pub fn parse_object<T: Section>(body: &[u8], name: Option<&str>) -> Result<(T, Value), EditError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| EditError::Invalid("body: expected UTF-8 text (YAML or JSON)".into()))?;
     let invalid = |e: config::YamlError| EditError::Invalid(e.to_string());
-    let mut raw: Value = match serde_json::from_str::<Value>(text) {
-        Ok(v) => v,
-        Err(_) => config::from_yaml::<Option<Value>>(text)
-            .map_err(invalid)?
-            .unwrap_or(Value::Null),
+    let (mut raw, mut as_written) = match serde_json::from_str::<Value>(text) {
+        Ok(v) => (v, false),
+        Err(_) => (
+            config::from_yaml::<Option<Value>>(text)
+                .map_err(invalid)?
+                .unwrap_or(Value::Null),
+            true,
+        ),
     };
     let Value::Object(obj) = &mut raw else {
-        return Err(EditError::Invalid(
-            "body: expected a service object (name, addr, handler, listener, ...)".into(),
-        ));
+        return Err(EditError::Invalid(format!(
+            "body: expected a {} object (a mapping with a name)",
+            T::NOUN
+        )));
     };
     if let Some(n) = name {
         match obj.get("name") {
             None => {
                 obj.insert("name".into(), Value::String(n.to_string()));
+                as_written = false;
             }
             Some(Value::String(b)) if b == n => {}
             Some(other) => {
                 return Err(EditError::Invalid(format!(
-                    "name: {other} differs from the service named in the URL ({n:?}); renaming is DELETE then POST"
+                    "name: {other} differs from the {} named in the URL ({n:?}); renaming is DELETE then POST",
+                    T::NOUN
                 )));
             }
         }
     }
-    let yaml = to_yaml(&raw).map_err(EditError::Invalid)?;
-    let svc = config::from_yaml::<ServiceConfig>(&yaml).map_err(invalid)?;
-    Ok((svc, raw))
+    let typed = if as_written {
+        config::from_yaml::<T>(text)
+    } else {
+        config::from_yaml::<T>(&to_yaml(&raw).map_err(EditError::Invalid)?)
+    };
+    Ok((typed.map_err(invalid)?, raw))
 }
 
 /// A document as YAML text.
