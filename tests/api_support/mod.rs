@@ -30,7 +30,7 @@ impl Resp {
     }
 }
 
-/// Send one request to `port`; `auth` is `user:pass`.
+/// Send one request to 127.0.0.1:`port`; `auth` is `user:pass`.
 pub fn request(
     port: u16,
     method: &str,
@@ -38,8 +38,20 @@ pub fn request(
     auth: Option<&str>,
     body: &[u8],
 ) -> std::io::Result<Resp> {
+    request_to([127, 0, 0, 1].into(), port, method, path, auth, body)
+}
+
+/// [`request`] to any address.
+pub fn request_to(
+    ip: std::net::IpAddr,
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<Resp> {
     use base64::Engine;
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let mut s = TcpStream::connect((ip, port))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
