@@ -591,3 +591,20 @@ fn api_over_tls() {
     let plain = request(api, "GET", "/status", None, b"");
     assert!(plain.is_err() || plain.unwrap().status != 200);
 }
+
+/// The shipped gateway.yml opens nothing to the LAN: every service and the API
+/// listen on loopback (issue 10; the README's first command runs this file).
+#[test]
+fn shipped_sample_is_safe_on_a_lan() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = gateway::config::Config::from_str_named(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.services.is_empty());
+    for s in &c.services {
+        assert!(s.addr.addr.ip().is_loopback(), "{}: {}", s.name, s.addr);
+    }
+    let api = c.api.expect("the sample shows the API");
+    assert!(api.addr.addr.ip().is_loopback(), "{}", api.addr);
+    assert!(api.auth.is_some(), "the sample's API has a password");
+    assert!(text.contains("SET A REAL PASSWORD"));
+}
