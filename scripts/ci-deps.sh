@@ -10,7 +10,9 @@
 #   tcpdump, curl   debugging a failing lab by hand
 #   python3         bench: the connect prober
 #   curl, openssl   handler tests: curl as HTTP/SOCKS client, openssl s_client as TLS client
+#   chromium        tests/status_page.rs: the status page rendered by a real browser (headless)
 #   pebble          tests/acme_pebble.rs: pebble (ACME server) and pebble-challtestsrv (its DNS)
+#   tinyproxy, dante-server  tests/chains.rs: Debian's HTTP and SOCKS5 proxies as chain hops
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" -ne 0 ]; then
@@ -19,9 +21,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    iproute2 nftables iputils-ping iputils-arping socat tcpdump keepalived curl openssl python3 pebble \
+    iproute2 nftables iputils-ping iputils-arping socat tcpdump keepalived curl openssl python3 pebble chromium \
+    tinyproxy dante-server \
     >/dev/null
-for tool in ip nft ping arping socat keepalived python3 curl openssl ss pebble pebble-challtestsrv; do
+for tool in ip nft ping arping socat keepalived python3 curl openssl ss pebble pebble-challtestsrv tinyproxy danted; do
     command -v "$tool" >/dev/null || { echo "ci-deps.sh: $tool missing after install" >&2; exit 1; }
 done
 echo "ci-deps.sh: ok"

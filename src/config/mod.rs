@@ -21,6 +21,7 @@
 
 pub mod acme;
 pub mod auth;
+pub mod chain;
 pub mod duration;
 pub mod floating_ip;
 pub mod service;
@@ -47,6 +48,12 @@ pub struct Config {
     /// gobetween's `[acme]`: certificates for `tls` listeners with `acme_hosts`.
     #[serde(default)]
     pub acme: Option<acme::AcmeConfig>,
+    /// GOST's Web API and status page (src/api/, docs/api.md); off unless set.
+    #[serde(default)]
+    pub api: Option<crate::api::ApiConfig>,
+    /// GOST's forwarding chains, named by `handler.chain` (see [`chain`]).
+    #[serde(default)]
+    pub chains: Vec<chain::ChainConfig>,
 }
 
 /// Why a file with neither section is refused (at `-test`, at start and on reload).
@@ -122,13 +129,14 @@ impl Config {
             field: e.field,
             message: e.message,
         })?;
-        let Some(config) = config else {
+        let Some(mut config) = config else {
             return Err(empty());
         };
         if config.floating_ip.is_none() && config.services.is_empty() {
             return Err(empty());
         }
         config.validate().map_err(|e| at_field(text, path, e))?;
+        config.link_chains();
         Ok(config)
     }
 
@@ -154,15 +162,26 @@ impl Config {
         out
     }
 
+    /// Give each service the chain its `handler.chain` names
+    /// (`ServiceConfig::chain`), after [`validate`](Self::validate). A config
+    /// built in code rather than read from a file must call both.
+    pub fn link_chains(&mut self) {
+        chain::link_chains(&self.chains, &mut self.services);
+    }
+
     /// Checks that need nothing but the file itself.
     pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(fip) = &self.floating_ip {
             fip.validate()?;
         }
         service::validate_services(&self.services)?;
+        chain::validate_chains(&self.chains, &self.services)?;
         // ACME: the section is checked, and `acme_hosts` needs it.
         if let Some(a) = &self.acme {
             a.validate()?;
+        }
+        if let Some(a) = &self.api {
+            a.validate("api")?;
         }
         for (i, s) in self.services.iter().enumerate() {
             if s.listener
@@ -263,13 +282,22 @@ pub fn load(path: &Path, ifs: &crate::net::Interfaces) -> Result<Loaded, ConfigE
         field: None,
         message: format!("cannot read: {e}"),
     })?;
-    let config = Config::from_str_named(&text, path)?;
+    load_text(path, &text, ifs)
+}
+
+/// [`load`] on text already read from `path` (the Web API keeps the text it loaded).
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    ifs: &crate::net::Interfaces,
+) -> Result<Loaded, ConfigError> {
+    let config = Config::from_str_named(text, path)?;
     let floating_ip = match &config.floating_ip {
         Some(f) if f.enabled => {
             let dir = path.parent().unwrap_or(Path::new(""));
             Some(
                 f.resolve_at(ifs, dir)
-                    .map_err(|e| at_field(&text, path, e))?,
+                    .map_err(|e| at_field(text, path, e))?,
             )
         }
         _ => None,

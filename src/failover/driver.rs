@@ -119,7 +119,8 @@ fn raise_priority() {
     }
 }
 
-/// What the daemon exposes about failover (read by the API, ACME and the run loop).
+/// What the daemon exposes about failover (read by the daemon, ACME and the Web
+/// API; see [`super::status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverStatus {
     pub state: State,
@@ -135,6 +136,13 @@ pub struct FailoverStatus {
     pub handover: bool,
     pub vip: Ipv4Addr,
     pub interface: String,
+    /// This node's own address and priority.
+    pub node: Ipv4Addr,
+    pub priority: u8,
+    /// The last [`super::status::HISTORY`] transitions, oldest first.
+    pub history: Arc<std::collections::VecDeque<super::status::Transition>>,
+    /// The peers heard, refreshed after every event.
+    pub peers: super::status::PeerBoard,
 }
 
 impl FailoverStatus {
@@ -148,6 +156,10 @@ impl FailoverStatus {
             handover: false,
             vip,
             interface: interface.to_string(),
+            node: Ipv4Addr::UNSPECIFIED,
+            priority: 0,
+            history: Arc::default(),
+            peers: super::status::PeerBoard::default(),
         }
     }
 }
@@ -639,6 +651,7 @@ pub async fn run_keyed(
             _ = steer_sleep => steer.on_timeout(&link).await,
         }
         shell.execute(&mut machine).await;
+        shell.status_tx.borrow().peers.set(machine.peers());
     }
 
     // A planned switchover: a MASTER hands its connections over first (gate, list,
@@ -809,24 +822,25 @@ impl Shell<'_> {
                 Action::StateChanged { from, to, reason } => {
                     tracing::info!(from = %from, to = %to, reason = %reason, "state change");
                     let _ = self.echo_tx.send(machine.echo_status());
-                    let mut st =
-                        FailoverStatus::new(to, reason.clone(), self.fip.vip, &self.fip.interface);
-                    st.standby = machine.is_standby();
-                    st.handover = to == State::Stopped && self.handing_over;
-                    self.status_tx.send_replace(st);
+                    let standby = machine.is_standby();
+                    let handover = to == State::Stopped && self.handing_over;
+                    self.status_tx.send_modify(|s| {
+                        s.transition(to, &reason);
+                        s.standby = standby;
+                        s.handover = handover;
+                    });
                     self.notify(from, to, &reason);
                 }
                 Action::StandbyChanged { standby, reason } => {
                     tracing::info!(standby, state = %machine.state(), reason = %reason, "standby {}", if standby { "on" } else { "off" });
                     let _ = self.echo_tx.send(machine.echo_status());
-                    let mut st = FailoverStatus::new(
-                        machine.state(),
-                        reason,
-                        self.fip.vip,
-                        &self.fip.interface,
-                    );
-                    st.standby = standby;
-                    self.status_tx.send_replace(st);
+                    let state = machine.state();
+                    let on = if standby { "on" } else { "off" };
+                    self.status_tx.send_modify(|s| {
+                        s.transition(state, &format!("standby {on}: {reason}"));
+                        s.reason = reason;
+                        s.standby = standby;
+                    });
                 }
             }
         }

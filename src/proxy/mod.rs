@@ -24,7 +24,9 @@
 //! * [`handler`]: the proxy protocols (`http`, `socks5`, `socks4`, `auto`);
 //! * [`balance`], [`health`], [`discovery`]: the forwarder's nodes, how one is
 //!   chosen, and how the list and its health are kept current;
-//! * [`router`]: connecting to a target (timeout, GOST's `interface` exit);
+//! * [`router`]: connecting to a target (timeout, GOST's `interface` exit),
+//!   directly or through a forwarding [`chain`];
+//!   [`egress`]: binding any outgoing socket, TCP or UDP, to that exit;
 //!   [`listen`]: binding with `IP_FREEBIND`; [`relay`]: moving bytes;
 //!   [`proxy_protocol`], [`tls`], [`cut`]: what their names say;
 //! * [`stats`]: the counters, in one vocabulary.
@@ -35,9 +37,11 @@
 
 pub mod acme;
 pub mod balance;
+pub mod chain;
 pub mod clock;
 pub mod cut;
 pub mod discovery;
+pub mod egress;
 pub mod forward;
 pub mod handler;
 pub mod health;
@@ -91,12 +95,17 @@ impl ServiceSet {
     /// Bind and start every service. If any fails, those already started are
     /// stopped and the error names the failing service. Call from a tokio runtime.
     pub fn start(services: &[ServiceConfig]) -> Result<ServiceSet, ProxyError> {
-        let mut set = ServiceSet {
-            running: HashMap::new(),
-            reload_grace: DEFAULT_RELOAD_GRACE,
-        };
+        let mut set = ServiceSet::empty();
         set.reload(services)?;
         Ok(set)
+    }
+
+    /// A set running nothing (needs no runtime).
+    pub fn empty() -> ServiceSet {
+        ServiceSet {
+            running: HashMap::new(),
+            reload_grace: DEFAULT_RELOAD_GRACE,
+        }
     }
 
     /// Apply a new list: start new and changed services, stop removed and changed

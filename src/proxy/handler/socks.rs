@@ -57,7 +57,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::AsyncRead;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
+
+use crate::proxy::chain::stream::Outbound;
 
 use super::conn::BufConn;
 use super::{
@@ -248,14 +250,14 @@ impl Protocol for Socks5 {
         tracing::debug!(peer = %conn.peer, cmd = req.cmd, target = ?req.addr, "socks5 request");
         match req.cmd {
             CMD_CONNECT => {
-                let reply = |r: Result<&TcpStream, &io::Error>| match r {
+                let reply = |r: Result<&Outbound, &io::Error>| match r {
                     Ok(upstream) => {
-                        let bound = upstream.local_addr().unwrap_or_else(|_| unspecified());
+                        let bound = upstream.local_addr().unwrap_or_else(unspecified);
                         reply5(rep::SUCCEEDED, bound)
                     }
                     Err(e) => reply5(connect_error_code(e, &req.addr), unspecified()),
                 };
-                connect(ctx, client, &req.addr, reply).await
+                connect(ctx, client, &req.addr, conn.peer.ip(), reply).await
             }
             CMD_UDP_ASSOCIATE if self.opts.metadata.udp => {
                 self.udp_associate(ctx, client, conn).await
@@ -587,7 +589,7 @@ impl Protocol for Socks4 {
                 "SOCKS4 command {cmd:#04x}"
             )));
         }
-        let reply = |r: Result<&TcpStream, &io::Error>| {
+        let reply = |r: Result<&Outbound, &io::Error>| {
             reply4(if r.is_ok() {
                 SOCKS4_GRANTED
             } else {
@@ -595,7 +597,7 @@ impl Protocol for Socks4 {
             })
             .to_vec()
         };
-        connect(ctx, client, &addr, reply).await
+        connect(ctx, client, &addr, conn.peer.ip(), reply).await
     }
 }
 
@@ -617,10 +619,11 @@ async fn connect<S: Io>(
     ctx: &Context,
     mut client: BufConn<S>,
     addr: &Address,
-    reply: impl FnOnce(Result<&TcpStream, &io::Error>) -> Vec<u8>,
+    peer: IpAddr,
+    reply: impl FnOnce(Result<&Outbound, &io::Error>) -> Vec<u8>,
 ) -> Outcome {
     let target = addr.to_target();
-    let mut upstream = match ctx.router.connect(&target).await {
+    let mut upstream = match ctx.router.dial(&target, peer).await {
         Ok(s) => s,
         Err(e) => {
             client.write_all(&reply(Err(&e))).await?;
