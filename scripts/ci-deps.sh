@@ -10,6 +10,7 @@
 #   tcpdump, curl   debugging a failing lab by hand
 #   python3         bench: the connect prober
 #   curl, openssl   handler tests: curl as HTTP/SOCKS client, openssl s_client as TLS client
+#   chromium        tests/status_page.rs: the status page rendered by a real browser (headless)
 #   pebble          tests/acme_pebble.rs: pebble (ACME server) and pebble-challtestsrv (its DNS)
 #   tinyproxy, dante-server  tests/chains.rs: Debian's HTTP and SOCKS5 proxies as chain hops
 #   dnsmasq-base    tests/resolver_dns.rs: dnsmasq, the DNS server for resolver/hosts and SRV discovery
@@ -21,7 +22,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    iproute2 nftables iputils-ping iputils-arping socat tcpdump keepalived curl openssl python3 pebble \
+    iproute2 nftables iputils-ping iputils-arping socat tcpdump keepalived curl openssl python3 pebble chromium \
     tinyproxy dante-server dnsmasq-base \
     >/dev/null
 for tool in ip nft ping arping socat keepalived python3 curl openssl ss pebble pebble-challtestsrv tinyproxy danted dnsmasq; do

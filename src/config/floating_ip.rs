@@ -487,8 +487,11 @@ impl FloatingIpConfig {
                 ),
             ));
         }
+        // On `lo` it is what a killed daemon's handover left behind
+        // (failover::handover): the driver removes it at start.
         if let Some(other) = ifs.find(vip)
             && other.ifname != interface
+            && other.ifname != "lo"
         {
             return Err(FieldError::new(
                 "floating_ip.ip",

@@ -40,8 +40,9 @@ use tokio_util::sync::CancellationToken;
 use super::arp;
 use super::auth::{AuthError, Keyring};
 use super::confirm::{self, Confirmer, UdpEchoStats};
+use super::handover::shell::{self as handover, Link, Steer};
 use super::inbound::{self, BurstLog, Dropped};
-use super::machine::{Action, Counters, Machine, Params, PeerCheck, ProbeResult, State};
+use super::machine::{Action, Counters, Machine, Params, PeerCheck, ProbeResult, Refusal, State};
 use super::netwatch::{self, NetEvent};
 use super::probe::{self, EchoStats, Prober};
 use super::replay;
@@ -76,6 +77,7 @@ pub fn spawn(
     fip: FloatingIp,
     status_tx: watch::Sender<FailoverStatus>,
     keys: watch::Receiver<Arc<Keyring>>,
+    commands: Commands,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), FailoverError>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -88,7 +90,7 @@ pub fn spawn(
                 .thread_name("failover-blocking")
                 .build()
             {
-                Ok(rt) => rt.block_on(run_keyed(fip, status_tx, keys, cancel)),
+                Ok(rt) => rt.block_on(run_keyed(fip, status_tx, keys, commands, cancel)),
                 Err(e) => Err(FailoverError::Thread(e)),
             };
             let _ = tx.send(result);
@@ -117,13 +119,126 @@ fn raise_priority() {
     }
 }
 
-/// What the daemon exposes about failover (read by the API later, and by logs).
+/// What the daemon exposes about failover (read by the daemon, ACME and the Web
+/// API; see [`super::status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverStatus {
     pub state: State,
+    /// Why the node is in this state (or why standby changed), one line.
     pub reason: String,
+    /// When `state`, `standby` or `reason` last changed.
+    pub since: SystemTime,
+    /// In operator standby ([`Control::standby`]): never takes the VIP.
+    pub standby: bool,
+    /// Set with STOPPED when the VIP was handed over with its connections: they
+    /// keep working through the peer until they end ([`super::handover`]), so
+    /// they must not be cut.
+    pub handover: bool,
     pub vip: Ipv4Addr,
     pub interface: String,
+    /// This node's own address and priority.
+    pub node: Ipv4Addr,
+    pub priority: u8,
+    /// The last [`super::status::HISTORY`] transitions, oldest first.
+    pub history: Arc<std::collections::VecDeque<super::status::Transition>>,
+    /// The peers heard, refreshed after every event.
+    pub peers: super::status::PeerBoard,
+}
+
+impl FailoverStatus {
+    /// A status as of now, not in standby.
+    pub fn new(state: State, reason: impl Into<String>, vip: Ipv4Addr, interface: &str) -> Self {
+        FailoverStatus {
+            state,
+            reason: reason.into(),
+            since: SystemTime::now(),
+            standby: false,
+            handover: false,
+            vip,
+            interface: interface.to_string(),
+            node: Ipv4Addr::UNSPECIFIED,
+            priority: 0,
+            history: Arc::default(),
+            peers: super::status::PeerBoard::default(),
+        }
+    }
+}
+
+/// An operator's command for the running failover (see [`Control`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Standby { force: bool },
+    Active,
+}
+
+/// Why a [`Control`] command did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("failover is not running")]
+    NotRunning,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<FailoverStatus, Refusal>>;
+
+/// The handle to steer a running failover: put the node in standby (release the
+/// VIP to the peer and stay out of the election) or make it active again. Cheap
+/// to clone; every call is one message to the failover thread, answered once the
+/// machine's actions (releasing the VIP, resigning) are done. Rules:
+/// [`machine/control.rs`](super::machine::Refusal).
+#[derive(Debug, Clone)]
+pub struct Control {
+    tx: mpsc::Sender<(Command, Reply)>,
+}
+
+/// The failover thread's end of [`Control`]; give it to [`spawn`].
+#[derive(Debug)]
+pub struct Commands {
+    rx: mpsc::Receiver<(Command, Reply)>,
+    grace: Option<Duration>,
+}
+
+impl Commands {
+    /// On cancellation, a MASTER hands its connections over to the peer and
+    /// serves them for at most `grace` ([`super::handover`]). Without it (or
+    /// with zero) it releases the VIP as before.
+    pub fn handover_grace(mut self, grace: Duration) -> Self {
+        self.grace = (!grace.is_zero()).then_some(grace);
+        self
+    }
+}
+
+/// A control handle and the receiving end for [`spawn`].
+pub fn control() -> (Control, Commands) {
+    let (tx, rx) = mpsc::channel(8);
+    (Control { tx }, Commands { rx, grace: None })
+}
+
+impl Control {
+    /// Release the VIP to the peer (if MASTER) and stay BACKUP until
+    /// [`Control::active`]. Refused unless a healthy peer is heard, or `force`.
+    /// Returns the status after the change.
+    pub async fn standby(&self, force: bool) -> Result<FailoverStatus, ControlError> {
+        self.send(Command::Standby { force }).await
+    }
+
+    /// Take part in the election again.
+    pub async fn active(&self) -> Result<FailoverStatus, ControlError> {
+        self.send(Command::Active).await
+    }
+
+    pub async fn send(&self, cmd: Command) -> Result<FailoverStatus, ControlError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((cmd, reply))
+            .await
+            .map_err(|_| ControlError::NotRunning)?;
+        match answer.await {
+            Ok(r) => r.map_err(ControlError::Refused),
+            Err(_) => Err(ControlError::NotRunning),
+        }
+    }
 }
 
 /// Counters of heartbeat datagrams dropped before the machine, by cause:
@@ -279,14 +394,16 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), FailoverError> {
     let keys = watch::channel(Arc::new(fip.keys.clone())).1;
-    run_keyed(fip, status_tx, keys, cancel).await
+    run_keyed(fip, status_tx, keys, control().1, cancel).await
 }
 
-/// [`run`], with keys that may change while it runs (a reload sends new ones).
+/// [`run`], with keys that may change while it runs (a reload sends new ones)
+/// and the operator's [`Commands`].
 pub async fn run_keyed(
     fip: FloatingIp,
     status_tx: watch::Sender<FailoverStatus>,
     mut keys: watch::Receiver<Arc<Keyring>>,
+    mut commands: Commands,
     cancel: CancellationToken,
 ) -> Result<(), FailoverError> {
     let iface = fip.interface.clone();
@@ -295,6 +412,7 @@ pub async fn run_keyed(
     let vip = VipController::new(&iface, fip.vip, fip.prefix)
         .await
         .map_err(|e| FailoverError::Vip(iface.clone(), e))?;
+    handover::clean_stale(fip.vip).await;
     let sock = heartbeat_socket(&iface, fip.heartbeat_port).map_err(|source| {
         FailoverError::Heartbeat {
             iface: iface.clone(),
@@ -430,8 +548,21 @@ pub async fn run_keyed(
         status_tx,
         echo_tx,
         started: true,
+        handing_over: false,
     };
     shell.execute(&mut machine).await;
+    let dests = shell.dests.clone();
+    let link_keys = keys.clone();
+    let link = Link {
+        sock: &sock,
+        dests: &dests,
+        keys: &link_keys,
+        iface: &iface,
+        node: fip.local_ip,
+        vip: fip.vip,
+        port: fip.heartbeat_port,
+    };
+    let mut steer = Steer::new(&iface, fip.local_ip, fip.vip);
 
     let mut buf = [0u8; 512];
     let mut drop_log = BurstLog::default();
@@ -443,10 +574,22 @@ pub async fn run_keyed(
                 None => std::future::pending().await,
             }
         };
+        let steer_deadline = steer.state.next_timeout();
+        let steer_sleep = async {
+            match steer_deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             r = sock.recv_from(&mut buf) => match r {
+                Ok((n, from)) if buf[..n].starts_with(&super::handover::wire::MAGIC) => {
+                    if let Some(e) = steer.on_datagram(&link, &buf[..n], from).await {
+                        log_drop(&mut drop_log, from, &e, false);
+                    }
+                }
                 Ok((n, from)) => {
                     let accepted = inbound::accept(&buf[..n], &keys.borrow());
                     match (accepted, from.ip()) {
@@ -477,6 +620,19 @@ pub async fn run_keyed(
             Some(r) = probe_rx.recv() => machine.handle_probe(Instant::now(), r),
             Some((id, check)) = verify_rx.recv() => machine.handle_verify(Instant::now(), id, check),
             Some((peer, epoch)) = confirm_rx.recv() => machine.confirm_epoch(Instant::now(), peer, epoch),
+            Some((cmd, reply)) = commands.rx.recv() => {
+                let now = Instant::now();
+                let done = match cmd {
+                    Command::Standby { force } => machine.standby(now, force),
+                    Command::Active => machine.active(now),
+                };
+                if let Err(e) = &done {
+                    tracing::warn!(command = ?cmd, "failover command refused: {e}");
+                }
+                // Answer once the VIP is released and the resign sent.
+                shell.execute(&mut machine).await;
+                let _ = reply.send(done.map(|()| shell.status_tx.borrow().clone()));
+            }
             Ok(()) = keys.changed() => {
                 let k = keys.borrow_and_update().clone();
                 tracing::info!(keys = ?k.ids(), "floating_ip keys reloaded: signing with the first");
@@ -492,12 +648,25 @@ pub async fn run_keyed(
                 }
             }
             _ = sleep => machine.handle_timeout(Instant::now()),
+            _ = steer_sleep => steer.on_timeout(&link).await,
         }
         shell.execute(&mut machine).await;
+        shell.status_tx.borrow().peers.set(machine.peers());
     }
 
+    // A planned switchover: a MASTER hands its connections over first (gate, list,
+    // the peer's ACK, VIP on lo), then releases the VIP and resigns as always.
+    let leaving = match commands.grace {
+        Some(_) if machine.state() == State::Master => handover::begin(&link).await,
+        _ => None,
+    };
+    shell.handing_over = leaving.is_some();
     machine.shutdown(Instant::now());
     shell.execute(&mut machine).await;
+    if let (Some(leaving), Some(grace)) = (leaving, commands.grace) {
+        leaving.run(&link, grace).await;
+    }
+    steer.stop().await;
     tasks.cancel();
     let c = &machine.counters;
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -518,6 +687,9 @@ pub async fn run_keyed(
         unsigned = n(&drops.unsigned),
         unknown_key = n(&drops.unknown_key),
         bad_mac = n(&drops.bad_mac),
+        handover_malformed = n(&steer.drops.malformed),
+        handover_unsigned = n(&steer.drops.unsigned),
+        handover_auth_failed = n(&steer.drops.auth_failed),
         "failover stopped"
     );
     Ok(())
@@ -544,6 +716,8 @@ struct Shell<'a> {
     echo_tx: watch::Sender<probe::EchoStatus>,
     /// True until the first UnbindVip has run (the crash clean-up at start).
     started: bool,
+    /// The coming STOPPED is a handover ([`FailoverStatus::handover`]).
+    handing_over: bool,
 }
 
 impl Shell<'_> {
@@ -648,13 +822,25 @@ impl Shell<'_> {
                 Action::StateChanged { from, to, reason } => {
                     tracing::info!(from = %from, to = %to, reason = %reason, "state change");
                     let _ = self.echo_tx.send(machine.echo_status());
-                    self.status_tx.send_replace(FailoverStatus {
-                        state: to,
-                        reason: reason.clone(),
-                        vip: self.fip.vip,
-                        interface: self.fip.interface.clone(),
+                    let standby = machine.is_standby();
+                    let handover = to == State::Stopped && self.handing_over;
+                    self.status_tx.send_modify(|s| {
+                        s.transition(to, &reason);
+                        s.standby = standby;
+                        s.handover = handover;
                     });
                     self.notify(from, to, &reason);
+                }
+                Action::StandbyChanged { standby, reason } => {
+                    tracing::info!(standby, state = %machine.state(), reason = %reason, "standby {}", if standby { "on" } else { "off" });
+                    let _ = self.echo_tx.send(machine.echo_status());
+                    let state = machine.state();
+                    let on = if standby { "on" } else { "off" };
+                    self.status_tx.send_modify(|s| {
+                        s.transition(state, &format!("standby {on}: {reason}"));
+                        s.reason = reason;
+                        s.standby = standby;
+                    });
                 }
             }
         }

@@ -7,6 +7,7 @@
 //! * [`inbound`] — a datagram's way in: decode, authenticate, count and log drops.
 //! * [`replay`] — which heartbeats of a sender are new (epoch + sequence).
 //! * [`driver`] — the async shell: sockets, timers, probes, netlink, hooks.
+//! * [`handover`] — a planned switchover that keeps established connections.
 //! * [`confirm`] — asking a silent peer several ways at once before taking over.
 //! * [`vip`], [`arp`], [`netwatch`], [`probe`] — the kernel-facing pieces the driver uses.
 
@@ -14,10 +15,12 @@ pub mod arp;
 pub mod auth;
 pub mod confirm;
 pub mod driver;
+pub mod handover;
 pub mod inbound;
 pub mod machine;
 pub mod netwatch;
 pub mod probe;
 pub mod replay;
+pub mod status;
 pub mod vip;
 pub mod wire;

@@ -49,7 +49,10 @@ impl Interfaces {
                     ifname: iface.name.clone(),
                     addr: v4.ip,
                     netmask: v4.netmask,
-                    loopback: iface.is_loopback(),
+                    // `is_loopback` looks at the address only: the VIP kept on
+                    // `lo` during a handover (failover::handover) would make `lo`
+                    // look like a LAN interface to the `interface` default.
+                    loopback: iface.is_loopback() || iface.name == "lo",
                 });
             }
         }
