@@ -19,5 +19,6 @@
 pub mod config;
 pub mod failover;
 pub mod import;
+pub mod metrics;
 pub mod net;
 pub mod proxy;

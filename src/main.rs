@@ -43,6 +43,10 @@ struct Cli {
     /// On stop, how long in-flight connections may finish (seconds).
     #[arg(long = "grace", default_value_t = 10)]
     grace: u64,
+    /// GOST's `-metrics "user:pass@127.0.0.1:9000?path=/metrics"`: serve Prometheus
+    /// metrics there (replaces the file's `metrics:` section).
+    #[arg(long = "metrics", value_parser = gateway::config::metrics::MetricsConfig::from_flag)]
+    metrics: Option<gateway::config::metrics::MetricsConfig>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
@@ -293,6 +297,13 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
         tracing::info!(services = loaded.config.services.len(), "services started");
     }
 
+    // The metrics endpoint too: a taken port stops the start before the VIP.
+    if let Some(m) = cli.metrics.as_ref().or(loaded.config.metrics.as_ref()) {
+        let status = status_channel.as_ref().map(|(_, rx)| rx.clone());
+        let sources = gateway::metrics::Sources::new(services.view(), status);
+        gateway::metrics::MetricsServer::start(m, sources, cancel.clone()).await?;
+    }
+
     let mut keys_tx = None;
     let mut failover = loaded
         .floating_ip
@@ -415,6 +426,12 @@ fn reload(
     {
         cur_fip.keys = new_fip.keys.clone();
         tx.send_replace(std::sync::Arc::new(new_fip.keys.clone()));
+    }
+    if new.config.metrics != current.config.metrics {
+        tracing::warn!(
+            "metrics changed in {}: it takes effect at the next restart",
+            path.display()
+        );
     }
     if new.floating_ip != current.floating_ip {
         tracing::warn!(

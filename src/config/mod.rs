@@ -22,7 +22,9 @@
 pub mod acme;
 pub mod auth;
 pub mod duration;
+pub mod flag;
 pub mod floating_ip;
+pub mod metrics;
 pub mod service;
 pub mod tls;
 
@@ -47,6 +49,9 @@ pub struct Config {
     /// gobetween's `[acme]`: certificates for `tls` listeners with `acme_hosts`.
     #[serde(default)]
     pub acme: Option<acme::AcmeConfig>,
+    /// GOST's `metrics:` endpoint (Prometheus); off unless set.
+    #[serde(default)]
+    pub metrics: Option<metrics::MetricsConfig>,
 }
 
 /// Why a file with neither section is refused (at `-test`, at start and on reload).
@@ -163,6 +168,9 @@ impl Config {
         // ACME: the section is checked, and `acme_hosts` needs it.
         if let Some(a) = &self.acme {
             a.validate()?;
+        }
+        if let Some(m) = &self.metrics {
+            m.validate("metrics")?;
         }
         for (i, s) in self.services.iter().enumerate() {
             if s.listener

@@ -413,7 +413,8 @@ pub async fn run_keyed(
     if let Some(peer) = fip.peer_ip {
         dests.push(SocketAddrV4::new(peer, fip.heartbeat_port));
     }
-    let drops = DropCounters::default();
+    let counters = super::counters::global();
+    let drops = &counters.drops;
     let mut shell = Shell {
         fip: &fip,
         vip,
@@ -493,6 +494,7 @@ pub async fn run_keyed(
             }
             _ = sleep => machine.handle_timeout(Instant::now()),
         }
+        counters.set_machine(&machine.counters);
         shell.execute(&mut machine).await;
     }
 
@@ -558,11 +560,18 @@ impl Shell<'_> {
                     } else {
                         1
                     };
+                    let counters = super::counters::global();
                     for _ in 0..copies {
                         for d in &self.dests {
-                            if let Err(e) = self.sock.send_to(&bytes, *d).await {
-                                tracing::debug!(dest = %d, error = %e, "heartbeat send failed");
-                            }
+                            match self.sock.send_to(&bytes, *d).await {
+                                Ok(_) => counters.heartbeats_sent.fetch_add(1, Ordering::Relaxed),
+                                Err(e) => {
+                                    tracing::debug!(dest = %d, error = %e, "heartbeat send failed");
+                                    counters
+                                        .heartbeat_send_errors
+                                        .fetch_add(1, Ordering::Relaxed)
+                                }
+                            };
                         }
                     }
                 }
@@ -647,6 +656,7 @@ impl Shell<'_> {
                 }
                 Action::StateChanged { from, to, reason } => {
                     tracing::info!(from = %from, to = %to, reason = %reason, "state change");
+                    super::counters::global().transition(from, to, &reason);
                     let _ = self.echo_tx.send(machine.echo_status());
                     self.status_tx.send_replace(FailoverStatus {
                         state: to,
