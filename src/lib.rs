@@ -15,8 +15,12 @@
 //! * [`net`] — interface discovery: which NIC, which address, which netmask.
 //! * [`proxy`] — listeners, handlers, forwarders, balancing and health checks.
 //! * [`import`] — `gateway import gobetween FILE`: gobetween TOML → gateway.yml.
+//! * [`daemon`] — the running process: one owner for the configuration and the
+//!   services, shared by the signal loop and the [`api`] (Web API, status page).
 
+pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod failover;
 pub mod import;
 pub mod metrics;

@@ -9,16 +9,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use gateway::config::{self, Loaded};
-use gateway::failover::driver::{self, FailoverStatus};
-use gateway::failover::machine::State;
+use gateway::api::ApiConfig;
+use gateway::config::Loaded;
+use gateway::daemon::{self, Source};
 use gateway::net::Interfaces;
-use gateway::proxy::ServiceSet;
 
 /// Exit codes, documented in docs/operations.md.
 const EXIT_CONFIG: u8 = 1;
@@ -43,6 +39,9 @@ struct Cli {
     /// On stop, how long in-flight connections may finish (seconds).
     #[arg(long = "grace", default_value_t = 10)]
     grace: u64,
+    /// The Web API, GOST's form: `[user:pass@]addr[?pathPrefix=/api]`; overrides `api:`.
+    #[arg(long = "api", value_parser = ApiConfig::from_flag)]
+    api: Option<ApiConfig>,
     /// GOST's `-metrics "user:pass@127.0.0.1:9000?path=/metrics"`: serve Prometheus
     /// metrics there (replaces the file's `metrics:` section).
     #[arg(long = "metrics", value_parser = gateway::config::metrics::MetricsConfig::from_flag)]
@@ -146,7 +145,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let loaded = match config::load(&cli.config, &ifs) {
+    let source = match Source::load(&cli.config, &ifs) {
         Ok(l) => l,
         Err(e) => {
             // A gobetween file gets a pointer to the importer, not YAML's confusion.
@@ -169,13 +168,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let loaded = &source.loaded;
     if !cli.test {
         for n in loaded.config.notes() {
             tracing::warn!("{n}");
         }
     }
     if cli.test {
-        print_summary(&loaded);
+        print_summary(loaded);
         println!(
             "gateway: configuration file {} test is successful",
             cli.config.display()
@@ -201,10 +201,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(run(cli, loaded)) {
+    let opts = daemon::Options {
+        config: cli.config.clone(),
+        grace: Duration::from_secs(cli.grace),
+        api: cli.api.clone(),
+        metrics: cli.metrics.clone(),
+    };
+    match runtime.block_on(daemon::run(opts, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{e}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -264,191 +270,6 @@ fn check_privileges() -> Result<(), &'static str> {
         None if nix::unistd::geteuid().is_root() => Ok(()),
         None => Err("root privileges"),
     }
-}
-
-async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let cancel = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-
-    // The failover status channel exists before the services, so that ACME
-    // (src/proxy/acme.rs) can follow it: only the VIP holder orders certificates.
-    let status_channel = loaded.floating_ip.as_ref().map(|fip| {
-        watch::channel(FailoverStatus {
-            state: State::Init,
-            reason: "starting".into(),
-            vip: fip.vip,
-            interface: fip.interface.clone(),
-        })
-    });
-    if let Some(acme) = &loaded.config.acme {
-        gateway::proxy::acme::install(
-            acme.clone(),
-            status_channel.as_ref().map(|(_, rx)| rx.clone()),
-        );
-    }
-
-    // Services first: a port that cannot be bound stops the start before the VIP
-    // is ever touched.
-    let mut services = ServiceSet::start(&loaded.config.services).context("starting services")?;
-    if !loaded.config.services.is_empty() {
-        tracing::info!(services = loaded.config.services.len(), "services started");
-    }
-
-    // The metrics endpoint too: a taken port stops the start before the VIP.
-    if let Some(m) = cli.metrics.as_ref().or(loaded.config.metrics.as_ref()) {
-        let status = status_channel.as_ref().map(|(_, rx)| rx.clone());
-        let sources = gateway::metrics::Sources::new(services.view(), status);
-        gateway::metrics::MetricsServer::start(m, sources, cancel.clone()).await?;
-    }
-
-    let mut keys_tx = None;
-    let mut failover = loaded
-        .floating_ip
-        .clone()
-        .zip(status_channel)
-        .map(|(fip, (tx, rx))| {
-            for n in &fip.notes {
-                tracing::info!("floating_ip: {n}");
-            }
-            let (ktx, krx) = watch::channel(std::sync::Arc::new(fip.keys.clone()));
-            keys_tx = Some(ktx);
-            (driver::spawn(fip, tx, krx, cancel.clone()), rx)
-        });
-
-    let mut current = loaded;
-    let mut was_master = false;
-    let mut status = failover.as_ref().map(|(_, rx)| rx.clone());
-    let failover_ended = loop {
-        let failover_done = async {
-            match failover.as_mut() {
-                Some((handle, _)) => handle.await,
-                None => std::future::pending().await,
-            }
-        };
-        let status_changed = async {
-            match status.as_mut() {
-                Some(rx) => rx
-                    .changed()
-                    .await
-                    .ok()
-                    .map(|()| rx.borrow_and_update().clone()),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            Some(st) = status_changed => {
-                // Connections clients made to the VIP here die once it moves: cut
-                // them now instead of letting them idle out.
-                let master = st.state == State::Master;
-                if was_master && !master {
-                    gateway::proxy::cut::cut(st.vip.into());
-                }
-                was_master = master;
-            }
-            _ = term.recv() => { tracing::info!("SIGTERM received: shutting down"); break None; }
-            _ = int.recv() => { tracing::info!("SIGINT received: shutting down"); break None; }
-            _ = hup.recv() => reload(&cli.config, &mut current, &mut services, keys_tx.as_ref()),
-            r = failover_done => break Some(r),
-        }
-    };
-    cancel.cancel();
-    let result = match failover_ended {
-        // Failover stopped on its own: that is a failure, the VIP can no longer move.
-        Some(Ok(Ok(()))) => Err(anyhow::anyhow!("failover stopped unexpectedly")),
-        Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failover")),
-        Some(Err(e)) => Err(anyhow::anyhow!("failover task failed: {e}")),
-        None => match failover.take() {
-            // The driver releases the VIP and resigns before it returns.
-            Some((handle, _)) => match tokio::time::timeout(Duration::from_secs(5), handle).await {
-                Ok(Ok(Ok(()))) => Ok(()),
-                Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failover")),
-                Ok(Err(e)) => Err(anyhow::anyhow!("failover task failed: {e}")),
-                Err(_) => Err(anyhow::anyhow!("failover did not stop within 5 s")),
-            },
-            None => Ok(()),
-        },
-    };
-    if let Some(fip) = &current.floating_ip {
-        // The VIP is released by now; what was accepted on it cannot finish.
-        gateway::proxy::cut::cut(fip.vip.into());
-    }
-    services.shutdown(Duration::from_secs(cli.grace)).await;
-    result
-}
-
-/// SIGHUP: re-read the file; a bad file changes nothing. The failover keys
-/// (`secret`, `secret_file`) apply at once; other `floating_ip` changes at the
-/// next restart.
-fn reload(
-    path: &std::path::Path,
-    current: &mut Loaded,
-    services: &mut ServiceSet,
-    keys_tx: Option<&watch::Sender<std::sync::Arc<gateway::failover::auth::Keyring>>>,
-) {
-    let ifs = match Interfaces::current() {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(
-                "reload rejected, keeping the running configuration: cannot list interfaces: {e}"
-            );
-            return;
-        }
-    };
-    let new = match config::load(path, &ifs) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!("reload rejected, keeping the running configuration: {e}");
-            return;
-        }
-    };
-    if let Err(e) = services.reload(&new.config.services) {
-        tracing::error!("reload rejected, keeping the running configuration: {e}");
-        return;
-    }
-    for n in new.config.notes() {
-        tracing::warn!("{n}");
-    }
-    if new.config.services.is_empty() && !current.config.services.is_empty() {
-        // Allowed (the file has a floating_ip section and asks for no services),
-        // but an operator should see it was not an accident.
-        tracing::warn!(
-            stopped = current.config.services.len(),
-            "reload stops every running service: {} lists no services",
-            path.display()
-        );
-    }
-    if let (Some(tx), Some(new_fip), Some(cur_fip)) =
-        (keys_tx, &new.floating_ip, &mut current.floating_ip)
-        && new_fip.keys != cur_fip.keys
-    {
-        cur_fip.keys = new_fip.keys.clone();
-        tx.send_replace(std::sync::Arc::new(new_fip.keys.clone()));
-    }
-    if new.config.metrics != current.config.metrics {
-        tracing::warn!(
-            "metrics changed in {}: it takes effect at the next restart",
-            path.display()
-        );
-    }
-    if new.floating_ip != current.floating_ip {
-        tracing::warn!(
-            "floating_ip changed in {}: it takes effect at the next restart",
-            path.display()
-        );
-        // Keep describing what actually runs.
-        let running = current.floating_ip.clone();
-        *current = new;
-        current.floating_ip = running;
-    } else {
-        *current = new;
-    }
-    tracing::info!(
-        services = current.config.services.len(),
-        "configuration reloaded"
-    );
 }
 
 #[cfg(test)]

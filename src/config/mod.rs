@@ -49,6 +49,9 @@ pub struct Config {
     /// gobetween's `[acme]`: certificates for `tls` listeners with `acme_hosts`.
     #[serde(default)]
     pub acme: Option<acme::AcmeConfig>,
+    /// GOST's Web API and status page (src/api/, docs/api.md); off unless set.
+    #[serde(default)]
+    pub api: Option<crate::api::ApiConfig>,
     /// GOST's `metrics:` endpoint (Prometheus); off unless set.
     #[serde(default)]
     pub metrics: Option<metrics::MetricsConfig>,
@@ -169,6 +172,9 @@ impl Config {
         if let Some(a) = &self.acme {
             a.validate()?;
         }
+        if let Some(a) = &self.api {
+            a.validate("api")?;
+        }
         if let Some(m) = &self.metrics {
             m.validate("metrics")?;
         }
@@ -271,13 +277,22 @@ pub fn load(path: &Path, ifs: &crate::net::Interfaces) -> Result<Loaded, ConfigE
         field: None,
         message: format!("cannot read: {e}"),
     })?;
-    let config = Config::from_str_named(&text, path)?;
+    load_text(path, &text, ifs)
+}
+
+/// [`load`] on text already read from `path` (the Web API keeps the text it loaded).
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    ifs: &crate::net::Interfaces,
+) -> Result<Loaded, ConfigError> {
+    let config = Config::from_str_named(text, path)?;
     let floating_ip = match &config.floating_ip {
         Some(f) if f.enabled => {
             let dir = path.parent().unwrap_or(Path::new(""));
             Some(
                 f.resolve_at(ifs, dir)
-                    .map_err(|e| at_field(&text, path, e))?,
+                    .map_err(|e| at_field(text, path, e))?,
             )
         }
         _ => None,

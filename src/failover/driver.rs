@@ -117,13 +117,23 @@ fn raise_priority() {
     }
 }
 
-/// What the daemon exposes about failover (read by the API later, and by logs).
+/// What the daemon exposes about failover (read by the daemon, ACME and the Web
+/// API; see [`super::status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverStatus {
     pub state: State,
     pub reason: String,
     pub vip: Ipv4Addr,
     pub interface: String,
+    /// This node's own address and priority.
+    pub node: Ipv4Addr,
+    pub priority: u8,
+    /// When `state` was entered.
+    pub since: SystemTime,
+    /// The last [`super::status::HISTORY`] transitions, oldest first.
+    pub history: Arc<std::collections::VecDeque<super::status::Transition>>,
+    /// The peers heard, refreshed after every event.
+    pub peers: super::status::PeerBoard,
 }
 
 /// Counters of heartbeat datagrams dropped before the machine, by cause:
@@ -496,6 +506,7 @@ pub async fn run_keyed(
         }
         counters.set_machine(&machine.counters);
         shell.execute(&mut machine).await;
+        shell.status_tx.borrow().peers.set(machine.peers());
     }
 
     machine.shutdown(Instant::now());
@@ -658,12 +669,7 @@ impl Shell<'_> {
                     tracing::info!(from = %from, to = %to, reason = %reason, "state change");
                     super::counters::global().transition(from, to, &reason);
                     let _ = self.echo_tx.send(machine.echo_status());
-                    self.status_tx.send_replace(FailoverStatus {
-                        state: to,
-                        reason: reason.clone(),
-                        vip: self.fip.vip,
-                        interface: self.fip.interface.clone(),
-                    });
+                    self.status_tx.send_modify(|s| s.transition(to, &reason));
                     self.notify(from, to, &reason);
                 }
             }

@@ -357,6 +357,20 @@ impl Machine {
         self.peers.len()
     }
 
+    /// The live senders of this group (for `GET /failover` and the status page).
+    pub fn peers(&self) -> Vec<super::status::PeerView> {
+        let mut v: Vec<_> = (self.peers.peers.iter())
+            .map(|(node, p)| super::status::PeerView {
+                node: *node,
+                priority: p.priority,
+                state: p.state,
+                last_heard: p.last_seen,
+            })
+            .collect();
+        v.sort_by_key(|p| p.node);
+        v
+    }
+
     fn peer_dead_interval(&self, peer: &Peer) -> Duration {
         peer.interval.max(Duration::from_millis(1)) * self.p.dead_count
     }

@@ -21,5 +21,6 @@ pub mod machine;
 pub mod netwatch;
 pub mod probe;
 pub mod replay;
+pub mod status;
 pub mod vip;
 pub mod wire;

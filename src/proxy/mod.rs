@@ -118,13 +118,18 @@ impl ServiceSet {
     /// Bind and start every service. If any fails, those already started are
     /// stopped and the error names the failing service. Call from a tokio runtime.
     pub fn start(services: &[ServiceConfig]) -> Result<ServiceSet, ProxyError> {
-        let mut set = ServiceSet {
+        let mut set = ServiceSet::empty();
+        set.reload(services)?;
+        Ok(set)
+    }
+
+    /// A set running nothing (needs no runtime).
+    pub fn empty() -> ServiceSet {
+        ServiceSet {
             running: HashMap::new(),
             reload_grace: DEFAULT_RELOAD_GRACE,
             view: ServiceView::default(),
-        };
-        set.reload(services)?;
-        Ok(set)
+        }
     }
 
     /// Apply a new list: start new and changed services, stop removed and changed

@@ -1,0 +1,263 @@
+//! The handlers, one per route (the list is in the module docs of `api`).
+
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, Path as UrlPath, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use super::{ApiError, App, Authed, data, ok, read_body, view};
+use crate::daemon::{self, EditError, lock};
+
+pub(super) fn routes(p: &str) -> Router<App> {
+    let mut r = Router::new()
+        .route(&format!("{p}/"), get(super::page::page))
+        .route(&format!("{p}/status"), get(status))
+        .route(&format!("{p}/login"), get(login))
+        .route(&format!("{p}/config"), get(get_config).post(save_config))
+        .route(&format!("{p}/config/reload"), post(reload))
+        .route(
+            &format!("{p}/config/services"),
+            get(list_services).post(add_service),
+        )
+        .route(
+            &format!("{p}/config/services/{{name}}"),
+            get(get_service).put(put_service).delete(delete_service),
+        )
+        .route(&format!("{p}/failover"), get(failover));
+    if !p.is_empty() {
+        r = r.route(p, get(super::page::page));
+    }
+    r
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormatQuery {
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// `json` (the default) or `yaml`.
+fn format(q: &FormatQuery, default: &str) -> Result<&'static str, ApiError> {
+    match q.format.as_deref().unwrap_or(default) {
+        "json" => Ok("json"),
+        "yaml" | "yml" => Ok("yaml"),
+        other => Err(ApiError::invalid(format!(
+            "format: {other:?}: expected json or yaml"
+        ))),
+    }
+}
+
+fn query(
+    q: Result<Query<FormatQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<FormatQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))
+}
+
+/// Needs the credentials like every non-public route: the browser asks for them
+/// once, then sends them with the page's requests too.
+async fn login(State(app): State<App>) -> Response {
+    axum::response::Redirect::to(&format!("{}/", app.cfg.path_prefix)).into_response()
+}
+
+async fn status(State(app): State<App>, Extension(Authed(authed)): Extension<Authed>) -> Response {
+    let st = app.ctx.failover.as_ref().map(|rx| rx.borrow().clone());
+    let d = lock(&app.ctx.daemon);
+    data(view::summary(
+        &d,
+        st.as_ref(),
+        authed,
+        app.cfg.auth.is_some(),
+    ))
+}
+
+async fn failover(State(app): State<App>) -> Result<Response, ApiError> {
+    let Some(rx) = &app.ctx.failover else {
+        return Err(ApiError::not_found(
+            "failover: floating_ip is not enabled on this node",
+        ));
+    };
+    let st = rx.borrow().clone();
+    Ok(data(view::failover(&st)))
+}
+
+/// `GET /config`: the running configuration as written, secrets masked, each
+/// service with its live `status`. Not wrapped in `data` (as GOST).
+async fn get_config(
+    State(app): State<App>,
+    q: Result<Query<FormatQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let fmt = format(&q, "json")?;
+    let mut doc = {
+        let d = lock(&app.ctx.daemon);
+        let mut doc = d.document();
+        view::mask(&mut doc);
+        if let serde_json::Value::Object(m) = &mut doc
+            && m.contains_key("services")
+        {
+            m.insert(
+                "services".into(),
+                serde_json::Value::Array(view::services(&d)),
+            );
+        }
+        doc
+    };
+    if fmt == "yaml" {
+        let text = daemon::state::to_yaml(&doc).map_err(|e| ApiError {
+            status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            code: 40005,
+            msg: e,
+        })?;
+        return Ok(([(header::CONTENT_TYPE, "text/yaml; charset=utf-8")], text).into_response());
+    }
+    Ok(axum::Json(std::mem::take(&mut doc)).into_response())
+}
+
+/// `POST /config?format=yaml&path=…`: write the running configuration (secrets
+/// included: it must start again as it runs) to `path`, by default the file it
+/// was loaded from. Atomic: written beside the target, synced, renamed over it.
+async fn save_config(
+    State(app): State<App>,
+    q: Result<Query<FormatQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let (doc, config_path) = {
+        let d = lock(&app.ctx.daemon);
+        (d.document(), d.path().to_path_buf())
+    };
+    let target = match &q.path {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => config_path.clone(),
+    };
+    let default_fmt = if target.extension().is_some_and(|e| e == "json") {
+        "json"
+    } else {
+        "yaml"
+    };
+    let fmt = format(&q, default_fmt)?;
+    allowed(&target, &config_path, &app.cfg.save_dirs)?;
+    let text = match fmt {
+        "json" => serde_json::to_string_pretty(&doc).map_err(|e| e.to_string()),
+        _ => daemon::state::to_yaml(&doc),
+    }
+    .map_err(EditError::Save)?;
+    // What is written must load again: checked before it replaces anything.
+    crate::config::Config::from_str_named(&text, &target)
+        .map_err(|e| EditError::Save(format!("the running config does not read back: {e}")))?;
+    write_atomic(&target, text.as_bytes())
+        .map_err(|e| EditError::Save(format!("{}: {e}", target.display())))?;
+    tracing::info!(path = %target.display(), "running configuration saved through the API");
+    Ok(ok())
+}
+
+/// Refuse a path outside the config file's directory and `saveDirs`.
+fn allowed(target: &Path, config: &Path, extra: &[PathBuf]) -> Result<(), ApiError> {
+    let dir_of = |p: &Path| {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        parent.unwrap_or(Path::new(".")).canonicalize()
+    };
+    let dir = dir_of(target)
+        .map_err(|e| ApiError::invalid(format!("path: {}: {e}", target.display())))?;
+    if target.file_name().is_none() || target.is_dir() {
+        return Err(ApiError::invalid(format!(
+            "path: {}: expected a file name",
+            target.display()
+        )));
+    }
+    let mut ok_dirs: Vec<PathBuf> = dir_of(config).into_iter().collect();
+    ok_dirs.extend(extra.iter().filter_map(|d| d.canonicalize().ok()));
+    if ok_dirs.contains(&dir) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "path: {}: outside the config file's directory; add its directory to api.saveDirs to allow it",
+            target.display()
+        )))
+    }
+}
+
+/// Write to a temporary file beside `target` (mode 0600: it holds secrets),
+/// sync it, and rename it over `target`.
+fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, target)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+async fn reload(State(app): State<App>) -> Result<Response, ApiError> {
+    lock(&app.ctx.daemon).reload_file()?;
+    Ok(ok())
+}
+
+async fn list_services(State(app): State<App>) -> Response {
+    let d = lock(&app.ctx.daemon);
+    let list = view::services(&d);
+    data(serde_json::json!({ "count": list.len(), "list": list }))
+}
+
+async fn get_service(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let d = lock(&app.ctx.daemon);
+    let raw = d
+        .raw_services()
+        .find(|(n, _)| *n == name)
+        .map(|(_, r)| r.clone());
+    match raw {
+        Some(r) => Ok(data(view::service(&d, &name, &r))),
+        None => Err(EditError::NotFound(format!("service {name:?} not found")).into()),
+    }
+}
+
+async fn add_service(State(app): State<App>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body).await?;
+    lock(&app.ctx.daemon).add_service(&body)?;
+    Ok(ok())
+}
+
+async fn put_service(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(body).await?;
+    lock(&app.ctx.daemon).replace_service(&name, &body)?;
+    Ok(ok())
+}
+
+async fn delete_service(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    lock(&app.ctx.daemon).delete_service(&name)?;
+    Ok(ok())
+}

@@ -1,0 +1,194 @@
+//! The running daemon: one owner for what can change while it runs.
+//!
+//! [`run`] is the process's life after the configuration was read: it starts the
+//! services (a port that cannot be bound stops the start before the VIP is ever
+//! touched), the failover and the Web API, then waits for signals and for the
+//! failover to end. Everything that may change at run time — the configuration as
+//! loaded, the [`ServiceSet`](crate::proxy::ServiceSet), the failover keys — lives
+//! in one [`Daemon`] behind one mutex ([`Shared`]): SIGHUP and the Web API go
+//! through the same methods, so a reload and an API edit never interleave, and a
+//! change that fails validation changes nothing, whichever door it came in by.
+//!
+//! [`state`] holds the [`Daemon`] and its verbs (reload, service edits, save);
+//! this file the loop.
+
+pub mod state;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiConfig;
+use crate::failover::driver::{self, FailoverError, FailoverStatus};
+use crate::failover::machine::State;
+use crate::proxy::ProxyError;
+pub use state::{Daemon, EditError, Source};
+
+/// The daemon's state, shared by the signal loop and the Web API.
+pub type Shared = Arc<Mutex<Daemon>>;
+
+/// Lock the daemon; a panic elsewhere while holding it does not stop the rest.
+pub fn lock(d: &Shared) -> std::sync::MutexGuard<'_, Daemon> {
+    d.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the command line adds to the file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The configuration file (SIGHUP and `POST /config/reload` re-read it).
+    pub config: PathBuf,
+    /// On stop, how long in-flight connections may finish.
+    pub grace: Duration,
+    /// `-api`: overrides the file's `api:` section.
+    pub api: Option<ApiConfig>,
+    /// `-metrics`: overrides the file's `metrics:` section.
+    pub metrics: Option<crate::config::metrics::MetricsConfig>,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("starting services: {0}")]
+    Services(#[from] ProxyError),
+    #[error("api: {0}")]
+    Api(String),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error("failover: {0}")]
+    Failover(#[from] FailoverError),
+    #[error("failover stopped unexpectedly")]
+    FailoverStopped,
+    #[error("failover task failed: {0}")]
+    FailoverTask(String),
+    #[error("failover did not stop within 5 s")]
+    FailoverStuck,
+}
+
+/// Run until SIGTERM/SIGINT (or until the failover fails).
+pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let cancel = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+
+    // The failover status channel exists before the services, so that ACME
+    // (src/proxy/acme.rs) can follow it: only the VIP holder orders certificates.
+    let status_channel = (source.loaded.floating_ip.as_ref())
+        .map(|fip| watch::channel(FailoverStatus::starting(fip)));
+    if let Some(acme) = &source.loaded.config.acme {
+        crate::proxy::acme::install(
+            acme.clone(),
+            status_channel.as_ref().map(|(_, rx)| rx.clone()),
+        );
+    }
+
+    let keys =
+        (source.loaded.floating_ip.as_ref()).map(|fip| watch::channel(Arc::new(fip.keys.clone())));
+    let fip = source.loaded.floating_ip.clone();
+    let api_cfg = opts.api.clone().or(source.loaded.config.api.clone());
+    let metrics_cfg = (opts.metrics.clone()).or(source.loaded.config.metrics.clone());
+    let n_services = source.loaded.config.services.len();
+    let daemon = Daemon::start(
+        opts.config.clone(),
+        source,
+        keys.as_ref().map(|(tx, _)| tx.clone()),
+    )?;
+    if n_services > 0 {
+        tracing::info!(services = n_services, "services started");
+    }
+    let daemon: Shared = Arc::new(Mutex::new(daemon));
+
+    let status_rx = status_channel.as_ref().map(|(_, rx)| rx.clone());
+    if let Some(cfg) = api_cfg {
+        let ctx = crate::api::Context {
+            daemon: daemon.clone(),
+            failover: status_rx.clone(),
+        };
+        crate::api::spawn(cfg, ctx, cancel.clone())
+            .await
+            .map_err(|e| DaemonError::Api(e.to_string()))?;
+    }
+    // The metrics endpoint reads the services through a view that follows every
+    // reload and API edit; like the API, a taken port stops the start here.
+    if let Some(cfg) = metrics_cfg {
+        let view = lock(&daemon).services().view();
+        let sources = crate::metrics::Sources::new(view, status_rx.clone());
+        crate::metrics::MetricsServer::start(&cfg, sources, cancel.clone()).await?;
+    }
+
+    let mut failover = fip
+        .zip(status_channel)
+        .zip(keys)
+        .map(|((fip, (tx, rx)), (_, krx))| {
+            for n in &fip.notes {
+                tracing::info!("floating_ip: {n}");
+            }
+            (driver::spawn(fip, tx, krx, cancel.clone()), rx)
+        });
+
+    let mut was_master = false;
+    let mut status = status_rx;
+    let failover_ended = loop {
+        let failover_done = async {
+            match failover.as_mut() {
+                Some((handle, _)) => handle.await,
+                None => std::future::pending().await,
+            }
+        };
+        let status_changed = async {
+            match status.as_mut() {
+                Some(rx) => rx
+                    .changed()
+                    .await
+                    .ok()
+                    .map(|()| rx.borrow_and_update().clone()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(st) = status_changed => {
+                // Connections clients made to the VIP here die once it moves: cut
+                // them now instead of letting them idle out.
+                let master = st.state == State::Master;
+                if was_master && !master {
+                    crate::proxy::cut::cut(st.vip.into());
+                }
+                was_master = master;
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM received: shutting down"); break None; }
+            _ = int.recv() => { tracing::info!("SIGINT received: shutting down"); break None; }
+            _ = hup.recv() => { let _ = lock(&daemon).reload_file(); }
+            r = failover_done => break Some(r),
+        }
+    };
+    cancel.cancel();
+    let result = match failover_ended {
+        // Failover stopped on its own: that is a failure, the VIP can no longer move.
+        Some(Ok(Ok(()))) => Err(DaemonError::FailoverStopped),
+        Some(Ok(Err(e))) => Err(e.into()),
+        Some(Err(e)) => Err(DaemonError::FailoverTask(e.to_string())),
+        None => match failover.take() {
+            // The driver releases the VIP and resigns before it returns.
+            Some((handle, _)) => match tokio::time::timeout(Duration::from_secs(5), handle).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(e.into()),
+                Ok(Err(e)) => Err(DaemonError::FailoverTask(e.to_string())),
+                Err(_) => Err(DaemonError::FailoverStuck),
+            },
+            None => Ok(()),
+        },
+    };
+    let (services, vip) = lock(&daemon).take_services();
+    if let Some(vip) = vip {
+        // The VIP is released by now; what was accepted on it cannot finish.
+        crate::proxy::cut::cut(vip.into());
+    }
+    services.shutdown(opts.grace).await;
+    result
+}

@@ -1,0 +1,131 @@
+//! What the failover publishes about itself: the state and why, since when, the
+//! last [`HISTORY`] transitions, and the peers heard. The driver writes it into a
+//! `watch` channel ([`super::driver::FailoverStatus`]); the daemon's loop, ACME and
+//! the Web API (`GET /failover`, the status page) read it.
+//!
+//! Transitions ride in the watched value itself (they change only with the
+//! state). Peers are heard ten times a second: their table sits behind a
+//! [`PeerBoard`] the driver refreshes after every event, so readers see a live
+//! "last heard" age without waking every watcher of the state.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use super::driver::FailoverStatus;
+use super::machine::State;
+use super::wire::WireState;
+use crate::config::floating_ip::FloatingIp;
+
+/// Transitions kept (`GET /failover` shows them all).
+pub const HISTORY: usize = 50;
+
+/// One state change, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub at: SystemTime,
+    pub from: State,
+    pub to: State,
+    pub reason: String,
+}
+
+/// A live sender of this group, as the peer table knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    pub node: Ipv4Addr,
+    pub priority: u8,
+    pub state: WireState,
+    pub last_heard: Instant,
+}
+
+/// The peer table's latest copy, shared between the driver and readers. Two
+/// boards always compare equal: a status is "changed" by its state, not by a
+/// heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct PeerBoard(Arc<Mutex<Vec<PeerView>>>);
+
+impl PartialEq for PeerBoard {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for PeerBoard {}
+
+impl PeerBoard {
+    pub fn set(&self, peers: Vec<PeerView>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    pub fn get(&self) -> Vec<PeerView> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl FailoverStatus {
+    /// Before the driver's first state change.
+    pub fn starting(fip: &FloatingIp) -> FailoverStatus {
+        FailoverStatus {
+            state: State::Init,
+            reason: "starting".into(),
+            vip: fip.vip,
+            interface: fip.interface.clone(),
+            node: fip.local_ip,
+            priority: fip.priority,
+            since: SystemTime::now(),
+            history: Arc::new(VecDeque::new()),
+            peers: PeerBoard::default(),
+        }
+    }
+
+    /// Enter `to` for `reason` now, remembering the transition.
+    pub fn transition(&mut self, to: State, reason: &str) {
+        let now = SystemTime::now();
+        let history = Arc::make_mut(&mut self.history);
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(Transition {
+            at: now,
+            from: self.state,
+            to,
+            reason: reason.to_string(),
+        });
+        self.state = to;
+        self.reason = reason.to_string();
+        self.since = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keeps_the_last_fifty() {
+        let mut s = FailoverStatus {
+            state: State::Init,
+            reason: String::new(),
+            vip: Ipv4Addr::new(10, 0, 0, 1),
+            interface: "eth0".into(),
+            node: Ipv4Addr::new(10, 0, 0, 2),
+            priority: 100,
+            since: SystemTime::UNIX_EPOCH,
+            history: Arc::default(),
+            peers: PeerBoard::default(),
+        };
+        for i in 0..60 {
+            let to = if i % 2 == 0 {
+                State::Master
+            } else {
+                State::Backup
+            };
+            s.transition(to, &format!("r{i}"));
+        }
+        assert_eq!(s.history.len(), HISTORY);
+        assert_eq!(s.history[0].reason, "r10");
+        assert_eq!(s.history[HISTORY - 1].reason, "r59");
+        assert_eq!((s.state, s.reason.as_str()), (State::Backup, "r59"));
+        assert!(s.since > SystemTime::UNIX_EPOCH);
+    }
+}
