@@ -63,6 +63,8 @@ pub struct Context {
     pub daemon: Shared,
     /// The failover's status, when `floating_ip` is enabled.
     pub failover: Option<watch::Receiver<FailoverStatus>>,
+    /// The standby/active switch, when `floating_ip` is enabled.
+    pub control: Option<crate::failover::driver::Control>,
 }
 
 /// Why the API did not start.

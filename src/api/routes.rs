@@ -28,7 +28,9 @@ pub(super) fn routes(p: &str) -> Router<App> {
             &format!("{p}/config/services/{{name}}"),
             get(get_service).put(put_service).delete(delete_service),
         )
-        .route(&format!("{p}/failover"), get(failover));
+        .route(&format!("{p}/failover"), get(failover))
+        .route(&format!("{p}/failover/standby"), post(standby))
+        .route(&format!("{p}/failover/active"), post(active));
     if !p.is_empty() {
         r = r.route(p, get(super::page::page));
     }
@@ -87,6 +89,52 @@ async fn failover(State(app): State<App>) -> Result<Response, ApiError> {
     };
     let st = rx.borrow().clone();
     Ok(data(view::failover(&st)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /failover/standby[?force=true]`: release the VIP to the peer and stay
+/// backup until `POST /failover/active`. Refused (409, 40003) unless a healthy
+/// peer is heard, or forced.
+async fn standby(
+    State(app): State<App>,
+    q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let force = q
+        .map(|Query(q)| q.force)
+        .map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let c = control(&app)?;
+    let st = c.standby(force).await.map_err(control_error)?;
+    tracing::info!(force, "standby requested through the API");
+    Ok(data(view::failover(&st)))
+}
+
+/// `POST /failover/active`: take part in the election again.
+async fn active(State(app): State<App>) -> Result<Response, ApiError> {
+    let c = control(&app)?;
+    let st = c.active().await.map_err(control_error)?;
+    tracing::info!("active requested through the API");
+    Ok(data(view::failover(&st)))
+}
+
+fn control(app: &App) -> Result<crate::failover::driver::Control, ApiError> {
+    app.ctx
+        .control
+        .clone()
+        .ok_or_else(|| ApiError::not_found("failover: floating_ip is not enabled on this node"))
+}
+
+fn control_error(e: crate::failover::driver::ControlError) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::CONFLICT,
+        code: 40003,
+        msg: format!("failover: {e}"),
+    }
 }
 
 /// `GET /config`: the running configuration as written, secrets masked, each

@@ -112,6 +112,7 @@ pub fn failover(st: &FailoverStatus) -> Value {
         "since": since,
         "sinceSeconds": SystemTime::now().duration_since(st.since).map(|d| d.as_secs()).unwrap_or(0),
         "vip": st.vip.to_string(),
+        "standby": st.standby,
         "holdsVip": st.state == crate::failover::machine::State::Master,
         "interface": st.interface,
         "node": st.node.to_string(),

@@ -105,10 +105,13 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
     let daemon: Shared = Arc::new(Mutex::new(daemon));
 
     let status_rx = status_channel.as_ref().map(|(_, rx)| rx.clone());
+    // The operator's standby/active switch, for the Web API.
+    let (control, commands) = driver::control();
     if let Some(cfg) = api_cfg {
         let ctx = crate::api::Context {
             daemon: daemon.clone(),
             failover: status_rx.clone(),
+            control: fip.is_some().then(|| control.clone()),
         };
         crate::api::spawn(cfg, ctx, cancel.clone())
             .await
@@ -129,7 +132,7 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
             for n in &fip.notes {
                 tracing::info!("floating_ip: {n}");
             }
-            (driver::spawn(fip, tx, krx, cancel.clone()), rx)
+            (driver::spawn(fip, tx, krx, commands, cancel.clone()), rx)
         });
 
     let mut was_master = false;

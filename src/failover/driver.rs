@@ -41,7 +41,7 @@ use super::arp;
 use super::auth::{AuthError, Keyring};
 use super::confirm::{self, Confirmer, UdpEchoStats};
 use super::inbound::{self, BurstLog, Dropped};
-use super::machine::{Action, Counters, Machine, Params, PeerCheck, ProbeResult, State};
+use super::machine::{Action, Counters, Machine, Params, PeerCheck, ProbeResult, Refusal, State};
 use super::netwatch::{self, NetEvent};
 use super::probe::{self, EchoStats, Prober};
 use super::replay;
@@ -76,6 +76,7 @@ pub fn spawn(
     fip: FloatingIp,
     status_tx: watch::Sender<FailoverStatus>,
     keys: watch::Receiver<Arc<Keyring>>,
+    commands: Commands,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), FailoverError>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -88,7 +89,7 @@ pub fn spawn(
                 .thread_name("failover-blocking")
                 .build()
             {
-                Ok(rt) => rt.block_on(run_keyed(fip, status_tx, keys, cancel)),
+                Ok(rt) => rt.block_on(run_keyed(fip, status_tx, keys, commands, cancel)),
                 Err(e) => Err(FailoverError::Thread(e)),
             };
             let _ = tx.send(result);
@@ -122,18 +123,105 @@ fn raise_priority() {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverStatus {
     pub state: State,
+    /// Why the node is in this state (or why standby changed), one line.
     pub reason: String,
+    /// When `state`, `standby` or `reason` last changed.
+    pub since: SystemTime,
+    /// In operator standby ([`Control::standby`]): never takes the VIP.
+    pub standby: bool,
     pub vip: Ipv4Addr,
     pub interface: String,
     /// This node's own address and priority.
     pub node: Ipv4Addr,
     pub priority: u8,
-    /// When `state` was entered.
-    pub since: SystemTime,
     /// The last [`super::status::HISTORY`] transitions, oldest first.
     pub history: Arc<std::collections::VecDeque<super::status::Transition>>,
     /// The peers heard, refreshed after every event.
     pub peers: super::status::PeerBoard,
+}
+
+impl FailoverStatus {
+    /// A status as of now, not in standby.
+    pub fn new(state: State, reason: impl Into<String>, vip: Ipv4Addr, interface: &str) -> Self {
+        FailoverStatus {
+            state,
+            reason: reason.into(),
+            since: SystemTime::now(),
+            standby: false,
+            vip,
+            interface: interface.to_string(),
+            node: Ipv4Addr::UNSPECIFIED,
+            priority: 0,
+            history: Arc::default(),
+            peers: super::status::PeerBoard::default(),
+        }
+    }
+}
+
+/// An operator's command for the running failover (see [`Control`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Standby { force: bool },
+    Active,
+}
+
+/// Why a [`Control`] command did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("failover is not running")]
+    NotRunning,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<FailoverStatus, Refusal>>;
+
+/// The handle to steer a running failover: put the node in standby (release the
+/// VIP to the peer and stay out of the election) or make it active again. Cheap
+/// to clone; every call is one message to the failover thread, answered once the
+/// machine's actions (releasing the VIP, resigning) are done. Rules:
+/// [`machine/control.rs`](super::machine::Refusal).
+#[derive(Debug, Clone)]
+pub struct Control {
+    tx: mpsc::Sender<(Command, Reply)>,
+}
+
+/// The failover thread's end of [`Control`]; give it to [`spawn`].
+#[derive(Debug)]
+pub struct Commands {
+    rx: mpsc::Receiver<(Command, Reply)>,
+}
+
+/// A control handle and the receiving end for [`spawn`].
+pub fn control() -> (Control, Commands) {
+    let (tx, rx) = mpsc::channel(8);
+    (Control { tx }, Commands { rx })
+}
+
+impl Control {
+    /// Release the VIP to the peer (if MASTER) and stay BACKUP until
+    /// [`Control::active`]. Refused unless a healthy peer is heard, or `force`.
+    /// Returns the status after the change.
+    pub async fn standby(&self, force: bool) -> Result<FailoverStatus, ControlError> {
+        self.send(Command::Standby { force }).await
+    }
+
+    /// Take part in the election again.
+    pub async fn active(&self) -> Result<FailoverStatus, ControlError> {
+        self.send(Command::Active).await
+    }
+
+    pub async fn send(&self, cmd: Command) -> Result<FailoverStatus, ControlError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((cmd, reply))
+            .await
+            .map_err(|_| ControlError::NotRunning)?;
+        match answer.await {
+            Ok(r) => r.map_err(ControlError::Refused),
+            Err(_) => Err(ControlError::NotRunning),
+        }
+    }
 }
 
 /// Counters of heartbeat datagrams dropped before the machine, by cause:
@@ -289,14 +377,16 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), FailoverError> {
     let keys = watch::channel(Arc::new(fip.keys.clone())).1;
-    run_keyed(fip, status_tx, keys, cancel).await
+    run_keyed(fip, status_tx, keys, control().1, cancel).await
 }
 
-/// [`run`], with keys that may change while it runs (a reload sends new ones).
+/// [`run`], with keys that may change while it runs (a reload sends new ones)
+/// and the operator's [`Commands`].
 pub async fn run_keyed(
     fip: FloatingIp,
     status_tx: watch::Sender<FailoverStatus>,
     mut keys: watch::Receiver<Arc<Keyring>>,
+    mut commands: Commands,
     cancel: CancellationToken,
 ) -> Result<(), FailoverError> {
     let iface = fip.interface.clone();
@@ -488,6 +578,19 @@ pub async fn run_keyed(
             Some(r) = probe_rx.recv() => machine.handle_probe(Instant::now(), r),
             Some((id, check)) = verify_rx.recv() => machine.handle_verify(Instant::now(), id, check),
             Some((peer, epoch)) = confirm_rx.recv() => machine.confirm_epoch(Instant::now(), peer, epoch),
+            Some((cmd, reply)) = commands.rx.recv() => {
+                let now = Instant::now();
+                let done = match cmd {
+                    Command::Standby { force } => machine.standby(now, force),
+                    Command::Active => machine.active(now),
+                };
+                if let Err(e) = &done {
+                    tracing::warn!(command = ?cmd, "failover command refused: {e}");
+                }
+                // Answer once the VIP is released and the resign sent.
+                shell.execute(&mut machine).await;
+                let _ = reply.send(done.map(|()| shell.status_tx.borrow().clone()));
+            }
             Ok(()) = keys.changed() => {
                 let k = keys.borrow_and_update().clone();
                 tracing::info!(keys = ?k.ids(), "floating_ip keys reloaded: signing with the first");
@@ -669,8 +772,23 @@ impl Shell<'_> {
                     tracing::info!(from = %from, to = %to, reason = %reason, "state change");
                     super::counters::global().transition(from, to, &reason);
                     let _ = self.echo_tx.send(machine.echo_status());
-                    self.status_tx.send_modify(|s| s.transition(to, &reason));
+                    let standby = machine.is_standby();
+                    self.status_tx.send_modify(|s| {
+                        s.transition(to, &reason);
+                        s.standby = standby;
+                    });
                     self.notify(from, to, &reason);
+                }
+                Action::StandbyChanged { standby, reason } => {
+                    tracing::info!(standby, state = %machine.state(), reason = %reason, "standby {}", if standby { "on" } else { "off" });
+                    let _ = self.echo_tx.send(machine.echo_status());
+                    let state = machine.state();
+                    let on = if standby { "on" } else { "off" };
+                    self.status_tx.send_modify(|s| {
+                        s.transition(state, &format!("standby {on}: {reason}"));
+                        s.reason = reason;
+                        s.standby = standby;
+                    });
                 }
             }
         }

@@ -74,13 +74,15 @@ use std::time::{Duration, Instant};
 
 use super::inbound::BurstLog;
 use super::replay::{Fresh, Replay};
-use super::wire::{Heartbeat, WireState};
+use super::wire::{FLAG_PREEMPT, FLAG_STANDBY, Heartbeat, WireState};
 
+mod control;
 mod damping;
 mod peers;
 mod probing;
 mod timers;
 mod verify;
+pub use control::Refusal;
 use damping::Damping;
 pub use damping::{DAMP_HALF_LIFE, MAX_HOLD};
 pub use peers::{MAX_PEERS, clamp_interval};
@@ -205,6 +207,12 @@ pub enum Action {
         to: State,
         reason: String,
     },
+    /// The operator's standby switch changed ([`Machine::standby`],
+    /// [`Machine::active`]); the state may stay the same.
+    StandbyChanged {
+        standby: bool,
+        reason: String,
+    },
 }
 
 /// Counters of things the machine dropped; the driver adds its own (decode and
@@ -266,6 +274,8 @@ pub struct Machine {
     backup_since: Instant,
     /// Backoff of the re-checks while the VIP is in use by a foreign host.
     vip_backoff: Option<Duration>,
+    /// Operator standby: never take the VIP, announce FAULT (see `control.rs`).
+    standby: bool,
     actions: Vec<Action>,
     pub counters: Counters,
 }
@@ -299,6 +309,7 @@ impl Machine {
             },
             backup_since: now,
             vip_backoff: None,
+            standby: false,
             actions: Vec::new(),
             counters: Counters::default(),
         };
@@ -396,7 +407,8 @@ impl Machine {
         Heartbeat {
             state,
             priority: self.p.priority,
-            flags: u8::from(self.p.preempt),
+            flags: if self.p.preempt { FLAG_PREEMPT } else { 0 }
+                | if self.standby { FLAG_STANDBY } else { 0 },
             node: self.p.node,
             vip: self.p.vip,
             epoch: self.epoch,
@@ -412,6 +424,8 @@ impl Machine {
             State::Master => WireState::Master,
             State::Fault => WireState::Fault,
             State::Stopped => WireState::Resign,
+            // A node in standby must not be waited for by anyone's election.
+            State::Init | State::Backup if self.standby => WireState::Fault,
             State::Init | State::Backup => WireState::Backup,
         }
     }
@@ -600,7 +614,11 @@ impl Machine {
                 } else {
                     self.damping.hold(now, self.p.dead_interval())
                 };
-                if self.p.preempt && theirs < self.rank() && stable_for >= preempt_hold {
+                if self.p.preempt
+                    && !self.standby
+                    && theirs < self.rank()
+                    && stable_for >= preempt_hold
+                {
                     self.enter_master(
                         now,
                         format!(
@@ -614,7 +632,9 @@ impl Machine {
             }
             (State::Backup, WireState::Resign) => {
                 self.peers.resigned(hb.node);
-                if self.master == Some(hb.node) || self.master.is_none() {
+                if self.standby {
+                    self.warn_nobody_holds(now, hb.node);
+                } else if self.master == Some(hb.node) || self.master.is_none() {
                     self.master = None;
                     match self.better_live_candidate(now) {
                         None => self.enter_master(now, format!("master {} resigned", hb.node)),
@@ -657,13 +677,18 @@ impl Machine {
                     }
                 }
                 Timer::Suspect => {
-                    if self.state == State::Backup && self.takeover_probe.is_none() {
+                    if self.state == State::Backup && !self.standby && self.takeover_probe.is_none()
+                    {
                         let peer = self.probe_peer();
                         self.takeover_probe = Some(self.start_probe(now, Purpose::Takeover, peer));
                     }
                 }
                 Timer::MasterDown => {
-                    if self.state == State::Backup {
+                    if self.state == State::Backup && self.standby {
+                        if let Some(m) = self.master.take() {
+                            self.warn_nobody_holds(now, m);
+                        }
+                    } else if self.state == State::Backup {
                         self.master_down_expired = true;
                         if self.takeover_probe.is_none() {
                             let peer = self.probe_peer();

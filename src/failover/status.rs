@@ -8,7 +8,6 @@
 //! [`PeerBoard`] the driver refreshes after every event, so readers see a live
 //! "last heard" age without waking every watcher of the state.
 
-use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -66,15 +65,9 @@ impl FailoverStatus {
     /// Before the driver's first state change.
     pub fn starting(fip: &FloatingIp) -> FailoverStatus {
         FailoverStatus {
-            state: State::Init,
-            reason: "starting".into(),
-            vip: fip.vip,
-            interface: fip.interface.clone(),
             node: fip.local_ip,
             priority: fip.priority,
-            since: SystemTime::now(),
-            history: Arc::new(VecDeque::new()),
-            peers: PeerBoard::default(),
+            ..FailoverStatus::new(State::Init, "starting", fip.vip, &fip.interface)
         }
     }
 
@@ -104,15 +97,8 @@ mod tests {
     #[test]
     fn history_keeps_the_last_fifty() {
         let mut s = FailoverStatus {
-            state: State::Init,
-            reason: String::new(),
-            vip: Ipv4Addr::new(10, 0, 0, 1),
-            interface: "eth0".into(),
-            node: Ipv4Addr::new(10, 0, 0, 2),
-            priority: 100,
             since: SystemTime::UNIX_EPOCH,
-            history: Arc::default(),
-            peers: PeerBoard::default(),
+            ..FailoverStatus::new(State::Init, "", Ipv4Addr::new(10, 0, 0, 1), "eth0")
         };
         for i in 0..60 {
             let to = if i % 2 == 0 {

@@ -31,6 +31,12 @@ pub const VERSION: u8 = 1;
 /// Length of the fixed part, before the authentication tag.
 pub const HEADER_LEN: usize = 32;
 pub const MAX_AUTH_LEN: usize = 64;
+/// `flags` bit: the sender preempts a lower-ranked master.
+pub const FLAG_PREEMPT: u8 = 1;
+/// `flags` bit: the sender is in operator standby (it announces itself as FAULT,
+/// so that every version of the daemon leaves the VIP to the others; this bit only
+/// tells newer ones why).
+pub const FLAG_STANDBY: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WireState {

@@ -410,6 +410,133 @@ fn shutdown_releases_vip_before_resigning() {
     assert_eq!(m.next_timeout(), None);
 }
 
+#[test]
+fn standby_is_refused_without_a_healthy_peer_unless_forced() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(params(1, 100, false), 1, t0);
+    run_until(&mut m, t0, t0 + 500 * MS, dead_peer);
+    assert_eq!(m.state(), State::Master);
+    m.drain_actions();
+    let now = t0 + 500 * MS;
+    assert_eq!(m.standby(now, false), Err(Refusal::NoHealthyPeer));
+    assert_eq!(
+        m.state(),
+        State::Master,
+        "a refused command changes nothing"
+    );
+    assert!(m.drain_actions().is_empty());
+    assert!(!m.is_standby());
+    // Forced: the VIP goes, and the node never takes it back on its own.
+    assert_eq!(m.standby(now, true), Ok(()));
+    let acts = m.drain_actions();
+    assert_eq!(acts[0], Action::UnbindVip);
+    assert_eq!(m.state(), State::Backup);
+    let acts = run_until(&mut m, now, now + Duration::from_secs(5), dead_peer);
+    assert!(!acts.contains(&Action::BindVip), "{acts:?}");
+    assert_eq!(m.state(), State::Backup);
+    // Active again: alone, it takes the VIP after the dead interval.
+    let now = now + Duration::from_secs(5);
+    assert_eq!(m.active(now), Ok(()));
+    let acts = run_until(&mut m, now, now + 500 * MS, dead_peer);
+    assert_eq!(m.state(), State::Master, "{acts:?}");
+    assert!(acts.contains(&Action::BindVip));
+}
+
+#[test]
+fn master_standby_releases_then_resigns_and_the_peer_takes_over_at_once() {
+    let t0 = Instant::now();
+    // Epoch 9 like `hb`'s: m2 hears both the test's and m1's own heartbeats.
+    let mut m1 = Machine::new(params(1, 200, true), 9, t0);
+    let mut m2 = Machine::new(params(2, 100, false), 1, t0);
+    // Signed: the driver checked the MACs, no echo check before acting.
+    m1.set_signed(true);
+    m2.set_signed(true);
+    run_until(&mut m1, t0, t0 + 500 * MS, dead_peer);
+    assert_eq!(m1.state(), State::Master);
+    m1.drain_actions();
+    let now = t0 + 500 * MS;
+    // m1 hears m2 as a live BACKUP; m2 follows m1.
+    m1.handle_heartbeat(now, &hb(2, 100, WireState::Backup, 1));
+    m2.handle_heartbeat(now, &hb(1, 200, WireState::Master, 1));
+    m2.drain_actions();
+    assert_eq!(m1.healthy_peer(now), Some(ip(2)));
+    assert_eq!(m1.standby(now, false), Ok(()));
+    let acts = m1.drain_actions();
+    let unbind = acts.iter().position(|a| *a == Action::UnbindVip).unwrap();
+    let resign = acts
+        .iter()
+        .position(|a| matches!(a, Action::SendHeartbeat(h) if h.state == WireState::Resign))
+        .unwrap();
+    assert!(unbind < resign, "release before resigning: {acts:?}");
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::StandbyChanged { standby: true, .. }))
+    );
+    let Action::SendHeartbeat(r) = &acts[resign] else {
+        unreachable!()
+    };
+    // The resign reaches m2: it takes over at once, without a dead interval.
+    m2.handle_heartbeat(now, r);
+    assert_eq!(m2.state(), State::Master);
+    // m1's next heartbeats say FAULT + standby: m2 never waits for it.
+    let acts = run_until(&mut m1, now, now + 250 * MS, dead_peer);
+    let hbs: Vec<&Heartbeat> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendHeartbeat(h) => Some(h),
+            _ => None,
+        })
+        .collect();
+    assert!(!hbs.is_empty());
+    for h in hbs {
+        assert_eq!(h.state, WireState::Fault);
+        assert_eq!(
+            h.flags & crate::failover::wire::FLAG_STANDBY,
+            crate::failover::wire::FLAG_STANDBY
+        );
+    }
+    assert_eq!(m1.echo_status().0, WireState::Fault);
+    // m1 outranks m2 and preempts, but not in standby.
+    let mut seq = 10;
+    let mut now = now;
+    for _ in 0..20 {
+        seq += 1;
+        now += 100 * MS;
+        m1.handle_heartbeat(now, &hb(2, 100, WireState::Master, seq));
+        let acts = run_until(&mut m1, now, now + 100 * MS, master_alive);
+        assert!(!acts.contains(&Action::BindVip), "{acts:?}");
+    }
+    // Active: preemption applies again.
+    assert_eq!(m1.active(now), Ok(()));
+    m1.drain_actions();
+    m1.handle_heartbeat(now + MS, &hb(2, 100, WireState::Master, seq + 1));
+    assert_eq!(m1.state(), State::Master);
+}
+
+#[test]
+fn a_backup_in_standby_ignores_resign_and_silence() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(params(1, 100, false), 1, t0);
+    m.handle_heartbeat(t0, &hb(2, 200, WireState::Master, 1));
+    m.drain_actions();
+    assert_eq!(m.standby(t0, false), Ok(()), "the master is a healthy peer");
+    assert_eq!(m.state(), State::Backup);
+    m.handle_heartbeat(t0 + 10 * MS, &hb(2, 200, WireState::Resign, 2));
+    assert_eq!(m.state(), State::Backup, "no takeover on resign in standby");
+    let acts = run_until(&mut m, t0, t0 + Duration::from_secs(3), dead_peer);
+    assert!(!acts.contains(&Action::BindVip), "{acts:?}");
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Probe { .. })),
+        "no takeover probe in standby"
+    );
+    // Stopping ends the switch.
+    m.shutdown(t0 + Duration::from_secs(3));
+    assert_eq!(
+        m.active(t0 + Duration::from_secs(3)),
+        Err(Refusal::Stopping)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Whole clusters in simulated time.
 // ---------------------------------------------------------------------------
@@ -434,6 +561,10 @@ mod sim {
         CutOff(usize, bool),
         /// Link of a node down/up.
         Link(usize, bool),
+        /// The operator puts a node in standby (`true`: forced) ...
+        Standby(usize, bool),
+        /// ... or makes it active again.
+        Active(usize),
     }
 
     fn op(n: usize) -> impl Strategy<Value = Op> {
@@ -444,6 +575,8 @@ mod sim {
             (0..n, 0..n, any::<bool>()).prop_map(|(a, b, d)| Op::DropHeartbeats(a, b, d)),
             (0..n, any::<bool>()).prop_map(|(a, c)| Op::CutOff(a, c)),
             (0..n, any::<bool>()).prop_map(|(a, u)| Op::Link(a, u)),
+            (0..n, any::<bool>()).prop_map(|(a, f)| Op::Standby(a, f)),
+            (0..n).prop_map(Op::Active),
         ]
     }
 
@@ -592,7 +725,7 @@ mod sim {
             }
         }
 
-        fn pump(&mut self, i: usize) {
+        pub fn pump(&mut self, i: usize) {
             loop {
                 let Some(m) = self.nodes[i].m.as_mut() else {
                     return;
@@ -647,7 +780,10 @@ mod sim {
                             m.handle_verify(now, id, check);
                         }
                     }
-                    Action::Garp | Action::GarpRefresh | Action::ConfirmEpoch { .. } => {}
+                    Action::Garp
+                    | Action::GarpRefresh
+                    | Action::ConfirmEpoch { .. }
+                    | Action::StandbyChanged { .. } => {}
                 }
             }
         }
@@ -681,7 +817,23 @@ mod sim {
                     }
                     self.pump(i);
                 }
+                Op::Standby(i, force) => {
+                    if let Some(m) = self.nodes[i].m.as_mut() {
+                        let _ = m.standby(self.now, force);
+                    }
+                    self.pump(i);
+                }
+                Op::Active(i) => {
+                    if let Some(m) = self.nodes[i].m.as_mut() {
+                        let _ = m.active(self.now);
+                    }
+                    self.pump(i);
+                }
             }
+        }
+
+        pub fn standby(&self, i: usize) -> bool {
+            self.nodes[i].m.as_ref().is_some_and(|m| m.is_standby())
         }
 
         /// Heal everything (links, cuts, drops) without restarting anybody.
@@ -796,6 +948,7 @@ mod sim {
                 for i in sim.live() {
                     let master = sim.state(i) == Some(State::Master);
                     assert_eq!(master, sim.nodes[i].holds_vip, "node {i} VIP/state mismatch: {:?}", sim.state(i));
+                    assert!(!(sim.standby(i) && sim.nodes[i].holds_vip), "node {i} holds the VIP in standby");
                 }
             };
             for (dt, op) in &ops {
@@ -809,6 +962,22 @@ mod sim {
                 sim.start(0);
             }
             // Settle: dead interval + probe + a restart's startup + preemption.
+            let settle = sim.now + Duration::from_millis(3000);
+            sim.run(settle, consistent);
+            // Nodes in standby stay out; one of the others (if any) is master.
+            let eligible: Vec<usize> = sim.live().filter(|i| !sim.standby(*i)).collect();
+            let masters = sim.masters();
+            if eligible.is_empty() {
+                prop_assert!(masters.is_empty(), "masters {:?} while every node is in standby", masters);
+            } else {
+                prop_assert_eq!(masters.len(), 1, "masters {:?} eligible {:?}", masters, eligible);
+                prop_assert!(eligible.contains(&masters[0]));
+            }
+            // Everybody active again: the usual election rules from here on.
+            let live: Vec<usize> = sim.live().collect();
+            for i in live {
+                sim.apply(&Op::Active(i));
+            }
             let settle = sim.now + Duration::from_millis(3000);
             sim.run(settle, consistent);
             let masters = sim.masters();
@@ -826,6 +995,68 @@ mod sim {
                 let best = sim.live().max_by_key(|i| sim.rank(*i)).unwrap_or(0);
                 prop_assert_eq!(sim.masters(), vec![best]);
             }
+        }
+
+        /// Standby and active at random moments, with crashes and heartbeat loss:
+        /// a node in standby never holds the VIP; when the master goes to standby
+        /// with a healthy peer, a peer holds the VIP again within a few
+        /// milliseconds (the resign); and once all are active, one master.
+        #[test]
+        fn standby_hands_over_at_once(prios in proptest::collection::vec(1u8..=255, 2..=3),
+                                      preempt in any::<bool>(),
+                                      ops in proptest::collection::vec((0u64..800, 0usize..3, 0u8..4), 1..10)) {
+            let n = prios.len();
+            let s = Scenario { preempt: vec![preempt; n], priorities: prios, targets: false, ops: vec![], jitter: vec![1, 40, 9, 200] };
+            let mut sim = Sim::new(&s);
+            let t = sim.now + Duration::from_millis(1000);
+            sim.run(t, |_| {});
+            let mut dropping = vec![vec![false; n]; n];
+            for (dt, who, what) in ops {
+                let i = who % n;
+                let t = sim.now + Duration::from_millis(dt);
+                sim.run(t, |sim| {
+                    for j in sim.live() {
+                        assert!(!(sim.standby(j) && sim.nodes[j].holds_vip), "node {j} holds the VIP in standby");
+                    }
+                });
+                match what {
+                    0 | 1 => {
+                        let was_master = sim.state(i) == Some(State::Master);
+                        let now = sim.now;
+                        let accepted = sim.nodes[i].m.as_mut().map(|m| m.standby(now, what == 1));
+                        sim.pump(i);
+                        if accepted == Some(Ok(())) {
+                            prop_assert!(!sim.nodes[i].holds_vip);
+                        }
+                        let lossless = dropping.iter().flatten().all(|d| !d);
+                        // Two nodes sent to standby within a delivery delay of each
+                        // other may each still count the other as healthy: only a
+                        // peer that really is eligible must take over.
+                        let eligible = (0..n).any(|j| j != i && sim.nodes[j].m.is_some() && !sim.standby(j));
+                        if was_master && accepted == Some(Ok(())) && what == 0 && lossless && eligible {
+                            // A healthy peer was heard: it holds the VIP within a few ms.
+                            let t = sim.now + Duration::from_millis(20);
+                            sim.run(t, |_| {});
+                            prop_assert_eq!(sim.holders().len(), 1, "no holder 20 ms after standby of node {}", i);
+                        }
+                    }
+                    2 => sim.apply(&Op::Active(i)),
+                    _ => {
+                        let (j, d) = ((i + 1) % n, dt % 2 == 0);
+                        dropping[i][j] = d;
+                        dropping[j][i] = d;
+                        sim.apply(&Op::DropHeartbeats(i, j, d));
+                    }
+                }
+            }
+            sim.heal();
+            for i in 0..n {
+                sim.apply(&Op::Active(i));
+            }
+            let t = sim.now + Duration::from_millis(3000);
+            sim.run(t, |_| {});
+            prop_assert_eq!(sim.masters().len(), 1);
+            prop_assert_eq!(sim.holders(), sim.masters());
         }
 
         /// A master never lingers after hearing a better master: two nodes that were
