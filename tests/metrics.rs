@@ -346,6 +346,21 @@ mod lab_test {
             },
         );
         assert!(value(&b, "gateway_heartbeats_sent_total", &[]).is_some_and(|v| v > 0.0));
+        let master_ip = lab.ip(master).to_string();
+        assert!(
+            value(
+                &b,
+                "gateway_failover_peer_last_heard_seconds",
+                &[("peer", master_ip.as_str())]
+            )
+            .is_some(),
+            "the master is on the backup's peer board"
+        );
+        assert_eq!(value(&b, "gateway_failover_standby", &[]), Some(0.0));
+        assert!(
+            value(&b, "gateway_failover_state_since_timestamp_seconds", &[])
+                .is_some_and(|v| v > 1.7e9)
+        );
         assert_eq!(
             value(
                 &b,

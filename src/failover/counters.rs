@@ -19,9 +19,8 @@
 //! second, so the two small mutexes here cost nothing that matters.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{LazyLock, Mutex, MutexGuard};
-use std::time::SystemTime;
 
 use super::driver::DropCounters;
 use super::machine::{Counters, State};
@@ -37,8 +36,6 @@ pub struct FailoverCounters {
     pub drops: DropCounters,
     /// Gratuitous ARP frames sent (a request and a reply per round).
     pub garp_sent: AtomicU64,
-    /// Unix time (seconds) of the last state change; 0 before the first.
-    pub last_transition: AtomicU64,
     machine: Mutex<Counters>,
     transitions: Mutex<BTreeMap<Transition, u64>>,
 }
@@ -86,10 +83,6 @@ impl FailoverCounters {
             reason: reason_kind(reason),
         };
         *lock(&self.transitions).entry(key).or_insert(0) += 1;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.last_transition.store(now, Ordering::Relaxed);
     }
 
     /// Every transition seen so far, with its count.
@@ -129,6 +122,7 @@ pub fn reason_kind(reason: &str) -> &'static str {
     // Order matters: "... and no probe target answers: this node is cut off" is a
     // takeover that found itself cut off, not a target failure of a master.
     const KINDS: &[(&str, &str)] = &[
+        ("standby requested", "standby"),
         ("startup", "startup"),
         ("shutdown requested", "shutdown"),
         ("higher-ranked master", "higher_master"),
@@ -195,6 +189,11 @@ mod tests {
                 "no master heard within 300ms and its echo check failed",
                 "no_master",
             ),
+            ("standby requested: the VIP is left to 10.0.0.2", "standby"),
+            (
+                "standby requested: forced: no healthy peer is heard, nobody holds the VIP",
+                "standby",
+            ),
             ("something new", "other"),
         ];
         for (text, kind) in cases {
@@ -230,6 +229,5 @@ mod tests {
             },
             2
         )));
-        assert!(c.last_transition.load(Ordering::Relaxed) > 0);
     }
 }

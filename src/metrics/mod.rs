@@ -404,13 +404,32 @@ fn encode_failover(
         f.value(&[("from", t.from), ("to", t.to), ("reason", t.reason)], n)?;
     }
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let since = (st.since.duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_secs());
     Family::new(
         enc,
-        "gateway_failover_last_transition_timestamp_seconds",
-        "Unix time of the last state change",
+        "gateway_failover_state_since_timestamp_seconds",
+        "Unix time of the last change of state or standby",
         Gauge,
     )?
-    .value(&[], load(&c.last_transition))?;
+    .value(&[], since)?;
+    Family::new(
+        enc,
+        "gateway_failover_standby",
+        "1 while an operator keeps this node in standby (it never takes the VIP)",
+        Gauge,
+    )?
+    .value(&[], u64::from(st.standby))?;
+    let peers = st.peers.get();
+    let names: Vec<String> = peers.iter().map(|p| p.node.to_string()).collect();
+    let mut f = Family::new(
+        enc,
+        "gateway_failover_peer_last_heard_seconds",
+        "Seconds since the last heartbeat of each peer of the group",
+        Gauge,
+    )?;
+    for (p, name) in peers.iter().zip(&names) {
+        f.value(&[("peer", name.as_str())], p.last_heard.elapsed().as_secs())?;
+    }
     Family::new(
         enc,
         "gateway_heartbeats_sent",
