@@ -23,7 +23,9 @@ pub mod acme;
 pub mod auth;
 pub mod chain;
 pub mod duration;
+pub mod flag;
 pub mod floating_ip;
+pub mod metrics;
 pub mod service;
 pub mod tls;
 
@@ -54,6 +56,9 @@ pub struct Config {
     /// GOST's forwarding chains, named by `handler.chain` (see [`chain`]).
     #[serde(default)]
     pub chains: Vec<chain::ChainConfig>,
+    /// GOST's `metrics:` endpoint (Prometheus); off unless set.
+    #[serde(default)]
+    pub metrics: Option<metrics::MetricsConfig>,
 }
 
 /// Why a file with neither section is refused (at `-test`, at start and on reload).
@@ -182,6 +187,9 @@ impl Config {
         }
         if let Some(a) = &self.api {
             a.validate("api")?;
+        }
+        if let Some(m) = &self.metrics {
+            m.validate("metrics")?;
         }
         for (i, s) in self.services.iter().enumerate() {
             if s.listener

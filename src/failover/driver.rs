@@ -513,7 +513,8 @@ pub async fn run_keyed(
     if let Some(peer) = fip.peer_ip {
         dests.push(SocketAddrV4::new(peer, fip.heartbeat_port));
     }
-    let drops = DropCounters::default();
+    let counters = super::counters::global();
+    let drops = &counters.drops;
     let mut shell = Shell {
         fip: &fip,
         vip,
@@ -606,6 +607,7 @@ pub async fn run_keyed(
             }
             _ = sleep => machine.handle_timeout(Instant::now()),
         }
+        counters.set_machine(&machine.counters);
         shell.execute(&mut machine).await;
         shell.status_tx.borrow().peers.set(machine.peers());
     }
@@ -672,11 +674,18 @@ impl Shell<'_> {
                     } else {
                         1
                     };
+                    let counters = super::counters::global();
                     for _ in 0..copies {
                         for d in &self.dests {
-                            if let Err(e) = self.sock.send_to(&bytes, *d).await {
-                                tracing::debug!(dest = %d, error = %e, "heartbeat send failed");
-                            }
+                            match self.sock.send_to(&bytes, *d).await {
+                                Ok(_) => counters.heartbeats_sent.fetch_add(1, Ordering::Relaxed),
+                                Err(e) => {
+                                    tracing::debug!(dest = %d, error = %e, "heartbeat send failed");
+                                    counters
+                                        .heartbeat_send_errors
+                                        .fetch_add(1, Ordering::Relaxed)
+                                }
+                            };
                         }
                     }
                 }
@@ -761,6 +770,7 @@ impl Shell<'_> {
                 }
                 Action::StateChanged { from, to, reason } => {
                     tracing::info!(from = %from, to = %to, reason = %reason, "state change");
+                    super::counters::global().transition(from, to, &reason);
                     let _ = self.echo_tx.send(machine.echo_status());
                     let standby = machine.is_standby();
                     self.status_tx.send_modify(|s| {

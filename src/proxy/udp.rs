@@ -41,7 +41,7 @@ use tracing::{debug, warn};
 
 use super::balance::Node;
 use super::service::Service;
-use super::stats::{Active, inc};
+use super::stats::{Active, Timed, inc};
 use crate::config::service::UdpConfig;
 
 /// A UDP service: the shared [`Service`] and gobetween's `udp` options.
@@ -91,6 +91,7 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<UdpService>, stop: Canc
                         continue;
                     }
                     inc(&svc.stats.udp_in);
+                    svc.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     (n, client, None)
                 }
                 Err(e) => {
@@ -293,6 +294,7 @@ impl Session {
         let cfg = &self.ctx.cfg;
         let _lease = self.node.acquire();
         let _active = Active::new(&ctx.stats.active);
+        let _timed = Timed::new(&ctx.stats.duration);
         let counter = self.node.byte_counter();
         let kill = ctx.kill.clone();
         let (mut requests, mut responses) = (0u64, 0u64);
@@ -397,7 +399,11 @@ impl Session {
             Err(e) => return Err(e),
         };
         match self.listener.try_send_to(&buf[..n], self.client) {
-            Ok(_) => inc(&self.ctx.svc.stats.udp_out),
+            Ok(sent) => {
+                inc(&self.ctx.svc.stats.udp_out);
+                let stats = &self.ctx.svc.stats;
+                stats.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
+            }
             Err(e) => {
                 inc(&self.ctx.svc.stats.udp_dropped);
                 debug!(service = %self.ctx.svc.name, client = %self.client, error = %e, "send to client failed");
