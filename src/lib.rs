@@ -23,5 +23,6 @@ pub mod config;
 pub mod daemon;
 pub mod failover;
 pub mod import;
+pub mod metrics;
 pub mod net;
 pub mod proxy;

@@ -44,6 +44,10 @@ struct Cli {
     /// The Web API, GOST's form: `[user:pass@]addr[?pathPrefix=/api]`; overrides `api:`.
     #[arg(long = "api", value_parser = ApiConfig::from_flag)]
     api: Option<ApiConfig>,
+    /// GOST's `-metrics "user:pass@127.0.0.1:9000?path=/metrics"`: serve Prometheus
+    /// metrics there (replaces the file's `metrics:` section).
+    #[arg(long = "metrics", value_parser = gateway::config::metrics::MetricsConfig::from_flag)]
+    metrics: Option<gateway::config::metrics::MetricsConfig>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
@@ -203,6 +207,7 @@ fn main() -> ExitCode {
         config: cli.config.clone(),
         grace: Duration::from_secs(cli.grace),
         api: cli.api.clone(),
+        metrics: cli.metrics.clone(),
     };
     match runtime.block_on(daemon::run(opts, source)) {
         Ok(()) => ExitCode::SUCCESS,

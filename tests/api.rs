@@ -134,7 +134,13 @@ fn auth_shapes_and_errors() {
     assert_eq!(c["api"]["auth"]["password"], "MASKED");
     let status = &c["services"][0]["status"];
     assert_eq!(status["state"], "running");
-    for k in ["totalConns", "currentConns", "totalErrs"] {
+    for k in [
+        "totalConns",
+        "currentConns",
+        "totalErrs",
+        "inputBytes",
+        "outputBytes",
+    ] {
         assert!(status["stats"][k].is_u64(), "{k}: {status}");
     }
     let y = get(&l, "/api/config?format=yaml");
@@ -146,7 +152,10 @@ fn auth_shapes_and_errors() {
     assert_eq!(echo_once(l.a, "ping").unwrap(), "ping");
     assert!(wait_for(5, || {
         let s = get(&l, "/api/config/services/a").json();
-        s["data"]["status"]["stats"]["totalConns"].as_u64() >= Some(1)
+        let st = &s["data"]["status"]["stats"];
+        st["totalConns"].as_u64() >= Some(1)
+            && st["inputBytes"].as_u64() >= Some(4)
+            && st["outputBytes"].as_u64() >= Some(4)
     }));
 
     // 404s.

@@ -62,6 +62,8 @@ fn status(d: &Daemon, name: &str) -> Value {
             "totalConns": c.accepted,
             "currentConns": c.active,
             "totalErrs": c.errors + c.no_node + c.denied + c.over_limit,
+            "inputBytes": c.bytes_in,
+            "outputBytes": c.bytes_out,
             "completed": c.completed,
             "denied": c.denied,
             "overLimit": c.over_limit,

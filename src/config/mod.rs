@@ -23,8 +23,10 @@ pub mod acme;
 pub mod auth;
 pub mod chain;
 pub mod duration;
+pub mod flag;
 pub mod floating_ip;
 pub mod resolver;
+pub mod metrics;
 pub mod service;
 pub mod tls;
 
@@ -61,6 +63,9 @@ pub struct Config {
     /// GOST's host mappers, referred to by name (`hosts:`).
     #[serde(default)]
     pub hosts: Vec<resolver::HostsConfig>,
+    /// GOST's `metrics:` endpoint (Prometheus); off unless set.
+    #[serde(default)]
+    pub metrics: Option<metrics::MetricsConfig>,
 }
 
 /// Why a file with neither section is refused (at `-test`, at start and on reload).
@@ -191,6 +196,9 @@ impl Config {
         }
         if let Some(a) = &self.api {
             a.validate("api")?;
+        }
+        if let Some(m) = &self.metrics {
+            m.validate("metrics")?;
         }
         for (i, s) in self.services.iter().enumerate() {
             if s.listener

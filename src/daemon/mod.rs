@@ -44,6 +44,8 @@ pub struct Options {
     pub grace: Duration,
     /// `-api`: overrides the file's `api:` section.
     pub api: Option<ApiConfig>,
+    /// `-metrics`: overrides the file's `metrics:` section.
+    pub metrics: Option<crate::config::metrics::MetricsConfig>,
 }
 
 /// Why the daemon stopped with an error.
@@ -55,6 +57,8 @@ pub enum DaemonError {
     Services(#[from] ProxyError),
     #[error("api: {0}")]
     Api(String),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("failover: {0}")]
     Failover(#[from] FailoverError),
     #[error("failover stopped unexpectedly")]
@@ -88,6 +92,7 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
         (source.loaded.floating_ip.as_ref()).map(|fip| watch::channel(Arc::new(fip.keys.clone())));
     let fip = source.loaded.floating_ip.clone();
     let api_cfg = opts.api.clone().or(source.loaded.config.api.clone());
+    let metrics_cfg = (opts.metrics.clone()).or(source.loaded.config.metrics.clone());
     let n_services = source.loaded.config.services.len();
     let daemon = Daemon::start(
         opts.config.clone(),
@@ -113,6 +118,13 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
         crate::api::spawn(cfg, ctx, cancel.clone())
             .await
             .map_err(|e| DaemonError::Api(e.to_string()))?;
+    }
+    // The metrics endpoint reads the services through a view that follows every
+    // reload and API edit; like the API, a taken port stops the start here.
+    if let Some(cfg) = metrics_cfg {
+        let view = lock(&daemon).services().view();
+        let sources = crate::metrics::Sources::new(view, status_rx.clone());
+        crate::metrics::MetricsServer::start(&cfg, sources, cancel.clone()).await?;
     }
 
     let mut failover = fip

@@ -251,6 +251,8 @@ pub fn send_garp(
         }
         for f in &frames {
             send(tx.as_mut(), ifname, f)?;
+            let sent = &super::counters::global().garp_sent;
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
     tracing::debug!(ifname, %vip, %mac, count, "gratuitous ARP sent");

@@ -531,7 +531,8 @@ pub async fn run_keyed(
     if let Some(peer) = fip.peer_ip {
         dests.push(SocketAddrV4::new(peer, fip.heartbeat_port));
     }
-    let drops = DropCounters::default();
+    let counters = super::counters::global();
+    let drops = &counters.drops;
     let mut shell = Shell {
         fip: &fip,
         vip,
@@ -650,6 +651,7 @@ pub async fn run_keyed(
             _ = sleep => machine.handle_timeout(Instant::now()),
             _ = steer_sleep => steer.on_timeout(&link).await,
         }
+        counters.set_machine(&machine.counters);
         shell.execute(&mut machine).await;
         shell.status_tx.borrow().peers.set(machine.peers());
     }
@@ -732,11 +734,18 @@ impl Shell<'_> {
                     } else {
                         1
                     };
+                    let counters = super::counters::global();
                     for _ in 0..copies {
                         for d in &self.dests {
-                            if let Err(e) = self.sock.send_to(&bytes, *d).await {
-                                tracing::debug!(dest = %d, error = %e, "heartbeat send failed");
-                            }
+                            match self.sock.send_to(&bytes, *d).await {
+                                Ok(_) => counters.heartbeats_sent.fetch_add(1, Ordering::Relaxed),
+                                Err(e) => {
+                                    tracing::debug!(dest = %d, error = %e, "heartbeat send failed");
+                                    counters
+                                        .heartbeat_send_errors
+                                        .fetch_add(1, Ordering::Relaxed)
+                                }
+                            };
                         }
                     }
                 }
@@ -821,6 +830,7 @@ impl Shell<'_> {
                 }
                 Action::StateChanged { from, to, reason } => {
                     tracing::info!(from = %from, to = %to, reason = %reason, "state change");
+                    super::counters::global().transition(from, to, &reason);
                     let _ = self.echo_tx.send(machine.echo_status());
                     let standby = machine.is_standby();
                     let handover = to == State::Stopped && self.handing_over;

@@ -8,12 +8,14 @@
 //! * [`replay`] — which heartbeats of a sender are new (epoch + sequence).
 //! * [`driver`] — the async shell: sockets, timers, probes, netlink, hooks.
 //! * [`handover`] — a planned switchover that keeps established connections.
+//! * [`counters`] — what the failover thread counts, for the metrics endpoint.
 //! * [`confirm`] — asking a silent peer several ways at once before taking over.
 //! * [`vip`], [`arp`], [`netwatch`], [`probe`] — the kernel-facing pieces the driver uses.
 
 pub mod arp;
 pub mod auth;
 pub mod confirm;
+pub mod counters;
 pub mod driver;
 pub mod handover;
 pub mod inbound;

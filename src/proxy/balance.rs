@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use super::stats::{ConnectBuckets, Histogram};
 use crate::config::service::{NodeConfig, SelectorConfig, Strategy};
 
 /// One backend and what is known about it.
@@ -59,6 +60,10 @@ use crate::config::service::{NodeConfig, SelectorConfig, Strategy};
 pub struct Node {
     pub config: NodeConfig,
     active: AtomicU64,
+    /// Connections (or UDP sessions) ever handed to this node.
+    total: AtomicU64,
+    /// How long connecting to it took (successful connects only).
+    pub connect_time: Histogram<ConnectBuckets>,
     /// Bytes moved to and from this node (both directions), ever.
     bytes: Arc<AtomicU64>,
     /// Bytes per second over the last sampling period.
@@ -79,6 +84,8 @@ impl Node {
         Node {
             config,
             active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            connect_time: Histogram::default(),
             bytes: Arc::new(AtomicU64::new(0)),
             rate: AtomicU64::new(0),
             last_bytes: AtomicU64::new(0),
@@ -105,9 +112,20 @@ impl Node {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Connections (or UDP sessions) ever handed to this node.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Bytes moved to and from this node, both directions, ever.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Count one connection for `leastconn` until the lease is dropped.
     pub fn acquire(self: &Arc<Self>) -> NodeLease {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
         NodeLease(self.clone())
     }
 

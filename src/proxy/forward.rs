@@ -33,7 +33,7 @@ use super::handler::{ConnInfo, ProxyHandler};
 use super::relay::{RelayOpts, relay_tcp, relay_with};
 use super::router::Router;
 use super::service::Service;
-use super::stats::{Active, LogLimiter, inc};
+use super::stats::{Active, LogLimiter, Timed, inc};
 use super::{proxy_protocol, tls};
 use crate::config::service::ProxyProtocolVersion;
 
@@ -119,6 +119,7 @@ async fn serve_tcp(
 ) {
     let svc = &ctx.svc;
     let _active = Active::new(&svc.stats.active);
+    let _timed = Timed::new(&svc.stats.duration);
     let kill = svc.kill.clone();
     // Connections to an address this host no longer holds (the VIP moved away)
     // are cut at once: see `cut`. The token is selected on here rather than by
@@ -248,6 +249,7 @@ fn relay_opts(ctx: &TcpService, guard: &NodeLease) -> RelayOpts {
         a_idle: ctx.svc.client_idle,
         b_idle: ctx.svc.backend_idle,
         counter: Some(guard.node().byte_counter()),
+        service: Some(ctx.svc.stats.clone()),
     }
 }
 
@@ -319,8 +321,10 @@ impl TcpService {
     pub async fn connect_node(&self, client: SocketAddr) -> Option<(Arc<Node>, Outbound)> {
         let mut tried: Vec<Arc<Node>> = Vec::new();
         while let Some(node) = self.svc.balancer.pick(client.ip(), &tried) {
+            let started = std::time::Instant::now();
             match self.router.dial(node.addr(), client.ip()).await {
                 Ok(s) => {
+                    node.connect_time.observe(started.elapsed());
                     node.connect_ok();
                     return Some((node, s));
                 }

@@ -117,13 +117,16 @@ impl Running {
         .map_err(|e| fail(format!("resolver: {e}")))?;
         // Everything that can fail is built before the socket is bound: here only
         // the files a TLS section names can (they are read now).
+        let stats = Arc::new(ServiceStats::default());
         let mut proxy = ProxyHandler::from_config(&cfg.handler, router.clone());
         if let Some(h) = &mut proxy {
-            // The service's idle timeouts apply to the tunnels the handler opens.
+            // The service's idle timeouts apply to the tunnels the handler opens,
+            // and their bytes count as the service's.
             h.set_relay_opts(RelayOpts {
                 a_idle: cfg.client_idle_timeout.get(),
                 b_idle: cfg.backend_idle_timeout.get(),
                 counter: None,
+                service: Some(stats.clone()),
             });
         }
         let tls = match (cfg.listener.kind, &cfg.listener.tls) {
@@ -166,7 +169,6 @@ impl Running {
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let stats = Arc::new(ServiceStats::default());
         spawn_forwarder_tasks(&name, fwd, &balancer, &router, &stop);
 
         let svc = Service {

@@ -68,7 +68,7 @@ use tracing::info;
 use crate::config::ServiceConfig;
 use balance::Balancer;
 use lifecycle::{Bound, Running, bound_key};
-use stats::{HandlerCounts, ServiceCounts};
+use stats::{HandlerCounts, HandlerStats, ServiceCounts, ServiceStats};
 
 /// Errors starting or reloading services.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,33 @@ pub struct ServiceSet {
     /// How long services removed or replaced by a reload may finish their
     /// in-flight connections before being cut.
     reload_grace: Duration,
+    /// Published after every change, for readers on other tasks.
+    view: ServiceView,
+}
+
+/// The running services' counters, for readers that do not own the
+/// [`ServiceSet`] (the metrics endpoint reads it at every scrape). A clone is a
+/// handle on the same list, which every [`ServiceSet::reload`] replaces.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceView(Arc<arc_swap::ArcSwap<Vec<ServiceEntry>>>);
+
+/// One running service as a [`ServiceView`] shows it: shared handles on its
+/// live counters, never copies.
+#[derive(Debug, Clone)]
+pub struct ServiceEntry {
+    pub name: String,
+    pub stats: Arc<ServiceStats>,
+    /// For a proxy handler (`http`, `socks5`, `socks4`, `auto`).
+    pub handler_stats: Option<Arc<HandlerStats>>,
+    /// For a forwarding service: its nodes.
+    pub balancer: Option<Arc<Balancer>>,
+}
+
+impl ServiceView {
+    /// The services running now, by name.
+    pub fn services(&self) -> Arc<Vec<ServiceEntry>> {
+        self.0.load_full()
+    }
 }
 
 /// Default drain time for services removed by a reload.
@@ -107,6 +134,7 @@ impl ServiceSet {
         ServiceSet {
             running: HashMap::new(),
             reload_grace: DEFAULT_RELOAD_GRACE,
+            view: ServiceView::default(),
         }
     }
 
@@ -150,6 +178,7 @@ impl ServiceSet {
         for r in started {
             self.running.insert(r.config.name.clone(), r);
         }
+        self.publish();
         if !retired.is_empty() {
             let grace = self.reload_grace;
             for r in &retired {
@@ -176,6 +205,26 @@ impl ServiceSet {
         if n > 0 {
             info!(services = n, "all services stopped");
         }
+    }
+
+    /// A handle that follows the running services across reloads.
+    pub fn view(&self) -> ServiceView {
+        self.view.clone()
+    }
+
+    fn publish(&self) {
+        let mut list: Vec<ServiceEntry> = self
+            .running
+            .values()
+            .map(|r| ServiceEntry {
+                name: r.config.name.clone(),
+                stats: r.stats.clone(),
+                handler_stats: r.handler_stats.clone(),
+                balancer: r.balancer.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        self.view.0.store(Arc::new(list));
     }
 
     /// Grace period for services retired by [`reload`](Self::reload).

@@ -60,6 +60,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::stats::ServiceStats;
+
 /// Options of one relayed connection. `a` is the client side, `b` the backend.
 #[derive(Debug, Clone, Default)]
 pub struct RelayOpts {
@@ -69,6 +71,9 @@ pub struct RelayOpts {
     pub b_idle: Option<Duration>,
     /// Added to as bytes move, in both directions (for `leastbandwidth`).
     pub counter: Option<Arc<AtomicU64>>,
+    /// The service's counters: `a → b` bytes are added to `bytes_in` (from the
+    /// client), `b → a` to `bytes_out`, as they move.
+    pub service: Option<Arc<ServiceStats>>,
 }
 
 /// Copy both directions until both sides are done; returns (a→b, b→a) byte counts.
@@ -89,10 +94,31 @@ where
 {
     let (ar, aw) = &mut tokio::io::split(a);
     let (br, bw) = &mut tokio::io::split(b);
+    let (up, down) = served(opts);
     tokio::try_join!(
-        copy_stream(ar, bw, opts.a_idle, opts.b_idle, opts.counter.as_deref()),
-        copy_stream(br, aw, opts.b_idle, opts.a_idle, opts.counter.as_deref()),
+        copy_stream(
+            ar,
+            bw,
+            opts.a_idle,
+            opts.b_idle,
+            [opts.counter.as_deref(), up]
+        ),
+        copy_stream(
+            br,
+            aw,
+            opts.b_idle,
+            opts.a_idle,
+            [opts.counter.as_deref(), down]
+        ),
     )
+}
+
+/// The service counters of the two directions: (`a → b`, `b → a`).
+fn served(opts: &RelayOpts) -> (Option<&AtomicU64>, Option<&AtomicU64>) {
+    match opts.service.as_deref() {
+        Some(s) => (Some(&s.bytes_in), Some(&s.bytes_out)),
+        None => (None, None),
+    }
 }
 
 async fn copy_stream<R, W>(
@@ -100,7 +126,7 @@ async fn copy_stream<R, W>(
     dst: &mut W,
     read_idle: Option<Duration>,
     write_idle: Option<Duration>,
-    counter: Option<&AtomicU64>,
+    counters: [Option<&AtomicU64>; 2],
 ) -> io::Result<u64>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -120,7 +146,7 @@ where
         }
         wt.wait(dst.write_all(&b.0[..n])).await?;
         total += n as u64;
-        if let Some(c) = counter {
+        for c in counters.into_iter().flatten() {
             c.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
@@ -146,8 +172,16 @@ async fn relay_tcp_mode(
     splice: bool,
 ) -> io::Result<(u64, u64)> {
     let counter = opts.counter.as_deref();
-    let mut up = Direction::new(a, b, opts.a_idle, opts.b_idle, counter, splice);
-    let mut down = Direction::new(b, a, opts.b_idle, opts.a_idle, counter, splice);
+    let (served_up, served_down) = served(opts);
+    let mut up = Direction::new(a, b, opts.a_idle, opts.b_idle, [counter, served_up], splice);
+    let mut down = Direction::new(
+        b,
+        a,
+        opts.b_idle,
+        opts.a_idle,
+        [counter, served_down],
+        splice,
+    );
     let (mut up_done, mut down_done) = (None, None);
     std::future::poll_fn(|cx| {
         if up_done.is_none() {
@@ -210,7 +244,8 @@ enum Waiting {
 struct Direction<'a> {
     src: &'a TcpStream,
     dst: &'a TcpStream,
-    counter: Option<&'a AtomicU64>,
+    /// Added to as bytes move: the node's and the service's counters.
+    counters: [Option<&'a AtomicU64>; 2],
     read_idle: Option<Duration>,
     write_idle: Option<Duration>,
     in_flight: InFlight,
@@ -235,13 +270,13 @@ impl<'a> Direction<'a> {
         dst: &'a TcpStream,
         read_idle: Option<Duration>,
         write_idle: Option<Duration>,
-        counter: Option<&'a AtomicU64>,
+        counters: [Option<&'a AtomicU64>; 2],
         splice: bool,
     ) -> Self {
         Direction {
             src,
             dst,
-            counter,
+            counters,
             read_idle,
             write_idle,
             in_flight: InFlight::None,
@@ -258,7 +293,7 @@ impl<'a> Direction<'a> {
 
     fn moved(&mut self, n: usize) {
         self.total += n as u64;
-        if let Some(c) = self.counter {
+        for c in self.counters.into_iter().flatten() {
             c.fetch_add(n as u64, Ordering::Relaxed);
         }
         self.waiting = Waiting::Nothing;

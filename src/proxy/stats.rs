@@ -13,8 +13,13 @@
 //! Gauges (connections in flight) are held right by an [`Active`] guard, which
 //! decrements on every exit path, a cancelled task included. [`LogLimiter`]
 //! keeps a failure that repeats per connection to one log line a second.
+//! [`Histogram`] is a lock-free histogram (one atomic add per bucket hit) for
+//! connection durations and connect latencies; the metrics endpoint
+//! (`crate::metrics`) reads all of these at scrape time.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Count one event.
 pub fn inc(counter: &AtomicU64) {
@@ -23,16 +28,20 @@ pub fn inc(counter: &AtomicU64) {
 
 /// Declare a set of counters: the struct of atomics `$stats` and its snapshot
 /// `$counts`, with the same fields.
+/// An optional `histograms { name: Type, }` list adds histogram fields, which
+/// are not part of the snapshot (read them with [`Histogram::snapshot`]).
 macro_rules! counters {
     (
         $(#[$meta:meta])* $stats:ident / $(#[$cmeta:meta])* $counts:ident {
             $( $(#[$fmeta:meta])* $field:ident, )*
         }
+        $( histograms { $( $(#[$hmeta:meta])* $hist:ident: $htype:ty, )* } )?
     ) => {
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $stats {
             $( $(#[$fmeta])* pub $field: AtomicU64, )*
+            $( $( $(#[$hmeta])* pub $hist: $htype, )* )?
         }
 
         $(#[$cmeta])*
@@ -84,6 +93,15 @@ counters! {
         udp_out,
         /// UDP: datagrams dropped (queue full, no node, send failed).
         udp_dropped,
+        /// Bytes received from clients (TCP payload after TLS, UDP payload),
+        /// counted as they move (GOST's `transfer_input_bytes`).
+        bytes_in,
+        /// Bytes sent to clients, counted as they move.
+        bytes_out,
+    }
+    histograms {
+        /// How long connections (or UDP sessions) lasted, counted when they end.
+        duration: Histogram<RequestBuckets>,
     }
 }
 
@@ -146,6 +164,119 @@ impl Drop for Active<'_> {
     }
 }
 
+/// The bucket bounds (seconds) of one kind of [`Histogram`].
+pub trait Buckets {
+    /// Upper bounds in increasing order; at most [`MAX_BUCKETS`].
+    const BOUNDS: &'static [f64];
+}
+
+/// Most finite buckets a [`Histogram`] can have.
+pub const MAX_BUCKETS: usize = 16;
+
+/// GOST's buckets for `gost_service_request_duration_seconds`: a connection
+/// lasts from milliseconds to minutes.
+#[derive(Debug)]
+pub struct RequestBuckets;
+
+impl Buckets for RequestBuckets {
+    const BOUNDS: &'static [f64] = &[
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0,
+    ];
+}
+
+/// Connecting to a node on the LAN takes well under a millisecond; a slow or
+/// distant one up to the connect timeout.
+#[derive(Debug)]
+pub struct ConnectBuckets;
+
+impl Buckets for ConnectBuckets {
+    const BOUNDS: &'static [f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+}
+
+/// A Prometheus-style histogram without locks: an observation is two relaxed
+/// atomic adds (its bucket and the sum), so it can sit on the path of
+/// every connection. Buckets are stored per bucket and made cumulative when read.
+pub struct Histogram<B> {
+    /// `counts[i]` counts values in `(BOUNDS[i-1], BOUNDS[i]]`; the one after the
+    /// last bound counts the rest (`+Inf`).
+    counts: [AtomicU64; MAX_BUCKETS + 1],
+    sum_nanos: AtomicU64,
+    buckets: PhantomData<B>,
+}
+
+impl<B> Default for Histogram<B> {
+    fn default() -> Self {
+        Histogram {
+            counts: Default::default(),
+            sum_nanos: AtomicU64::new(0),
+            buckets: PhantomData,
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Histogram<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histogram")
+            .field("sum_nanos", &self.sum_nanos.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// A point-in-time copy of a [`Histogram`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramCounts {
+    /// `(upper bound, count in that bucket alone)`, the last bound `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    /// Sum of the observed values, in seconds.
+    pub sum: f64,
+}
+
+impl<B: Buckets> Histogram<B> {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = B::BOUNDS.partition_point(|b| *b < secs).min(MAX_BUCKETS);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramCounts {
+        let n = B::BOUNDS.len().min(MAX_BUCKETS);
+        let mut buckets: Vec<(f64, u64)> = B::BOUNDS[..n]
+            .iter()
+            .zip(&self.counts)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        buckets.push((f64::INFINITY, self.counts[n].load(Ordering::Relaxed)));
+        HistogramCounts {
+            // The count is the sum of the buckets read, so the two always agree.
+            count: buckets.iter().map(|(_, c)| c).sum(),
+            buckets,
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// Observes how long it lived into a histogram when dropped: a connection is
+/// timed however it ends, a cancelled task included.
+#[must_use = "the time is observed when the guard is dropped"]
+pub struct Timed<'a, B: Buckets>(&'a Histogram<B>, std::time::Instant);
+
+impl<'a, B: Buckets> Timed<'a, B> {
+    pub fn new(h: &'a Histogram<B>) -> Self {
+        Timed(h, std::time::Instant::now())
+    }
+}
+
+impl<B: Buckets> Drop for Timed<'_, B> {
+    fn drop(&mut self) {
+        self.0.observe(self.1.elapsed());
+    }
+}
+
 /// Lets one log line through per second and counts the ones held back, so a
 /// flood of identical failures costs one line a second, with the count.
 #[derive(Debug, Default)]
@@ -191,6 +322,25 @@ mod tests {
         assert_eq!(l.permit(), None);
         std::thread::sleep(Duration::from_millis(1050));
         assert_eq!(l.permit(), Some(2));
+    }
+
+    #[test]
+    fn histogram_buckets_hold_their_upper_bound() {
+        let h: Histogram<RequestBuckets> = Histogram::default();
+        h.observe(Duration::from_millis(5)); // exactly the first bound: le="0.005"
+        h.observe(Duration::from_millis(6));
+        h.observe(Duration::from_secs(3600)); // beyond the last: +Inf
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets.len(), RequestBuckets::BOUNDS.len() + 1);
+        assert_eq!(s.buckets[0], (0.005, 1));
+        assert_eq!(s.buckets[1], (0.01, 1));
+        assert_eq!(*s.buckets.last().unwrap(), (f64::INFINITY, 1));
+        assert!((s.sum - 3600.011).abs() < 1e-6, "{}", s.sum);
+        const {
+            assert!(RequestBuckets::BOUNDS.len() <= MAX_BUCKETS);
+            assert!(ConnectBuckets::BOUNDS.len() <= MAX_BUCKETS);
+        }
     }
 
     #[test]

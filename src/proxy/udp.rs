@@ -44,7 +44,7 @@ use super::chain::udp::UdpBackend;
 use super::egress::{self, Exit, Via};
 use super::router::Router;
 use super::service::Service;
-use super::stats::{Active, inc};
+use super::stats::{Active, Timed, inc};
 use crate::config::service::UdpConfig;
 
 /// A UDP service: the shared [`Service`], gobetween's `udp` options and GOST's
@@ -99,6 +99,7 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<UdpService>, stop: Canc
                         continue;
                     }
                     inc(&svc.stats.udp_in);
+                    svc.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     (n, client, None)
                 }
                 Err(e) => {
@@ -330,6 +331,7 @@ impl Session {
         let cfg = &self.ctx.cfg;
         let _lease = self.node.acquire();
         let _active = Active::new(&ctx.stats.active);
+        let _timed = Timed::new(&ctx.stats.duration);
         let counter = self.node.byte_counter();
         let kill = ctx.kill.clone();
         let (mut requests, mut responses) = (0u64, 0u64);
@@ -434,7 +436,11 @@ impl Session {
             Err(e) => return Err(e),
         };
         match self.listener.try_send_to(&buf[..n], self.client) {
-            Ok(_) => inc(&self.ctx.svc.stats.udp_out),
+            Ok(sent) => {
+                inc(&self.ctx.svc.stats.udp_out);
+                let stats = &self.ctx.svc.stats;
+                stats.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
+            }
             Err(e) => {
                 inc(&self.ctx.svc.stats.udp_dropped);
                 debug!(service = %self.ctx.svc.name, client = %self.client, error = %e, "send to client failed");
