@@ -143,15 +143,22 @@ fn traffic_moves_the_service_metrics() {
             }
         }
     });
-    let (svc_port, dead_port, closed_port, metrics_port) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (svc_port, dead_port, chained_port, closed_port, metrics_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("g.yml");
     std::fs::write(
         &cfg,
         format!(
             "services:\n- name: fwd\n  addr: 127.0.0.1:{svc_port}\n  handler: {{type: tcp}}\n  listener: {{type: tcp}}\n  forwarder:\n    nodes:\n    - {{name: b1, addr: \"127.0.0.1:{backend_port}\"}}\n\
-             - name: dead\n  addr: 127.0.0.1:{dead_port}\n  handler: {{type: tcp}}\n  listener: {{type: tcp}}\n  forwarder:\n    nodes:\n    - {{name: gone, addr: \"127.0.0.1:{closed_port}\"}}\n"
+             - name: dead\n  addr: 127.0.0.1:{dead_port}\n  handler: {{type: tcp}}\n  listener: {{type: tcp}}\n  forwarder:\n    nodes:\n    - {{name: gone, addr: \"127.0.0.1:{closed_port}\"}}\n\
+             - name: chained\n  addr: 127.0.0.1:{chained_port}\n  handler: {{type: tcp, chain: c1}}\n  listener: {{type: tcp}}\n  forwarder:\n    nodes:\n    - {{name: b1, addr: \"127.0.0.1:{backend_port}\"}}\n\
+             chains:\n- name: c1\n  hops:\n  - name: hop-0\n    nodes:\n    - {{name: proxy-gone, addr: \"127.0.0.1:{closed_port}\", connector: {{type: http}}}}\n"
         ),
     )
     .unwrap();
@@ -174,7 +181,7 @@ fn traffic_moves_the_service_metrics() {
 
     // Up, with the service listed and nothing counted yet.
     let s = scrape_until("the endpoint answering", get, |s| {
-        value(s, "gost_services", &[]) == Some(2.0)
+        value(s, "gost_services", &[]) == Some(3.0)
     });
     assert_eq!(value(&s, "gost_service_requests_total", &svc), Some(0.0));
     assert!(
@@ -261,7 +268,36 @@ fn traffic_moves_the_service_metrics() {
         ),
         Some(1.0)
     );
-    assert_eq!(value(&s, "gost_services", &[]), Some(2.0));
+    assert!(
+        value(
+            &s,
+            "gateway_node_connect_failures_total",
+            &[("service", "dead"), ("node", "gone")]
+        )
+        .is_some_and(|v| v >= 1.0)
+    );
+
+    // GOST's chain errors: the chain's only proxy is gone, so every connection
+    // through it blames that node.
+    assert_eq!(
+        value(
+            &s,
+            "gost_chain_errors_total",
+            &[("chain", "c1"), ("node", "proxy-gone")]
+        ),
+        Some(0.0)
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", chained_port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.read(&mut [0u8; 1]);
+    scrape_until("the chain error counted", get, |s| {
+        value(
+            s,
+            "gost_chain_errors_total",
+            &[("chain", "c1"), ("node", "proxy-gone")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    });
     drop(log);
 }
 

@@ -197,9 +197,20 @@ impl GatewayCollector {
         for s in list.iter() {
             f.histogram(&svc(&s.name), &s.stats.duration.snapshot())?;
         }
-        // Chains (GOST's `chains:`) do not exist yet: the family is declared so
-        // that dashboards find it, with no series until a chain dials.
-        Family::new(enc, "gost_chain_errors", "Total chain errors", Counter)?;
+        // GOST's chain errors: a node of a chain that failed to connect (or to
+        // pass the connection on), per chain and node.
+        let chains = crate::proxy::chain::Chain::running();
+        let mut f = Family::new(enc, "gost_chain_errors", "Total chain errors", Counter)?;
+        for c in &chains {
+            for hop in (0..).map_while(|h| c.hop_balancer(h)) {
+                for n in hop.nodes().iter() {
+                    f.value(
+                        &[("host", host), ("chain", c.name()), ("node", n.label())],
+                        n.failures(),
+                    )?;
+                }
+            }
+        }
 
         // What GOST lumps together or lacks, per service, by outcome.
         let mut f = Family::new(
@@ -311,7 +322,7 @@ impl GatewayCollector {
             .map(|(s, n)| [("service", *s), ("node", n.label())])
             .collect();
         type Pick = fn(&crate::proxy::balance::Node, std::time::Instant) -> u64;
-        let families: [(&str, &str, MetricType, Pick); 5] = [
+        let families: [(&str, &str, MetricType, Pick); 6] = [
             (
                 "gateway_node_up",
                 "1 if the node may get traffic now (healthy, and not benched after failed connects)",
@@ -341,6 +352,12 @@ impl GatewayCollector {
                 "Bytes moved to and from the node, both directions",
                 Counter,
                 |n, _| n.bytes(),
+            ),
+            (
+                "gateway_node_connect_failures",
+                "Connection attempts to the node that failed",
+                Counter,
+                |n, _| n.failures(),
             ),
         ];
         for (name, help, kind, pick) in families {

@@ -62,6 +62,8 @@ pub struct Node {
     active: AtomicU64,
     /// Connections (or UDP sessions) ever handed to this node.
     total: AtomicU64,
+    /// Connection attempts to it that failed, ever.
+    failures: AtomicU64,
     /// How long connecting to it took (successful connects only).
     pub connect_time: Histogram<ConnectBuckets>,
     /// Bytes moved to and from this node (both directions), ever.
@@ -85,6 +87,7 @@ impl Node {
             config,
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             connect_time: Histogram::default(),
             bytes: Arc::new(AtomicU64::new(0)),
             rate: AtomicU64::new(0),
@@ -115,6 +118,11 @@ impl Node {
     /// Connections (or UDP sessions) ever handed to this node.
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
+    }
+
+    /// Connection attempts to this node that failed, ever.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// Bytes moved to and from this node, both directions, ever.
@@ -166,6 +174,7 @@ impl Node {
 
     /// A connection to this node failed. Returns true if that benched it.
     pub fn connect_failed(&self, max_fails: u32, fail_timeout: Duration) -> bool {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         let mut p = self.passive();
         p.fails = p.fails.saturating_add(1);
         if max_fails > 0 && p.fails >= max_fails {

@@ -195,6 +195,14 @@ impl Chain {
         &self.name
     }
 
+    /// The chains in use by running services now (for the metrics endpoint).
+    pub fn running() -> Vec<Arc<Chain>> {
+        let reg = REGISTRY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.iter().filter_map(|(_, w)| w.upgrade()).collect()
+    }
+
     /// The balancer of hop `h` (node state, for status and tests).
     pub fn hop_balancer(&self, h: usize) -> Option<&Balancer> {
         self.hops.get(h).map(|h| &h.balancer)
