@@ -16,6 +16,7 @@
 //! * [`proxy`] — listeners, handlers, forwarders, balancing and health checks.
 //! * [`import`] — `gateway import gobetween FILE`: gobetween TOML → gateway.yml.
 
+pub mod cli;
 pub mod config;
 pub mod failover;
 pub mod import;

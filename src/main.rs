@@ -14,7 +14,7 @@ use clap::Parser;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use gateway::config::{self, Loaded};
+use gateway::config::Loaded;
 use gateway::failover::driver::{self, FailoverStatus};
 use gateway::failover::machine::State;
 use gateway::net::Interfaces;
@@ -31,7 +31,8 @@ const EXIT_RUNTIME: u8 = 4;
 #[command(
     name = "gateway",
     version,
-    about = "High-availability gateway: floating IP failover, proxy and load balancing"
+    about = "High-availability gateway: floating IP failover, proxy and load balancing",
+    after_help = gateway::cli::HELP_EXAMPLES
 )]
 struct Cli {
     /// Configuration file.
@@ -46,6 +47,20 @@ struct Cli {
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
+    /// GOST: a service from a URL, repeatable: -L http://:8080, -L tcp://:80/10.0.0.5:80
+    /// (see docs/command-line.md). With -config, added to the file's services.
+    #[arg(short = 'L', value_name = "URL")]
+    listen: Vec<String>,
+    /// GOST: a hop of the default chain of every -L service, repeatable, in order:
+    /// -F http://10.0.0.1:3128 (?ignoreChain=true on a -L opts out).
+    #[arg(short = 'F', value_name = "URL")]
+    forward: Vec<String>,
+    /// Print the configuration the command line means as gateway.yml and exit: -O yaml, -O json.
+    #[arg(short = 'O', value_name = "FORMAT")]
+    output: Option<gateway::cli::output::Format>,
+    /// Whether -config was given (not its default): with -L alone no file is read.
+    #[arg(skip)]
+    config_given: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -117,19 +132,37 @@ fn go_style_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         .collect()
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse_from(go_style_args(std::env::args()));
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
-    {
-        use std::io::IsTerminal;
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_target(false)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init();
+impl Cli {
+    /// `-config`'s file, unless -L/-F stand alone.
+    fn config_file(&self) -> Option<&std::path::Path> {
+        (self.config_given || (self.listen.is_empty() && self.forward.is_empty()))
+            .then_some(self.config.as_path())
     }
+
+    fn flags(&self) -> gateway::cli::Flags {
+        gateway::cli::Flags {
+            listen: self.listen.clone(),
+            forward: self.forward.clone(),
+        }
+    }
+
+    /// What the configuration comes from, for messages.
+    fn source(&self) -> String {
+        match self.config_file() {
+            Some(f) => f.display().to_string(),
+            None => "the command line".into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = go_style_args(std::env::args());
+    // `--`: one child process per group, this one supervises (src/cli/groups.rs).
+    if let Some(groups) = gateway::cli::groups::split(&args) {
+        return run_groups(groups);
+    }
+    let cli = parse_cli(&args);
+    init_logging(&cli.log_level);
 
     if let Some(Command::Import(ImportFrom::Gobetween { file })) = &cli.command {
         return import_gobetween(file);
@@ -142,12 +175,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let loaded = match config::load(&cli.config, &ifs) {
+    let loaded = match gateway::cli::load(cli.config_file(), &cli.flags(), &ifs) {
         Ok(l) => l,
         Err(e) => {
             // A gobetween file gets a pointer to the importer, not YAML's confusion.
             let text = std::fs::read_to_string(&cli.config).unwrap_or_default();
-            if gateway::import::looks_like_gobetween(&cli.config, &text) {
+            if cli.config_file().is_some()
+                && gateway::import::looks_like_gobetween(&cli.config, &text)
+            {
                 eprintln!(
                     "gateway: {}: this looks like a gobetween TOML config: run `gateway import gobetween {}`",
                     cli.config.display(),
@@ -157,14 +192,14 @@ fn main() -> ExitCode {
                 eprintln!("gateway: {e}");
             }
             if cli.test {
-                eprintln!(
-                    "gateway: configuration file {} test failed",
-                    cli.config.display()
-                );
+                eprintln!("gateway: configuration {} test failed", cli.source());
             }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(format) = cli.output {
+        return print_config(&cli, &loaded, format);
+    }
     if !cli.test {
         for n in loaded.config.notes() {
             tracing::warn!("{n}");
@@ -172,10 +207,7 @@ fn main() -> ExitCode {
     }
     if cli.test {
         print_summary(&loaded);
-        println!(
-            "gateway: configuration file {} test is successful",
-            cli.config.display()
-        );
+        println!("gateway: configuration {} test is successful", cli.source());
         return ExitCode::SUCCESS;
     }
     if loaded.floating_ip.is_some()
@@ -243,6 +275,19 @@ fn print_summary(loaded: &Loaded) {
     for n in loaded.config.notes() {
         println!("note: {n}");
     }
+}
+
+/// Logs on stderr; RUST_LOG overrides `level`.
+fn init_logging(level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 /// CAP_NET_ADMIN (12) to change addresses, CAP_NET_RAW (13) for ARP and ICMP.
@@ -339,7 +384,7 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
             }
             _ = term.recv() => { tracing::info!("SIGTERM received: shutting down"); break None; }
             _ = int.recv() => { tracing::info!("SIGINT received: shutting down"); break None; }
-            _ = hup.recv() => reload(&cli.config, &mut current, &mut services, keys_tx.as_ref()),
+            _ = hup.recv() => reload(&cli, &mut current, &mut services, keys_tx.as_ref()),
             r = failover_done => break Some(r),
         }
     };
@@ -368,11 +413,60 @@ async fn run(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
     result
 }
 
+/// Parse one argv with clap (exits with clap's message on error), noting
+/// whether `-config` was given.
+fn parse_cli(args: &[String]) -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches_from(args);
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.config_given =
+        matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
+    cli
+}
+
+/// `gateway ARGS -- ARGS ...`: every group is checked here first, then each runs
+/// as a child process supervised by this one.
+fn run_groups(groups: Result<Vec<Vec<String>>, String>) -> ExitCode {
+    let groups = match groups {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for g in &groups {
+        parse_cli(g);
+    }
+    init_logging("info");
+    ExitCode::from(gateway::cli::groups::supervise(&groups))
+}
+
+/// `-O yaml|json`: the command line's services as a file, on stdout.
+fn print_config(cli: &Cli, loaded: &Loaded, format: gateway::cli::output::Format) -> ExitCode {
+    if cli.config_given {
+        eprintln!(
+            "gateway: -O prints what -L/-F mean; it does not rewrite {}: drop -config (then add the printed services to your file)",
+            cli.config.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match gateway::cli::output::render(&loaded.config, format) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway: cannot print the configuration: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
 /// SIGHUP: re-read the file; a bad file changes nothing. The failover keys
 /// (`secret`, `secret_file`) apply at once; other `floating_ip` changes at the
 /// next restart.
 fn reload(
-    path: &std::path::Path,
+    cli: &Cli,
     current: &mut Loaded,
     services: &mut ServiceSet,
     keys_tx: Option<&watch::Sender<std::sync::Arc<gateway::failover::auth::Keyring>>>,
@@ -386,7 +480,8 @@ fn reload(
             return;
         }
     };
-    let new = match config::load(path, &ifs) {
+    let path = cli.source();
+    let new = match gateway::cli::load(cli.config_file(), &cli.flags(), &ifs) {
         Ok(n) => n,
         Err(e) => {
             tracing::error!("reload rejected, keeping the running configuration: {e}");
@@ -406,7 +501,7 @@ fn reload(
         tracing::warn!(
             stopped = current.config.services.len(),
             "reload stops every running service: {} lists no services",
-            path.display()
+            path
         );
     }
     if let (Some(tx), Some(new_fip), Some(cur_fip)) =
@@ -419,7 +514,7 @@ fn reload(
     if new.floating_ip != current.floating_ip {
         tracing::warn!(
             "floating_ip changed in {}: it takes effect at the next restart",
-            path.display()
+            path
         );
         // Keep describing what actually runs.
         let running = current.floating_ip.clone();

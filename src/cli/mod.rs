@@ -1,0 +1,170 @@
+//! GOST's command line: services from `-L URL`, the default chain from `-F URL`,
+//! process groups split by `--`, and `-O yaml|json` to print what the flags mean
+//! as a `gateway.yml`.
+//!
+//! The flags are another way to write the config file, not another model: each
+//! `-L` becomes a [`ServiceConfig`](crate::config::ServiceConfig) exactly as the
+//! same service written under `services:` would, and the result goes through the
+//! file's validation ([`Config::validate`]). With `-config` the file's sections and
+//! the flags' services are combined into one [`Loaded`], so `floating_ip:` in the
+//! file still runs the failover:
+//!
+//! ```text
+//! gateway -config ha.yml -L tcp://:80/10.0.0.5:80
+//! ```
+//!
+//! * [`url`]: the URL grammar, cut into parts;
+//! * [`service`]: `-L` → a service;
+//! * [`output`]: the `-O` option;
+//! * [`groups`]: `--` → one child process per group, supervised.
+//!
+//! The grammar and its options are documented in docs/command-line.md.
+
+pub mod groups;
+pub mod output;
+pub mod service;
+pub mod url;
+
+use std::path::Path;
+
+use crate::config::{self, Config, ConfigError, FieldError, Loaded};
+
+/// The examples `-h` ends with: every flag at least once.
+pub const HELP_EXAMPLES: &str = "\
+Examples:
+  gateway -config /etc/gateway/gateway.yml          run what the file says
+  gateway -test -config gateway.yml                 check a file (exit 0: valid, 1: invalid)
+  gateway -L http://:8080                           an HTTP proxy on port 8080
+  gateway -L socks5://user:pass@:1080               SOCKS5 with a password
+  gateway -L tcp://:80/10.0.0.5:80,10.0.0.6:80?strategy=leastconn
+                                                    a TCP load balancer
+  gateway -L udp://:53/10.0.0.1:53                  UDP port forwarding
+  gateway -L :8080?interface=eth1                   auto (HTTP+SOCKS) leaving through eth1
+  gateway -L socks5://:1080 -F http://10.0.0.1:3128 through an upstream HTTP proxy
+  gateway -L http://:8080 -- -L socks5://:1080      two processes, supervised by this one
+  gateway -config ha.yml -L tcp://:80/10.0.0.5:80   the file's floating_ip plus a service
+  gateway -L http://:8080 -O yaml > gateway.yml     print the flags as a config file
+  gateway -grace 30 -log-level debug -config gateway.yml
+  gateway import gobetween gobetween.toml           translate a gobetween config
+URL: [handler][+listener]://[user:pass@][host]:port[/target,...][?key=value&...]
+     (docs/command-line.md lists the schemes and the query keys)";
+
+/// Why the command line cannot be turned into a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A URL that does not parse, or asks for something invalid. The URL is
+    /// shown with its password masked.
+    #[error("{flag} {url}: {message}")]
+    Url {
+        flag: &'static str,
+        url: String,
+        message: String,
+    },
+    /// The `-config` file.
+    #[error(transparent)]
+    File(#[from] ConfigError),
+    /// The file and the flags together (e.g. two services on one address).
+    #[error("{0}")]
+    Combined(String),
+}
+
+/// What the command line asks for besides the file: the `-L` and `-F` URLs, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub listen: Vec<String>,
+    pub forward: Vec<String>,
+}
+
+impl Flags {
+    pub fn is_empty(&self) -> bool {
+        self.listen.is_empty() && self.forward.is_empty()
+    }
+}
+
+fn url_error(flag: &'static str, url: &str, message: String) -> CliError {
+    CliError::Url {
+        flag,
+        url: format!("{:?}", url::masked(url)),
+        message,
+    }
+}
+
+/// The services of the `-L` flags, validated one by one.
+pub fn services(flags: &Flags) -> Result<Vec<service::CliService>, CliError> {
+    if !flags.forward.is_empty() {
+        return Err(url_error(
+            "-F",
+            &flags.forward[0],
+            "forwarding chains are not supported by this build yet: expected no -F".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, u) in flags.listen.iter().enumerate() {
+        let s = url::split(u)
+            .and_then(|p| service::service(p, i))
+            .map_err(|m| url_error("-L", u, m))?;
+        s.service.validate(i).map_err(|e| {
+            let field = e
+                .field
+                .strip_prefix(&format!("services[{i}]."))
+                .unwrap_or(&e.field);
+            url_error("-L", u, format!("{field}: {}", e.message))
+        })?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// The configuration the command line means: the `-config` file (when `file` is
+/// given) plus the services of `flags`, validated together. Used at start, by
+/// `-test`, by `-O` and on every SIGHUP reload (the file is re-read, the flags
+/// stay).
+pub fn load(
+    file: Option<&Path>,
+    flags: &Flags,
+    ifs: &crate::net::Interfaces,
+) -> Result<Loaded, CliError> {
+    let from_flags = services(flags)?;
+    let mut loaded = match file {
+        Some(p) => config::load(p, ifs)?,
+        None => Loaded {
+            config: Config::default(),
+            floating_ip: None,
+        },
+    };
+    let base = loaded.config.services.len();
+    loaded
+        .config
+        .services
+        .extend(from_flags.into_iter().map(|s| s.service));
+    loaded
+        .config
+        .validate()
+        .map_err(|e| combined_error(file, base, flags, e))?;
+    Ok(loaded)
+}
+
+/// Name the flag a combined-validation error is about, when it is about one.
+fn combined_error(file: Option<&Path>, base: usize, flags: &Flags, e: FieldError) -> CliError {
+    let index = e
+        .field
+        .strip_prefix("services[")
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(n, _)| n.parse::<usize>().ok());
+    match index {
+        Some(i) if i >= base => match flags.listen.get(i - base) {
+            Some(u) => url_error("-L", u, format!("{}: {}", e.field, e.message)),
+            None => CliError::Combined(format!("{}: {}", e.field, e.message)),
+        },
+        _ => CliError::Combined(format!(
+            "{}{}: {} (with the -L services)",
+            file.map(|f| format!("{}: ", f.display()))
+                .unwrap_or_default(),
+            e.field,
+            e.message
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;
