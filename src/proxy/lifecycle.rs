@@ -104,7 +104,7 @@ impl Running {
         };
         let addr = cfg.addr.addr;
         let connect_timeout = cfg.connect_timeout();
-        let router = Router::new(connect_timeout, cfg.interface.as_ref());
+        let router = Router::new(connect_timeout, cfg.interface());
         // Everything that can fail is built before the socket is bound: here only
         // the files a TLS section names can (they are read now).
         let mut proxy = ProxyHandler::from_config(&cfg.handler, router.clone());

@@ -25,6 +25,7 @@
 //! * [`balance`], [`health`], [`discovery`]: the forwarder's nodes, how one is
 //!   chosen, and how the list and its health are kept current;
 //! * [`router`]: connecting to a target (timeout, GOST's `interface` exit);
+//!   [`egress`]: binding any outgoing socket, TCP or UDP, to that exit;
 //!   [`listen`]: binding with `IP_FREEBIND`; [`relay`]: moving bytes;
 //!   [`proxy_protocol`], [`tls`], [`cut`]: what their names say;
 //! * [`stats`]: the counters, in one vocabulary.
@@ -38,6 +39,7 @@ pub mod balance;
 pub mod clock;
 pub mod cut;
 pub mod discovery;
+pub mod egress;
 pub mod forward;
 pub mod handler;
 pub mod health;

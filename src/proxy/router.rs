@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::egress;
+
 pub use crate::config::service::interface::{Exit, Interface, Via};
 
 #[derive(Debug, Clone)]
@@ -67,51 +69,16 @@ impl Router {
         Err(last)
     }
 
-    /// Connect to one address, through the configured exits in order.
+    /// Connect to one address, through the configured exits in order (see
+    /// [`egress`]: fallback order, strict `!`).
     pub async fn connect_addr(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        if self.exits.is_empty() {
-            return self.attempt(addr, None).await;
-        }
-        let mut last = io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            format!("no interface entry fits {addr}"),
-        );
-        for exit in &self.exits {
-            // An IPv4 source cannot reach an IPv6 target and vice versa.
-            if let Via::Source(ip) = exit.via
-                && ip.is_ipv4() != addr.is_ipv4()
-            {
-                continue;
-            }
-            match self.attempt(addr, Some(exit)).await {
-                Ok(s) => return Ok(s),
-                Err(e) if exit.strict => return Err(e),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        egress::through(&self.exits, addr, |exit| self.attempt(addr, exit)).await
     }
 
     async fn attempt(&self, addr: SocketAddr, exit: Option<&Exit>) -> io::Result<TcpStream> {
-        let sock = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let sock =
+            TcpSocket::from_std_stream(egress::socket(egress::Transport::Tcp, addr, exit)?.into());
         sock.set_nodelay(true)?;
-        match exit.map(|e| &e.via) {
-            Some(Via::Source(ip)) => sock.bind(SocketAddr::new(*ip, 0))?,
-            #[cfg(target_os = "linux")]
-            Some(Via::Device(dev)) => sock.bind_device(Some(dev.as_bytes()))?,
-            #[cfg(not(target_os = "linux"))]
-            Some(Via::Device(dev)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("binding to interface {dev} needs Linux"),
-                ));
-            }
-            None => {}
-        }
         match tokio::time::timeout(self.connect_timeout, sock.connect(addr)).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(

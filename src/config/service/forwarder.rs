@@ -112,7 +112,8 @@ pub enum Strategy {
     Leastconn,
     /// Least bytes per second over the last seconds.
     Leastbandwidth,
-    /// Client IP hash modulo the healthy nodes (gobetween `iphash`).
+    /// Client IP hash modulo the healthy nodes (gobetween `iphash`, GOST `hash`).
+    #[serde(alias = "hash")]
     Iphash,
     /// Consistent client IP hashing: a node leaving moves only its own clients.
     Iphash1,

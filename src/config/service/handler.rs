@@ -79,8 +79,8 @@ pub struct HandlerConfig {
     /// `http`, `socks5`, `socks4`, `auto`: require these credentials.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
-    /// GOST's forwarding chain name. Chains are not implemented by this build; the
-    /// field is recognised so that the error says so instead of "unknown field".
+    /// GOST's forwarding chain: the name of an entry of the top-level `chains:`
+    /// section. The handler's outbound connections go through it.
     #[serde(default)]
     pub chain: Option<String>,
     /// GOST's per-handler options; which ones a handler takes is

@@ -59,7 +59,8 @@
 //!   handler `metadata`, each option defined once;
 //! * [`forwarder`]: nodes, selector, health checks, discovery;
 //! * [`access`]: gobetween's access rules, parsed at load;
-//! * [`interface`]: GOST's `interface` list, parsed at load.
+//! * [`interface`]: GOST's `interface` list, parsed at load;
+//! * [`metadata`]: GOST's service-level `metadata:` map (`interface`, ...).
 //!
 //! What leaves this module is typed and checked: the services in `proxy/` read
 //! these values and never parse text again.
@@ -68,6 +69,7 @@ pub mod access;
 pub mod forwarder;
 pub mod handler;
 pub mod interface;
+pub mod metadata;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -86,6 +88,7 @@ pub use forwarder::{
 };
 pub use handler::{HandlerConfig, HandlerMetadata, HandlerType, ListenerConfig, ListenerType};
 pub use interface::Interface;
+pub use metadata::ServiceMetadata;
 
 /// One service: an address, a listener, a handler and an optional forwarder.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -101,6 +104,11 @@ pub struct ServiceConfig {
     /// order; an entry ending in `!` is strict (if it fails, the rest is not tried).
     #[serde(default)]
     pub interface: Option<Interface>,
+    /// GOST's service `metadata:` map (`metadata: {interface: eth0}`); see
+    /// [`ServiceMetadata`]. Read `interface` through [`ServiceConfig::interface`],
+    /// which takes either form.
+    #[serde(default)]
+    pub metadata: Option<ServiceMetadata>,
     pub handler: HandlerConfig,
     pub listener: ListenerConfig,
     #[serde(default)]
@@ -127,6 +135,13 @@ pub struct ServiceConfig {
     pub proxy_protocol: Option<ProxyProtocolConfig>,
     #[serde(default)]
     pub udp: Option<UdpConfig>,
+
+    /// The chain `handler.chain` names, filled in after validation by
+    /// [`crate::config::Config::link_chains`] (not a YAML field): a service is
+    /// built from its own config alone, and a reload that changes its chain
+    /// changes the service.
+    #[serde(skip)]
+    pub chain: Option<std::sync::Arc<crate::config::chain::ChainConfig>>,
 }
 
 /// The default for `backend_connection_timeout: 0`: 5 s.
@@ -261,6 +276,14 @@ impl ServiceConfig {
         self.listener.kind == ListenerType::Udp
     }
 
+    /// The service's network exit, written either as `interface:` or as
+    /// `metadata: {interface: ...}` (validation refuses both at once).
+    pub fn interface(&self) -> Option<&Interface> {
+        self.interface
+            .as_ref()
+            .or_else(|| self.metadata.as_ref()?.interface.as_ref())
+    }
+
     /// `backend_connection_timeout`, or its default when 0.
     pub fn connect_timeout(&self) -> Duration {
         self.backend_connection_timeout
@@ -274,11 +297,8 @@ impl ServiceConfig {
         if self.name.trim().is_empty() {
             return Err(FieldError::new(at("name"), "expected a non-empty name"));
         }
-        if self.handler.chain.is_some() {
-            return Err(FieldError::new(
-                at("handler.chain"),
-                "forwarding chains are not supported by this build: expected no chain (use a forwarder)",
-            ));
+        if let Some(m) = &self.metadata {
+            m.validate(self.interface.as_ref(), &at("metadata"))?;
         }
         let udp = self.is_udp();
         let kind = self.handler.kind;

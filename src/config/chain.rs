@@ -1,0 +1,911 @@
+//! GOST's forwarding chains: the top-level `chains:` section, typed.
+//!
+//! A chain is a list of **hops**; a hop is a group of **nodes** and a
+//! **selector** that picks one of them per connection. A node is an upstream
+//! proxy: its address, how to reach it (the **dialer**: `tcp` or `tls`) and what
+//! to say once connected (the **connector**: `http` CONNECT, `socks5`,
+//! `socks4`). Hop 1's node is dialed directly; hop 2's node is reached through
+//! hop 1 (hop 1's connector asks for it), and so on; the last hop's connector
+//! asks for the target itself.
+//!
+//! ```yaml
+//! services:
+//! - name: service-0
+//!   addr: ":8080"
+//!   handler: {type: auto, chain: chain-0}    # outbound connections go through chain-0
+//!   listener: {type: tcp}
+//! chains:
+//! - name: chain-0
+//!   hops:
+//!   - name: hop-0
+//!     interface: 192.168.0.1               # the exit of the first hop (node's value wins)
+//!     selector: {strategy: round, maxFails: 1, failTimeout: 10s}
+//!     nodes:
+//!     - name: node-0
+//!       addr: 192.168.1.1:8080
+//!       interface: eth0
+//!       connector: {type: http, auth: {username: user, password: pass}}
+//!       dialer: {type: tcp}
+//!   - name: hop-1
+//!     nodes:
+//!     - name: node-1
+//!       addr: 10.0.0.2:1080
+//!       connector: {type: socks5}
+//!       dialer: {type: tls, tls: {serverName: proxy.lan, caFile: ca.pem}}
+//! ```
+//!
+//! **Virtual nodes** (`connector: {type: virtual}`, `dialer: {type: virtual}`,
+//! `addr: ":0"`) are no proxy at all: a connection that picks one goes straight
+//! to its target, leaving through the node's `interface`. A hop of virtual nodes
+//! balances connections over several uplinks without an upstream proxy.
+//!
+//! What GOST leaves implicit and this model says:
+//!
+//! * `connector` defaults to `http` and `dialer` to `tcp`, as in GOST; a node
+//!   `addr: ":8000"` is a proxy on this host (Go's reading of an empty host);
+//! * `interface` is where packets leave this host, so it applies to the first hop
+//!   only (later hops are reached through the first); a node's value overrides
+//!   its hop's, and with neither the service's `interface` applies;
+//! * the `tls` dialer verifies the node's certificate by default (`secure`
+//!   defaults to **true** here, unlike GOST); `secure: false` turns it off;
+//! * the selector is the forwarder's: GOST's `round`, `rand`, `fifo`, `hash`
+//!   (client IP) and gobetween's names, with `maxFails` / `failTimeout`.
+//!
+//! [`validate_chains`] checks the section and the services' references to it;
+//! [`link_chains`] then gives every service its chain (`ServiceConfig::chain`),
+//! so that `proxy/` builds a service from its own config alone.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::FieldError;
+use super::auth::AuthConfig;
+use super::duration::DurationStr;
+use super::service::{HandlerType, Interface, SelectorConfig, ServiceConfig, valid_node_addr};
+use super::tls::{TlsConfig, TlsOptions};
+
+/// One entry of `chains:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// What `handler.chain` refers to.
+    pub name: String,
+    /// In order: hop 1 is dialed from this host, each next one through the previous.
+    pub hops: Vec<HopConfig>,
+}
+
+/// A level of a chain: nodes and how one is picked.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopConfig {
+    #[serde(default)]
+    pub name: String,
+    /// The network exit of this hop's nodes (first hop only); a node's own
+    /// `interface` wins.
+    #[serde(default)]
+    pub interface: Option<Interface>,
+    /// GOST's selector (default: `round`, `maxFails: 1`, `failTimeout: 10s`).
+    #[serde(default)]
+    pub selector: SelectorConfig,
+    pub nodes: Vec<ChainNodeConfig>,
+}
+
+/// One upstream proxy of a hop (or a virtual node).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainNodeConfig {
+    #[serde(default)]
+    pub name: String,
+    /// `host:port` of the proxy; `":0"` (or empty) for a virtual node.
+    #[serde(default)]
+    pub addr: String,
+    /// The network exit towards this node (first hop only); overrides the hop's.
+    #[serde(default)]
+    pub interface: Option<Interface>,
+    /// What is said to the node (default [`default_connector`]: `http`).
+    #[serde(default = "default_connector")]
+    pub connector: ConnectorConfig,
+    /// How the node is reached (default [`default_dialer`]: `tcp`).
+    #[serde(default = "default_dialer")]
+    pub dialer: DialerConfig,
+}
+
+/// GOST's default connector: `http`.
+pub fn default_connector() -> ConnectorConfig {
+    ConnectorConfig {
+        kind: ConnectorType::Http,
+        auth: None,
+        metadata: ConnectorMetadata::default(),
+    }
+}
+
+/// GOST's default dialer: `tcp`.
+pub fn default_dialer() -> DialerConfig {
+    DialerConfig {
+        kind: DialerType::Tcp,
+        tls: None,
+        metadata: DialerMetadata::default(),
+    }
+}
+
+/// The protocol spoken to a node to go further.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    #[serde(rename = "type")]
+    pub kind: ConnectorType,
+    /// Credentials the node asks for: `Proxy-Authorization: Basic` (http), RFC
+    /// 1929 (socks5), the user id (socks4: `username` only).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    #[serde(default)]
+    pub metadata: ConnectorMetadata,
+}
+
+/// GOST's connector types this build speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum ConnectorType {
+    /// HTTP `CONNECT host:port`.
+    #[serde(rename = "http")]
+    Http,
+    /// SOCKS5 CONNECT (and UDP ASSOCIATE for udp services), GOST alias `socks`.
+    #[serde(rename = "socks5", alias = "socks")]
+    Socks5,
+    /// SOCKS4a CONNECT (a name is sent as is), GOST alias `socks4a`.
+    #[serde(rename = "socks4", alias = "socks4a")]
+    Socks4,
+    /// No protocol: the connection goes direct to the target.
+    #[serde(rename = "virtual")]
+    Virtual,
+}
+
+impl ConnectorType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectorType::Http => "http",
+            ConnectorType::Socks5 => "socks5",
+            ConnectorType::Socks4 => "socks4",
+            ConnectorType::Virtual => "virtual",
+        }
+    }
+}
+
+impl fmt::Display for ConnectorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Connector `metadata:`, each option once; which connector takes which is
+/// checked by [`ConnectorConfig::validate`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorMetadata {
+    /// http: extra headers sent with the `CONNECT` request.
+    #[serde(default)]
+    pub header: Option<BTreeMap<String, String>>,
+    /// http, socks5, socks4: how long the node may take to answer the connector's
+    /// request (default [`default_connect_timeout`], 10 s).
+    #[serde(rename = "connectTimeout", default)]
+    pub connect_timeout: Option<DurationStr>,
+}
+
+/// How long a node may take to answer `CONNECT` or a SOCKS request.
+pub fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ConnectorMetadata {
+    /// `connectTimeout`, or its default.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+            .and_then(|d| d.get())
+            .unwrap_or_else(default_connect_timeout)
+    }
+}
+
+/// How a node is reached.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialerConfig {
+    #[serde(rename = "type")]
+    pub kind: DialerType,
+    /// `tls` dialer: how the node's certificate is checked, and ours.
+    #[serde(default)]
+    pub tls: Option<DialerTlsConfig>,
+    #[serde(default)]
+    pub metadata: DialerMetadata,
+}
+
+/// GOST's dialer types this build speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DialerType {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP (rustls).
+    Tls,
+    /// No connection of its own: the target is dialed directly.
+    Virtual,
+}
+
+impl DialerType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DialerType::Tcp => "tcp",
+            DialerType::Tls => "tls",
+            DialerType::Virtual => "virtual",
+        }
+    }
+}
+
+impl fmt::Display for DialerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Dialer `metadata:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialerMetadata {
+    /// tls: how long the TLS handshake may take (default
+    /// [`default_handshake_timeout`], 10 s).
+    #[serde(rename = "handshakeTimeout", default)]
+    pub handshake_timeout: Option<DurationStr>,
+}
+
+/// How long a `tls` dialer's handshake may take.
+pub fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl DialerMetadata {
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+            .and_then(|d| d.get())
+            .unwrap_or_else(default_handshake_timeout)
+    }
+}
+
+/// The `tls` dialer's `tls:` section, GOST's names. Unlike a forwarder's `tls`,
+/// `secure` defaults to **true**: the node's certificate is verified against the
+/// system roots (or `caFile`) and `serverName` (else the node's host).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialerTlsConfig {
+    /// Verify the chain and the name (default [`default_secure`]: true).
+    #[serde(default = "default_secure")]
+    pub secure: bool,
+    /// SNI and the name verified; default: the host of the node's `addr`.
+    #[serde(rename = "serverName", default)]
+    pub server_name: Option<String>,
+    /// Trust this CA instead of the system roots.
+    #[serde(rename = "caFile", default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate, if the node asks for one.
+    #[serde(rename = "certFile", default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(rename = "keyFile", default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub options: TlsOptions,
+}
+
+/// The `tls` dialer verifies by default.
+pub fn default_secure() -> bool {
+    true
+}
+
+impl Default for DialerTlsConfig {
+    fn default() -> Self {
+        Self {
+            secure: default_secure(),
+            server_name: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            options: TlsOptions::default(),
+        }
+    }
+}
+
+impl DialerTlsConfig {
+    /// The same settings as the TLS client of a forwarder reads them.
+    pub fn client_config(&self) -> TlsConfig {
+        TlsConfig {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            ca_file: self.ca_file.clone(),
+            server_name: self.server_name.clone(),
+            secure: self.secure,
+            options: self.options.clone(),
+            ..TlsConfig::default()
+        }
+    }
+}
+
+impl ChainNodeConfig {
+    /// A virtual node: no proxy, the target is dialed directly.
+    pub fn is_virtual(&self) -> bool {
+        self.connector.kind == ConnectorType::Virtual
+    }
+
+    /// The address dialed: `addr`, with GOST's (Go's) `":port"` meaning this
+    /// host (`127.0.0.1:port`).
+    pub fn dial_addr(&self) -> String {
+        match self.addr.strip_prefix(':') {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => self.addr.clone(),
+        }
+    }
+
+    /// The name to log: `name` if given, else the address.
+    pub fn label(&self) -> &str {
+        if self.name.is_empty() {
+            &self.addr
+        } else {
+            &self.name
+        }
+    }
+}
+
+/// Whether `addr` is what GOST writes for a virtual node: empty, `:0`, `host:0`.
+fn virtual_addr(addr: &str) -> bool {
+    addr.is_empty() || addr.rsplit_once(':').is_some_and(|(_, p)| p == "0")
+}
+
+/// Checks of the `chains:` section, and of every `handler.chain` reference.
+pub fn validate_chains(
+    chains: &[ChainConfig],
+    services: &[ServiceConfig],
+) -> Result<(), FieldError> {
+    let mut names = HashSet::new();
+    for (i, c) in chains.iter().enumerate() {
+        let at = format!("chains[{i}]");
+        if c.name.trim().is_empty() {
+            return Err(FieldError::new(
+                format!("{at}.name"),
+                "expected a non-empty name",
+            ));
+        }
+        if !names.insert(c.name.as_str()) {
+            return Err(FieldError::new(
+                format!("{at}.name"),
+                format!("duplicate chain name {:?}: expected unique names", c.name),
+            ));
+        }
+        c.validate(&at)?;
+    }
+    for (i, s) in services.iter().enumerate() {
+        let Some(name) = &s.handler.chain else {
+            continue;
+        };
+        let field = format!("services[{i}].handler.chain");
+        let Some(chain) = chains.iter().find(|c| &c.name == name) else {
+            let known: Vec<&str> = chains.iter().map(|c| c.name.as_str()).collect();
+            let expected = if known.is_empty() {
+                "a chain defined under the top-level chains: section (there is none)".to_string()
+            } else {
+                format!(
+                    "one of the chains defined under chains: {}",
+                    known.join(", ")
+                )
+            };
+            return Err(FieldError::new(
+                field,
+                format!("unknown chain {name:?}: expected {expected}"),
+            ));
+        };
+        if s.is_udp() {
+            chain.validate_for_udp(&field)?;
+        }
+        let relays_udp = s.handler.metadata.as_ref().and_then(|m| m.udp) == Some(true)
+            && matches!(s.handler.kind, HandlerType::Socks5 | HandlerType::Auto);
+        if relays_udp {
+            return Err(FieldError::new(
+                format!("services[{i}].handler.metadata.udp"),
+                "the SOCKS5 UDP relay sends datagrams directly and would bypass the chain: \
+                 expected no udp: true on a handler with a chain",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Give every service with a `handler.chain` its (validated) chain.
+pub fn link_chains(chains: &[ChainConfig], services: &mut [ServiceConfig]) {
+    for s in services {
+        s.chain = s
+            .handler
+            .chain
+            .as_ref()
+            .and_then(|n| chains.iter().find(|c| &c.name == n))
+            .map(|c| Arc::new(c.clone()));
+    }
+}
+
+impl ChainConfig {
+    /// Checks of one chain; `at` is its path (`chains[0]`).
+    pub fn validate(&self, at: &str) -> Result<(), FieldError> {
+        if self.hops.is_empty() {
+            return Err(FieldError::new(
+                format!("{at}.hops"),
+                "no hops: expected at least one {name, nodes: [...]}",
+            ));
+        }
+        for (h, hop) in self.hops.iter().enumerate() {
+            hop.validate(&format!("{at}.hops[{h}]"), h == 0)?;
+        }
+        Ok(())
+    }
+
+    /// A udp service's chain: datagrams can only go through one SOCKS5 hop (UDP
+    /// ASSOCIATE) or out of virtual nodes; a later hop would need UDP through a
+    /// TCP tunnel.
+    fn validate_for_udp(&self, field: &str) -> Result<(), FieldError> {
+        if self.hops.len() != 1 {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "chain {:?} has {} hops; a udp service's datagrams go through one hop only: \
+                     expected a chain of one hop of socks5 or virtual nodes",
+                    self.name,
+                    self.hops.len()
+                ),
+            ));
+        }
+        if let Some(n) = self.hops[0].nodes.iter().find(|n| {
+            !matches!(
+                n.connector.kind,
+                ConnectorType::Socks5 | ConnectorType::Virtual
+            )
+        }) {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "chain {:?}: node {:?} has a {} connector, which carries no datagrams: \
+                     expected socks5 (UDP ASSOCIATE) or virtual nodes for a udp service",
+                    self.name,
+                    n.label(),
+                    n.connector.kind
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl HopConfig {
+    /// Checks of one hop; `first`: it is dialed from this host.
+    pub fn validate(&self, at: &str, first: bool) -> Result<(), FieldError> {
+        if self.nodes.is_empty() {
+            return Err(FieldError::new(
+                format!("{at}.nodes"),
+                "no nodes: expected at least one {name, addr, connector, dialer}",
+            ));
+        }
+        if self.interface.is_some() && !first {
+            return Err(FieldError::new(
+                format!("{at}.interface"),
+                "only the first hop leaves this host (later hops are reached through it): \
+                 expected interface on the first hop or its nodes",
+            ));
+        }
+        if self.selector.max_fails > 0 && self.selector.fail_timeout.get().is_none() {
+            return Err(FieldError::new(
+                format!("{at}.selector.failTimeout"),
+                "expected a positive duration like \"10s\" (or maxFails: 0 to never bench a node)",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (j, n) in self.nodes.iter().enumerate() {
+            let nat = format!("{at}.nodes[{j}]");
+            if !n.name.is_empty() && !names.insert(n.name.as_str()) {
+                return Err(FieldError::new(
+                    format!("{nat}.name"),
+                    format!(
+                        "duplicate node name {:?} in this hop: expected unique names",
+                        n.name
+                    ),
+                ));
+            }
+            n.validate(&nat, first)?;
+        }
+        // Unnamed nodes are told apart by their address; virtual ones share ":0".
+        let unnamed_virtual = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_virtual() && n.name.is_empty())
+            .count();
+        if unnamed_virtual > 0 && self.nodes.len() > 1 {
+            let j = self
+                .nodes
+                .iter()
+                .position(|n| n.is_virtual() && n.name.is_empty())
+                .unwrap_or(0);
+            return Err(FieldError::new(
+                format!("{at}.nodes[{j}].name"),
+                "virtual nodes share the address \":0\": expected a name for each",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ChainNodeConfig {
+    /// Checks of one node; `at` is its path, `first`: it is in the first hop.
+    pub fn validate(&self, at: &str, first: bool) -> Result<(), FieldError> {
+        let f = |x: &str| format!("{at}.{x}");
+        let virt_conn = self.connector.kind == ConnectorType::Virtual;
+        let virt_dial = self.dialer.kind == DialerType::Virtual;
+        if virt_conn != virt_dial {
+            let (field, other) = if virt_conn {
+                ("dialer.type", "connector")
+            } else {
+                ("connector.type", "dialer")
+            };
+            return Err(FieldError::new(
+                f(field),
+                format!("a virtual node has both: expected type: virtual, as its {other} has"),
+            ));
+        }
+        if self.interface.is_some() && !first {
+            return Err(FieldError::new(
+                f("interface"),
+                "only the first hop leaves this host (later hops are reached through it): \
+                 expected interface on the first hop or its nodes",
+            ));
+        }
+        if virt_conn {
+            if !first {
+                return Err(FieldError::new(
+                    f("connector.type"),
+                    "a virtual node dials directly from this host: expected virtual nodes in the \
+                     first hop only",
+                ));
+            }
+            if !virtual_addr(&self.addr) {
+                return Err(FieldError::new(
+                    f("addr"),
+                    format!(
+                        "{:?}: a virtual node has no address of its own: expected \":0\"",
+                        self.addr
+                    ),
+                ));
+            }
+            if self.connector.auth.is_some() {
+                return Err(FieldError::new(
+                    f("connector.auth"),
+                    "a virtual node speaks no protocol: expected no auth",
+                ));
+            }
+        } else if !valid_node_addr(&self.dial_addr()) || self.addr.ends_with(":0") {
+            return Err(FieldError::new(
+                f("addr"),
+                format!(
+                    "{:?}: expected \"host:port\" (or \":port\" on this host) of the proxy",
+                    self.addr
+                ),
+            ));
+        }
+        self.connector.validate(&f("connector"))?;
+        self.dialer.validate(&f("dialer"))
+    }
+}
+
+impl ConnectorConfig {
+    /// `at` is the path of this section.
+    pub fn validate(&self, at: &str) -> Result<(), FieldError> {
+        let m = &self.metadata;
+        let not_option = |name: &str| {
+            FieldError::new(
+                format!("{at}.metadata.{name}"),
+                format!(
+                    "not an option of the {} connector: expected {}",
+                    self.kind,
+                    match self.kind {
+                        ConnectorType::Http => "header or connectTimeout",
+                        ConnectorType::Socks5 | ConnectorType::Socks4 => "connectTimeout",
+                        ConnectorType::Virtual => "no metadata",
+                    }
+                ),
+            )
+        };
+        if m.header.is_some() && self.kind != ConnectorType::Http {
+            return Err(not_option("header"));
+        }
+        if m.connect_timeout.is_some() && self.kind == ConnectorType::Virtual {
+            return Err(not_option("connectTimeout"));
+        }
+        if let Some(h) = &m.header {
+            for (name, value) in h {
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    return Err(FieldError::new(
+                        format!("{at}.metadata.header"),
+                        format!(
+                            "{name:?}: expected a header name of letters, digits and !#$%&'*+-.^_`|~ and a value without CR, LF or NUL"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(a) = &self.auth {
+            if a.username.contains(':') && self.kind == ConnectorType::Http {
+                return Err(FieldError::new(
+                    format!("{at}.auth.username"),
+                    "HTTP basic credentials cannot carry ':' in the user name: expected a name without ':'",
+                ));
+            }
+            if self.kind == ConnectorType::Socks5
+                && (a.username.len() > 255 || a.password.expose().len() > 255)
+            {
+                return Err(FieldError::new(
+                    format!("{at}.auth"),
+                    "RFC 1929 limits user name and password to 255 bytes each: expected shorter ones",
+                ));
+            }
+            if self.kind == ConnectorType::Socks4 && !a.password.expose().is_empty() {
+                return Err(FieldError::new(
+                    format!("{at}.auth.password"),
+                    "SOCKS4 carries a user id only: expected auth: {username: ...} without a password",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DialerConfig {
+    /// `at` is the path of this section.
+    pub fn validate(&self, at: &str) -> Result<(), FieldError> {
+        if self.kind != DialerType::Tls {
+            if self.tls.is_some() {
+                return Err(FieldError::new(
+                    format!("{at}.tls"),
+                    format!(
+                        "the {} dialer does not speak TLS: expected type: tls, or no tls section",
+                        self.kind
+                    ),
+                ));
+            }
+            if self.metadata.handshake_timeout.is_some() {
+                return Err(FieldError::new(
+                    format!("{at}.metadata.handshakeTimeout"),
+                    format!(
+                        "not an option of the {} dialer: expected it with type: tls only",
+                        self.kind
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = &self.tls {
+            t.client_config().validate_client(&format!("{at}.tls"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn load(yaml: &str) -> Result<Config, String> {
+        Config::from_str_named(yaml, Path::new("g.yml")).map_err(|e| e.to_string())
+    }
+
+    /// Seed 000/001's chain example, verbatim apart from the interface names.
+    const SEED_CHAIN: &str = r#"
+services:
+- name: service-0
+  addr: ":8080"
+  handler:
+    type: auto
+    chain: chain-0
+  listener:
+    type: tcp
+chains:
+- name: chain-0
+  hops:
+  - name: hop-0
+    # hop level interface
+    interface: 192.168.0.1
+    nodes:
+    - name: node-0
+      addr: :8000
+      # node level interface
+      interface: eth0
+      connector:
+        type: http
+      dialer:
+        type: tcp
+"#;
+
+    /// Seed 001's virtual-node example, tabs fixed.
+    const SEED_VIRTUAL: &str = r#"
+services:
+- name: service-0
+  addr: ":8080"
+  handler:
+    type: auto
+    chain: chain-0
+  listener:
+    type: tcp
+chains:
+- name: chain-0
+  hops:
+  - name: hop-0
+    nodes:
+    - name: node-0
+      addr: :0
+      interface: eth0
+      connector:
+        type: virtual
+      dialer:
+        type: virtual
+    - name: node-1
+      addr: :0
+      interface: eth1
+      connector:
+        type: virtual
+      dialer:
+        type: virtual
+"#;
+
+    #[test]
+    fn seed_examples_parse_and_link() {
+        let c = load(SEED_CHAIN).unwrap();
+        let chain = c.services[0].chain.as_ref().expect("linked");
+        assert_eq!(chain.name, "chain-0");
+        let hop = &chain.hops[0];
+        assert_eq!(hop.interface.as_ref().unwrap().text, "192.168.0.1");
+        assert_eq!(hop.nodes[0].interface.as_ref().unwrap().text, "eth0");
+        assert_eq!(hop.nodes[0].connector.kind, super::ConnectorType::Http);
+        let c = load(SEED_VIRTUAL).unwrap();
+        let nodes = &c.services[0].chain.as_ref().unwrap().hops[0].nodes;
+        assert!(nodes.iter().all(|n| n.is_virtual()));
+    }
+
+    #[test]
+    fn defaults_are_goste() {
+        let c = load(
+            "services: [{name: s, addr: \":1\", handler: {type: http, chain: c}, listener: {type: tcp}}]\nchains: [{name: c, hops: [{nodes: [{addr: \"10.0.0.1:8080\"}]}]}]\n",
+        )
+        .unwrap();
+        let hop = &c.chains[0].hops[0];
+        let n = &hop.nodes[0];
+        assert_eq!(n.connector.kind, super::ConnectorType::Http);
+        assert_eq!(n.dialer.kind, super::DialerType::Tcp);
+        assert_eq!(hop.selector.max_fails, 1);
+        assert_eq!(
+            hop.selector.fail_timeout.0,
+            std::time::Duration::from_secs(10)
+        );
+        let t: super::DialerTlsConfig = crate::config::from_yaml("serverName: x").unwrap();
+        assert!(t.secure, "the tls dialer verifies by default");
+    }
+
+    #[test]
+    fn hash_strategy_and_secrets() {
+        let c = load(
+            "services: [{name: s, addr: \":1\", handler: {type: http, chain: c}, listener: {type: tcp}}]\nchains: [{name: c, hops: [{selector: {strategy: hash}, nodes: [{addr: \"10.0.0.1:1080\", connector: {type: socks5, auth: {username: u, password: hunter2}}}]}]}]\n",
+        )
+        .unwrap();
+        let dump = format!("{c:?}");
+        assert!(
+            !dump.contains("hunter2") && dump.contains("MASKED"),
+            "{dump}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let svc = "services: [{name: s, addr: \":1\", handler: {type: http, chain: c}, listener: {type: tcp}}]\n";
+        let udp = "services: [{name: u, addr: \":1\", handler: {type: udp, chain: c}, listener: {type: udp}, udp: {max_requests: 1}, forwarder: {nodes: [{addr: \"1.1.1.1:53\"}]}}]\n";
+        let cases = [
+            (
+                "services: [{name: s, addr: \":1\", handler: {type: http, chain: nope}, listener: {type: tcp}}]\nchains: [{name: c, hops: [{nodes: [{addr: \"a:1\"}]}]}]\n".to_string(),
+                "services[0].handler.chain",
+                "unknown chain \"nope\": expected one of the chains defined under chains: c",
+            ),
+            (
+                "services: [{name: s, addr: \":1\", handler: {type: http, chain: nope}, listener: {type: tcp}}]\n".to_string(),
+                "services[0].handler.chain",
+                "there is none",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: []}}]\n"),
+                "chains[0].hops",
+                "no hops",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a\"}}]}}]}}]\n"),
+                "chains[0].hops[0].nodes[0].addr",
+                "host:port",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \":0\", connector: {{type: virtual}}}}]}}]}}]\n"),
+                "chains[0].hops[0].nodes[0].dialer.type",
+                "virtual",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"10.0.0.1:80\", connector: {{type: virtual}}, dialer: {{type: virtual}}}}]}}]}}]\n"),
+                "chains[0].hops[0].nodes[0].addr",
+                "expected \":0\"",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\"}}]}}, {{interface: eth0, nodes: [{{addr: \"b:1\"}}]}}]}}]\n"),
+                "chains[0].hops[1].interface",
+                "first hop",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\", dialer: {{type: tcp, tls: {{serverName: x}}}}}}]}}]}}]\n"),
+                "chains[0].hops[0].nodes[0].dialer.tls",
+                "type: tls",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\", connector: {{type: socks5, metadata: {{header: {{X: y}}}}}}}}]}}]}}]\n"),
+                "chains[0].hops[0].nodes[0].connector.metadata.header",
+                "not an option of the socks5 connector",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\", connector: {{type: socks4, auth: {{username: u, password: p}}}}}}]}}]}}]\n"),
+                "chains[0].hops[0].nodes[0].connector.auth.password",
+                "user id only",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{name: a, addr: \"a:1\"}}, {{name: a, addr: \"b:1\"}}]}}]}}]\n"),
+                "chains[0].hops[0].nodes[1].name",
+                "duplicate",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\"}}]}}]}}, {{name: c, hops: [{{nodes: [{{addr: \"a:1\"}}]}}]}}]\n"),
+                "chains[1].name",
+                "duplicate chain name",
+            ),
+            (
+                format!("{udp}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\", connector: {{type: http}}}}]}}]}}]\n"),
+                "services[0].handler.chain",
+                "carries no datagrams",
+            ),
+            (
+                "services: [{name: s, addr: \":1\", handler: {type: socks5, chain: c, metadata: {udp: true}}, listener: {type: tcp}}]\nchains: [{name: c, hops: [{nodes: [{addr: \"a:1\"}]}]}]\n".to_string(),
+                "services[0].handler.metadata.udp",
+                "bypass the chain",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\", conector: {{type: http}}}}]}}]}}]\n"),
+                "chains[0].hops[0].nodes[0]",
+                "conector",
+            ),
+            (
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\", connector: {{type: relay}}}}]}}]}}]\n"),
+                "chains[0].hops[0].nodes[0].connector.type",
+                "relay",
+            ),
+        ];
+        for (yaml, field, msg) in cases {
+            let e = load(&yaml).unwrap_err();
+            assert!(e.contains(field) && e.contains(msg), "{yaml}\n=> {e}");
+        }
+    }
+
+    #[test]
+    fn udp_service_through_one_socks5_hop_is_accepted() {
+        let c = load(
+            "services: [{name: u, addr: \":1\", handler: {type: udp, chain: c}, listener: {type: udp}, udp: {max_requests: 1}, forwarder: {nodes: [{addr: \"1.1.1.1:53\"}]}}]\nchains: [{name: c, hops: [{nodes: [{addr: \"10.0.0.1:1080\", connector: {type: socks5}}]}]}]\n",
+        )
+        .unwrap();
+        assert!(c.services[0].chain.is_some());
+    }
+}
