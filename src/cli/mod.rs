@@ -14,12 +14,13 @@
 //! ```
 //!
 //! * [`url`]: the URL grammar, cut into parts;
-//! * [`service`]: `-L` → a service;
+//! * [`service`]: `-L` → a service; [`chain`]: `-F` → a hop of the default chain;
 //! * [`output`]: the `-O` option;
 //! * [`groups`]: `--` → one child process per group, supervised.
 //!
 //! The grammar and its options are documented in docs/command-line.md.
 
+pub mod chain;
 pub mod groups;
 pub mod output;
 pub mod service;
@@ -27,7 +28,8 @@ pub mod url;
 
 use std::path::Path;
 
-use crate::config::{self, Config, ConfigError, FieldError, Loaded};
+use crate::config::chain::ChainConfig;
+use crate::config::{self, Config, ConfigError, FieldError, Loaded, ServiceConfig};
 
 /// The examples `-h` ends with: every flag at least once.
 pub const HELP_EXAMPLES: &str = "\
@@ -89,20 +91,39 @@ fn url_error(flag: &'static str, url: &str, message: String) -> CliError {
     }
 }
 
-/// The services of the `-L` flags, validated one by one.
-pub fn services(flags: &Flags) -> Result<Vec<service::CliService>, CliError> {
-    if !flags.forward.is_empty() {
-        return Err(url_error(
-            "-F",
-            &flags.forward[0],
-            "forwarding chains are not supported by this build yet: expected no -F".into(),
-        ));
+/// What the flags mean: the `-L` services (each validated alone) and the
+/// default chain of the `-F` hops, which every service not saying
+/// `?ignoreChain=true` names in `handler.chain`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FromFlags {
+    pub services: Vec<ServiceConfig>,
+    pub chain: Option<ChainConfig>,
+}
+
+/// Turn the flags into typed config values.
+pub fn from_flags(flags: &Flags) -> Result<FromFlags, CliError> {
+    let mut hops = Vec::new();
+    for (i, u) in flags.forward.iter().enumerate() {
+        let h = url::split(u)
+            .and_then(|p| chain::hop(p, i))
+            .map_err(|m| url_error("-F", u, m))?;
+        h.validate(&format!("hops[{i}]"), i == 0).map_err(|e| {
+            let field = e
+                .field
+                .strip_prefix(&format!("hops[{i}]."))
+                .unwrap_or(&e.field);
+            url_error("-F", u, format!("{field}: {}", e.message))
+        })?;
+        hops.push(h);
     }
-    let mut out = Vec::new();
+    let mut services = Vec::new();
     for (i, u) in flags.listen.iter().enumerate() {
-        let s = url::split(u)
+        let mut s = url::split(u)
             .and_then(|p| service::service(p, i))
             .map_err(|m| url_error("-L", u, m))?;
+        if !hops.is_empty() && !s.ignore_chain {
+            s.service.handler.chain = Some(chain::CHAIN_NAME.to_string());
+        }
         s.service.validate(i).map_err(|e| {
             let field = e
                 .field
@@ -110,21 +131,31 @@ pub fn services(flags: &Flags) -> Result<Vec<service::CliService>, CliError> {
                 .unwrap_or(&e.field);
             url_error("-L", u, format!("{field}: {}", e.message))
         })?;
-        out.push(s);
+        services.push(s.service);
     }
-    Ok(out)
+    if !hops.is_empty() && services.is_empty() {
+        return Err(url_error(
+            "-F",
+            &flags.forward[0],
+            "a chain without services is used by nothing: expected -L URL as well".into(),
+        ));
+    }
+    Ok(FromFlags {
+        services,
+        chain: (!hops.is_empty()).then(|| chain::chain(hops)),
+    })
 }
 
 /// The configuration the command line means: the `-config` file (when `file` is
-/// given) plus the services of `flags`, validated together. Used at start, by
-/// `-test`, by `-O` and on every SIGHUP reload (the file is re-read, the flags
-/// stay).
+/// given) plus the services and chain of `flags`, validated together and with
+/// chains linked. Used at start, by `-test`, by `-O` and on every SIGHUP reload
+/// (the file is re-read, the flags stay).
 pub fn load(
     file: Option<&Path>,
     flags: &Flags,
     ifs: &crate::net::Interfaces,
 ) -> Result<Loaded, CliError> {
-    let from_flags = services(flags)?;
+    let from = from_flags(flags)?;
     let mut loaded = match file {
         Some(p) => config::load(p, ifs)?,
         None => Loaded {
@@ -132,38 +163,58 @@ pub fn load(
             floating_ip: None,
         },
     };
-    let base = loaded.config.services.len();
-    loaded
-        .config
-        .services
-        .extend(from_flags.into_iter().map(|s| s.service));
-    loaded
-        .config
-        .validate()
+    let c = &mut loaded.config;
+    let base = (c.services.len(), c.chains.len());
+    c.services.extend(from.services);
+    c.chains.extend(from.chain);
+    c.validate()
         .map_err(|e| combined_error(file, base, flags, e))?;
+    c.link_chains();
     Ok(loaded)
 }
 
+/// The index in `field` after `prefix` (`services[3].x` → 3).
+fn index_after(field: &str, prefix: &str) -> Option<usize> {
+    field
+        .strip_prefix(prefix)?
+        .strip_prefix('[')?
+        .split_once(']')?
+        .0
+        .parse()
+        .ok()
+}
+
 /// Name the flag a combined-validation error is about, when it is about one.
-fn combined_error(file: Option<&Path>, base: usize, flags: &Flags, e: FieldError) -> CliError {
-    let index = e
-        .field
-        .strip_prefix("services[")
-        .and_then(|r| r.split_once(']'))
-        .and_then(|(n, _)| n.parse::<usize>().ok());
-    match index {
-        Some(i) if i >= base => match flags.listen.get(i - base) {
-            Some(u) => url_error("-L", u, format!("{}: {}", e.field, e.message)),
-            None => CliError::Combined(format!("{}: {}", e.field, e.message)),
-        },
-        _ => CliError::Combined(format!(
-            "{}{}: {} (with the -L services)",
-            file.map(|f| format!("{}: ", f.display()))
-                .unwrap_or_default(),
-            e.field,
-            e.message
-        )),
+fn combined_error(
+    file: Option<&Path>,
+    (services, chains): (usize, usize),
+    flags: &Flags,
+    e: FieldError,
+) -> CliError {
+    let message = format!("{}: {}", e.field, e.message);
+    if let Some(i) = index_after(&e.field, "services")
+        && i >= services
+        && let Some(u) = flags.listen.get(i - services)
+    {
+        return url_error("-L", u, message);
     }
+    if let Some(i) = index_after(&e.field, "chains")
+        && i >= chains
+    {
+        let hop = e
+            .field
+            .split_once('.')
+            .and_then(|(_, rest)| index_after(rest, "hops"))
+            .unwrap_or(0);
+        if let Some(u) = flags.forward.get(hop) {
+            return url_error("-F", u, message);
+        }
+    }
+    CliError::Combined(format!(
+        "{}{message} (with the command line's services)",
+        file.map(|f| format!("{}: ", f.display()))
+            .unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]

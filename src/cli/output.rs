@@ -12,6 +12,8 @@
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::config::auth::AuthConfig;
+use crate::config::chain::{ChainConfig, ChainNodeConfig, DialerTlsConfig, default_secure};
 use crate::config::duration::DurationStr;
 use crate::config::service::{SelectorConfig, ServiceConfig};
 use crate::import::yaml::{Mapping, Value};
@@ -30,6 +32,12 @@ pub fn render(config: &Config, format: Format) -> Result<String, String> {
         "services".into(),
         Value::Sequence(config.services.iter().map(service).collect()),
     );
+    if !config.chains.is_empty() {
+        root.insert(
+            "chains".into(),
+            Value::Sequence(config.chains.iter().map(chain).collect()),
+        );
+    }
     let doc = Value::Mapping(root);
     match format {
         Format::Yaml => crate::import::yaml::to_string(&doc).map_err(|e| e.to_string()),
@@ -74,6 +82,13 @@ fn service(s: &ServiceConfig) -> Value {
     m.insert("addr".into(), s.addr.text.clone().into());
     if let Some(i) = &s.interface {
         m.insert("interface".into(), i.text.clone().into());
+    }
+    if let Some(md) = &s.metadata {
+        let mut meta = Mapping::new();
+        if let Some(i) = &md.interface {
+            meta.insert("interface".into(), i.text.clone().into());
+        }
+        m.insert("metadata".into(), Value::Mapping(meta));
     }
     m.insert("handler".into(), handler(s));
     let mut listener = Mapping::new();
@@ -140,13 +155,7 @@ fn handler(s: &ServiceConfig) -> Value {
     let mut m = Mapping::new();
     m.insert("type".into(), h.kind.name().into());
     if let Some(a) = &h.auth {
-        m.insert(
-            "auth".into(),
-            map(vec![
-                ("username", a.username.clone().into()),
-                ("password", a.password.expose().into()),
-            ]),
-        );
+        m.insert("auth".into(), auth(a));
     }
     if let Some(c) = &h.chain {
         m.insert("chain".into(), c.clone().into());
@@ -188,4 +197,91 @@ fn selector(s: &SelectorConfig) -> Value {
         ("maxFails", s.max_fails.into()),
         ("failTimeout", duration(s.fail_timeout.0).into()),
     ])
+}
+
+fn auth(a: &AuthConfig) -> Value {
+    map(vec![
+        ("username", a.username.clone().into()),
+        ("password", a.password.expose().into()),
+    ])
+}
+
+fn chain(c: &ChainConfig) -> Value {
+    let hops = c
+        .hops
+        .iter()
+        .map(|h| {
+            let mut m = Mapping::new();
+            m.insert("name".into(), h.name.clone().into());
+            if let Some(i) = &h.interface {
+                m.insert("interface".into(), i.text.clone().into());
+            }
+            if h.selector != SelectorConfig::default() {
+                m.insert("selector".into(), selector(&h.selector));
+            }
+            m.insert(
+                "nodes".into(),
+                Value::Sequence(h.nodes.iter().map(node).collect()),
+            );
+            Value::Mapping(m)
+        })
+        .collect();
+    map(vec![
+        ("name", c.name.clone().into()),
+        ("hops", Value::Sequence(hops)),
+    ])
+}
+
+fn node(n: &ChainNodeConfig) -> Value {
+    let mut m = Mapping::new();
+    m.insert("name".into(), n.name.clone().into());
+    m.insert("addr".into(), n.addr.clone().into());
+    if let Some(i) = &n.interface {
+        m.insert("interface".into(), i.text.clone().into());
+    }
+    let mut connector = Mapping::new();
+    connector.insert("type".into(), n.connector.kind.name().into());
+    if let Some(a) = &n.connector.auth {
+        connector.insert("auth".into(), auth(a));
+    }
+    if let Some(d) = n.connector.metadata.connect_timeout {
+        connector.insert(
+            "metadata".into(),
+            map(vec![("connectTimeout", duration(d.0).into())]),
+        );
+    }
+    m.insert("connector".into(), Value::Mapping(connector));
+    let mut dialer = Mapping::new();
+    dialer.insert("type".into(), n.dialer.kind.name().into());
+    if let Some(t) = &n.dialer.tls {
+        dialer.insert("tls".into(), dialer_tls(t));
+    }
+    if let Some(d) = n.dialer.metadata.handshake_timeout {
+        dialer.insert(
+            "metadata".into(),
+            map(vec![("handshakeTimeout", duration(d.0).into())]),
+        );
+    }
+    m.insert("dialer".into(), Value::Mapping(dialer));
+    Value::Mapping(m)
+}
+
+fn dialer_tls(t: &DialerTlsConfig) -> Value {
+    let mut m = Mapping::new();
+    if t.secure != default_secure() {
+        m.insert("secure".into(), t.secure.into());
+    }
+    if let Some(n) = &t.server_name {
+        m.insert("serverName".into(), n.clone().into());
+    }
+    for (k, p) in [
+        ("caFile", &t.ca_file),
+        ("certFile", &t.cert_file),
+        ("keyFile", &t.key_file),
+    ] {
+        if let Some(p) = p {
+            m.insert(k.into(), p.display().to_string().into());
+        }
+    }
+    Value::Mapping(m)
 }

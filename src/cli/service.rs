@@ -137,6 +137,7 @@ pub fn service(parts: Parts, index: usize) -> Result<CliService, String> {
         name: format!("service-{index}"),
         addr,
         interface: None,
+        metadata: None,
         handler: HandlerConfig {
             kind,
             auth: parts.auth,
@@ -155,6 +156,7 @@ pub fn service(parts: Parts, index: usize) -> Result<CliService, String> {
         access: None,
         proxy_protocol: None,
         udp: None,
+        chain: None,
     };
     let mut ignore_chain = false;
     for (k, v) in &parts.query {

@@ -15,9 +15,13 @@ fn flags(l: &[&str]) -> Flags {
     }
 }
 
+fn services(f: &Flags) -> Result<Vec<ServiceConfig>, CliError> {
+    from_flags(f).map(|f| f.services)
+}
+
 fn one(url: &str) -> ServiceConfig {
     match services(&flags(&[url])) {
-        Ok(mut v) => v.remove(0).service,
+        Ok(mut v) => v.remove(0),
         Err(e) => panic!("{url}: {e}"),
     }
 }
@@ -86,7 +90,7 @@ fn address_forms() {
 #[test]
 fn services_are_numbered_in_order() {
     let v = services(&flags(&["http://:1", "socks5://:2", ":3?name=web"])).unwrap();
-    let names: Vec<&str> = v.iter().map(|s| s.service.name.as_str()).collect();
+    let names: Vec<&str> = v.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["service-0", "service-1", "web"]);
 }
 
@@ -160,13 +164,16 @@ fn each_query_key() {
         Via::Source("192.168.0.100".parse().unwrap())
     );
 
-    let v = services(&flags(&[
+    let mut f = flags(&[
         "http://:1?ignoreChain=true",
         "http://:2?ignoreChain=false",
-    ]))
-    .unwrap();
-    assert!(v[0].ignore_chain);
-    assert!(!v[1].ignore_chain);
+        "http://:3",
+    ]);
+    f.forward = vec!["http://10.0.0.1:3128".into()];
+    let v = services(&f).unwrap();
+    assert_eq!(v[0].handler.chain, None);
+    assert_eq!(v[1].handler.chain.as_deref(), Some("chain-0"));
+    assert_eq!(v[2].handler.chain.as_deref(), Some("chain-0"));
 
     let s = one("http://:1?readTimeout=5s&responseTimeout=1m");
     let m = s.handler.metadata.unwrap();
@@ -254,14 +261,20 @@ fn every_url_round_trips() {
     let urls = [
         ":8080?interface=eth0",
         "http://alice:p%40ss@127.0.0.1:8081?readTimeout=5s&responseTimeout=90s&ignoreChain=true",
-        "socks5://:1080?udp=true&udpBufferSize=8192",
+        "socks5://:1080?udp=true&udpBufferSize=8192&ignoreChain=true",
         "socks4://:1081",
         "tcp://:80/10.0.0.5:80,10.0.0.6:80?strategy=leastconn&maxFails=3&failTimeout=1500ms&max_connections=10&client_idle_timeout=30s&backend_idle_timeout=1m&backend_connection_timeout=2s",
-        "udp://:53/10.0.0.1:53",
-        "udp://:54/10.0.0.1:53?max_requests=1&max_responses=2",
+        "udp://:53/10.0.0.1:53?ignoreChain=true",
+        "udp://:54/10.0.0.1:53?max_requests=1&max_responses=2&ignoreChain=true",
         "http+tls://:443?certFile=/etc/c.pem&keyFile=/etc/k.pem&caFile=/etc/ca.pem&name=secure",
     ];
-    let loaded = load(None, &flags(&urls), &no_ifs()).unwrap();
+    let mut f = flags(&urls);
+    f.forward = vec![
+        "http://u:p@10.0.0.1:3128?interface=eth0&strategy=fifo&maxFails=2&failTimeout=5s&connectTimeout=3s".into(),
+        "socks5+tls://10.0.0.2:1080?serverName=proxy.lan&caFile=/etc/ca.pem&secure=false&handshakeTimeout=4s&certFile=/c&keyFile=/k".into(),
+    ];
+    let loaded = load(None, &f, &no_ifs()).unwrap();
+    assert!(loaded.config.services[0].chain.is_some());
     for format in [output::Format::Yaml, output::Format::Json] {
         let text = output::render(&loaded.config, format).unwrap();
         let back = Config::from_str_named(&text, Path::new("printed.yml"))
@@ -282,4 +295,103 @@ fn durations_print_exactly() {
     assert_eq!(duration(Duration::from_secs(90)), "90s");
     assert_eq!(duration(Duration::from_millis(1500)), "1500ms");
     assert_eq!(duration(Duration::from_nanos(10)), "10ns");
+}
+
+#[test]
+fn forward_flags_make_the_default_chain() {
+    let f = Flags {
+        listen: vec!["socks5://:1080".into()],
+        forward: vec![
+            ":8000?interface=192.168.0.1".into(),
+            "socks5+tls://bob:pw@proxy.lan:1443?serverName=proxy.lan".into(),
+            "socks4://10.0.0.3:1080".into(),
+            "tls://10.0.0.4:443".into(),
+        ],
+    };
+    let from = from_flags(&f).unwrap();
+    let c = from.chain.unwrap();
+    assert_eq!(c.name, "chain-0");
+    let kinds: Vec<(&str, &str, &str)> = c
+        .hops
+        .iter()
+        .map(|h| {
+            let n = &h.nodes[0];
+            (
+                n.addr.as_str(),
+                n.connector.kind.name(),
+                n.dialer.kind.name(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (":8000", "http", "tcp"),
+            ("proxy.lan:1443", "socks5", "tls"),
+            ("10.0.0.3:1080", "socks4", "tcp"),
+            ("10.0.0.4:443", "http", "tls"),
+        ]
+    );
+    assert_eq!(c.hops[0].interface.as_ref().unwrap().text, "192.168.0.1");
+    let n1 = &c.hops[1].nodes[0];
+    assert_eq!(n1.connector.auth.as_ref().unwrap().username, "bob");
+    assert_eq!(
+        n1.dialer.tls.as_ref().unwrap().server_name.as_deref(),
+        Some("proxy.lan")
+    );
+    assert_eq!(from.services[0].handler.chain.as_deref(), Some("chain-0"));
+    // Linked by load, as a file's chain would be.
+    let l = load(None, &f, &no_ifs()).unwrap();
+    assert_eq!(l.config.services[0].chain.as_ref().unwrap().hops.len(), 4);
+}
+
+#[test]
+fn bad_forward_urls_name_the_flag() {
+    for (fwd, msg) in [
+        ("ftp://:21", "connector \"ftp\" in the scheme"),
+        ("http+quic://:1", "dialer \"quic\" in the scheme"),
+        ("http://:1/a:1", "a -F node is a proxy address"),
+        (
+            "http://:1?bogus=1",
+            "unknown option \"bogus\": expected one of interface",
+        ),
+        ("http://:1?serverName=x", "serverName is for a tls dialer"),
+        ("http://10.0.0.1:0", "addr"),
+    ] {
+        let f = Flags {
+            listen: vec!["http://:1".into()],
+            forward: vec![fwd.into()],
+        };
+        let e = from_flags(&f).unwrap_err().to_string();
+        assert!(e.starts_with("-F \""), "{fwd}: {e}");
+        assert!(e.contains(msg), "{fwd}: {e}");
+    }
+    // Only the first hop leaves this host.
+    let f = Flags {
+        listen: vec!["http://:1".into()],
+        forward: vec![":8000".into(), ":8001?interface=eth0".into()],
+    };
+    let e = from_flags(&f).unwrap_err().to_string();
+    assert!(
+        e.contains(":8001?interface=eth0") && e.contains("first hop"),
+        "{e}"
+    );
+    // A chain nobody uses.
+    let f = Flags {
+        listen: vec![],
+        forward: vec![":8000".into()],
+    };
+    assert!(
+        from_flags(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("expected -L")
+    );
+    // A UDP service through an http hop: named on the -L.
+    let f = Flags {
+        listen: vec!["udp://:53/10.0.0.1:53".into()],
+        forward: vec![":8000".into()],
+    };
+    let e = load(None, &f, &no_ifs()).unwrap_err().to_string();
+    assert!(e.starts_with("-L \"udp://:53/10.0.0.1:53\""), "{e}");
 }
