@@ -156,6 +156,11 @@ pub fn service(parts: Parts, index: usize) -> Result<CliService, String> {
         access: None,
         proxy_protocol: None,
         udp: None,
+        pre_up: Vec::new(),
+        post_up: Vec::new(),
+        pre_down: Vec::new(),
+        post_down: Vec::new(),
+        hook_timeout: DurationStr::default(),
         chain: None,
     };
     let mut ignore_chain = false;

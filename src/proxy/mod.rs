@@ -28,7 +28,8 @@
 //!   [`egress`]: binding any outgoing socket, TCP or UDP, to that exit;
 //!   [`listen`]: binding with `IP_FREEBIND`; [`relay`]: moving bytes;
 //!   [`proxy_protocol`], [`tls`], [`cut`]: what their names say;
-//! * [`stats`]: the counters, in one vocabulary.
+//! * [`stats`]: the counters, in one vocabulary; [`hooks`]: GOST's preUp,
+//!   postUp, preDown and postDown commands around a service's start and stop.
 //!
 //! Configuration arrives typed and validated (`crate::config::service`):
 //! nothing here parses configuration text. The path of a connection, and where
@@ -43,6 +44,7 @@ pub mod egress;
 pub mod forward;
 pub mod handler;
 pub mod health;
+pub mod hooks;
 pub mod lifecycle;
 pub mod listen;
 pub mod proxy_protocol;
@@ -86,6 +88,12 @@ pub struct ServiceSet {
     reload_grace: Duration,
 }
 
+/// Drain a stopping service, then run its `postDown` hooks.
+async fn drain_then_post_down(r: &Running, deadline: tokio::time::Instant) {
+    r.drain_until(deadline).await;
+    hooks::run_logged_async(r.config.clone(), hooks::Stage::PostDown).await;
+}
+
 /// Default drain time for services removed by a reload.
 pub const DEFAULT_RELOAD_GRACE: Duration = Duration::from_secs(30);
 
@@ -123,6 +131,10 @@ impl ServiceSet {
             if self.running.get(&s.name).is_some_and(|r| &r.config == s) {
                 continue;
             }
+            // A failing preUp keeps this service (only) down; logged there.
+            if !hooks::pre_up(s) {
+                continue;
+            }
             let reuse = sockets.remove(&bound_key(s));
             // On error `started` is dropped: those services stop at once, and the
             // old ones (still in `self.running`) were never touched.
@@ -139,17 +151,22 @@ impl ServiceSet {
             }
         }
         for r in started {
+            hooks::run_logged(&r.config, hooks::Stage::PostUp);
             self.running.insert(r.config.name.clone(), r);
         }
         if !retired.is_empty() {
             let grace = self.reload_grace;
             for r in &retired {
+                hooks::run_logged(&r.config, hooks::Stage::PreDown);
                 r.stop_accepting();
                 info!(service = %r.config.name, ?grace, "service retired by reload; draining");
             }
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + grace;
-                futures::future::join_all(retired.iter().map(|r| r.drain_until(deadline))).await;
+                futures::future::join_all(
+                    retired.iter().map(|r| drain_then_post_down(r, deadline)),
+                )
+                .await;
             });
         }
         Ok(())
@@ -160,10 +177,16 @@ impl ServiceSet {
     pub async fn shutdown(self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         for r in self.running.values() {
+            hooks::run_logged(&r.config, hooks::Stage::PreDown);
             r.stop_accepting();
         }
         let n = self.running.len();
-        futures::future::join_all(self.running.values().map(|r| r.drain_until(deadline))).await;
+        futures::future::join_all(
+            self.running
+                .values()
+                .map(|r| drain_then_post_down(r, deadline)),
+        )
+        .await;
         if n > 0 {
             info!(services = n, "all services stopped");
         }
