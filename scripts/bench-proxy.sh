@@ -10,7 +10,7 @@
 #                 all four figures on it; the order of the proxies rotates per run
 #   PROXIES       any of: gateway haproxy nginx (default: all three; haproxy is the
 #                 reference every ratio is taken against, so keep it in)
-#   BASE_PORT     ports used: BASE_PORT+1..+3 backends, +11..+13 gateway, +21..+23
+#   BASE_PORT     ports used: BASE_PORT+1..+3 backends, +11..+15 gateway, +21..+23
 #                 haproxy, +31..+33 nginx (default 23300; all on 127.0.0.1)
 #   IDLE_CONNS    idle connections for the memory figure (default 10000, lowered to
 #                 what the open-files hard limit allows: the proxy needs 2 per connection)
@@ -20,7 +20,9 @@
 #                 Only the part between the bench-proxy markers is replaced.
 #   GATEWAY_BIN   use this binary instead of building target/release/gateway
 #   FIGURES       which figures to measure, any of: memory throughput conn latency
-#                 (default: all four)
+#                 chain (default: all five)
+#   IPERF_SECS    seconds measured per throughput figure (default 4)
+#   WRK_SECS      seconds of the conn/s figure (default 5)
 #   LAT_SECS      length of one latency slice in seconds (default 3)
 #   LAT_SLICES    latency slices per proxy (default 20)
 #   KEEP_WORK     keep the work directory (configs, logs, raw outputs)
@@ -43,6 +45,11 @@
 #               the same minutes (a noisy neighbour hits all, not one); p50/p90/p99
 #               come from each proxy's histograms of all slices pooled (about 100,000
 #               requests each), and the per-slice p99s show the spread
+#   chain       (gateway only) the throughput figure through a one-hop HTTP chain:
+#               iperf3 -> gateway tcp service whose handler.chain has one hop, the
+#               gateway's own http proxy (CONNECT) -> iperf3 server; two gateway
+#               relays. Its ratio is taken against HAProxy's direct (one relay)
+#               throughput of the same run: a stated baseline, not a like-for-like
 #   memory      a Python client opens IDLE_CONNS connections through the proxy (paced
 #               so no accept queue overflows) to a Python backend that accepts and
 #               holds them; no byte is sent. Proxy RSS (VmRSS in /proc/PID/status,
@@ -66,11 +73,11 @@ BASE_PORT=${BASE_PORT:-23300}
 PIN=${PIN:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/docs/benchmarks.md}
-IPERF_SECS=4
-WRK_SECS=5
+IPERF_SECS=${IPERF_SECS:-4}
+WRK_SECS=${WRK_SECS:-5}
 LAT_SECS=${LAT_SECS:-3}
 LAT_SLICES=${LAT_SLICES:-20}
-FIGURES=${FIGURES:-"memory throughput conn latency"}
+FIGURES=${FIGURES:-"memory throughput conn latency chain"}
 want() { [[ " $FIGURES " == *" $1 "* ]]; }
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -333,6 +340,12 @@ services:
 - {name: iperf, addr: "127.0.0.1:$(port gateway 1)", handler: {type: tcp}, listener: {type: tcp}, forwarder: {nodes: [{name: b, addr: "127.0.0.1:$b1"}]}}
 - {name: http, addr: "127.0.0.1:$(port gateway 2)", handler: {type: tcp}, listener: {type: tcp}, forwarder: {nodes: [{name: b, addr: "127.0.0.1:$b2"}]}}
 - {name: hold, addr: "127.0.0.1:$(port gateway 3)", handler: {type: tcp}, listener: {type: tcp}, forwarder: {nodes: [{name: b, addr: "127.0.0.1:$b3"}]}}
+# The chain figure: iperf through a one-hop HTTP chain whose hop is this gateway's
+# own http proxy.
+- {name: chained, addr: "127.0.0.1:$(port gateway 4)", handler: {type: tcp, chain: one-hop}, listener: {type: tcp}, forwarder: {nodes: [{name: b, addr: "127.0.0.1:$b1"}]}}
+- {name: hop, addr: "127.0.0.1:$(port gateway 5)", handler: {type: http}, listener: {type: tcp}}
+chains:
+- {name: one-hop, hops: [{name: hop-0, nodes: [{name: http-hop, addr: "127.0.0.1:$(port gateway 5)", connector: {type: http}, dialer: {type: tcp}}]}]}
 EOF
     cat >"$WORK/haproxy.cfg" <<EOF
 global
@@ -410,6 +423,11 @@ measure() {
     v=$($LOAD iperf3 -c 127.0.0.1 -p "$(port "$p" 1)" -P 2 -O 1 -t "$IPERF_SECS" -J |
         "$PY" -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9, 3))')
     result "$run" "$p" gbit_s "$v"
+    fi
+    if [ "$p" = gateway ] && want chain; then
+    v=$($LOAD iperf3 -c 127.0.0.1 -p "$(port gateway 4)" -P 2 -O 1 -t "$IPERF_SECS" -J |
+        "$PY" -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9, 3))')
+    result "$run" "$p" chain_gbit_s "$v"
     fi
     if want conn; then
     $LOAD wrk -t1 -c50 -d"${WRK_SECS}s" -H "Connection: close" "http://127.0.0.1:$(port "$p" 2)/x" >"$WORK/wrk-conn-$run-$p.txt"
@@ -518,7 +536,7 @@ def ratios(p, m):
     a, h = val.get((p, m), {}), val.get(("haproxy", m), {})
     return [a[r] / h[r] for r in sorted(a) if r in h and h[r] > 0]
 
-PER_RUN = {"gbit_s", "conn_s", "conn_errors", "mem_bytes_per_conn", "idle_established", "threads"}
+PER_RUN = {"gbit_s", "chain_gbit_s", "conn_s", "conn_errors", "mem_bytes_per_conn", "idle_established", "threads"}
 runs = len({r for (p, m), d in val.items() if m in PER_RUN for r in d})
 slices = len({r for (p, m), d in val.items() if m == "p99_us" for r in d})
 L = []
@@ -595,6 +613,21 @@ for m, label, unit, fmt, better in FIGS + CONTEXT:
         rs = ratios(p, m) if p != "haproxy" else []
         r = mmm(rs, "{:.2f}") if rs else (("1",) * 3 if p == "haproxy" else ("–",) * 3)
         L.append(f"| {label} ({unit}, {better} is better) | {p} | {a[0]} | {a[1]} | {a[2]} | {r[0]} | {r[1]} | {r[2]} |")
+chain = list(val.get(("gateway", "chain_gbit_s"), {}).values())
+if chain:
+    a = mmm(chain, "{:.2f}")
+    g, h = val.get(("gateway", "chain_gbit_s"), {}), val.get(("haproxy", "gbit_s"), {})
+    rs = [g[r] / h[r] for r in sorted(g) if r in h and h[r] > 0]
+    r = mmm(rs, "{:.2f}") if rs else ("–",) * 3
+    L.append("")
+    L.append("Through a one-hop HTTP chain (gateway `tcp` service, `handler.chain` with one")
+    L.append("`http` hop that is the gateway's own `http` proxy, so two gateway relays), the")
+    L.append("ratio against HAProxy's *direct* throughput of the same run (one relay): a")
+    L.append("stated baseline, not a like-for-like comparison.")
+    L.append("")
+    L.append("| figure | proxy | min | median | max | ratio to HAProxy direct: min | median | max |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    L.append(f"| throughput through a one-hop HTTP chain (Gbit/s, higher is better) | gateway | {a[0]} | {a[1]} | {a[2]} | {r[0]} | {r[1]} | {r[2]} |")
 L.append("")
 L.append("## Targets (issue #3)")
 L.append("")

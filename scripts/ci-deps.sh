@@ -11,6 +11,7 @@
 #   python3         bench: the connect prober
 #   curl, openssl   handler tests: curl as HTTP/SOCKS client, openssl s_client as TLS client
 #   pebble          tests/acme_pebble.rs: pebble (ACME server) and pebble-challtestsrv (its DNS)
+#   tinyproxy, dante-server  tests/chains.rs: Debian's HTTP and SOCKS5 proxies as chain hops
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" -ne 0 ]; then
@@ -20,8 +21,9 @@ fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     iproute2 nftables iputils-ping iputils-arping socat tcpdump keepalived curl openssl python3 pebble \
+    tinyproxy dante-server \
     >/dev/null
-for tool in ip nft ping arping socat keepalived python3 curl openssl ss pebble pebble-challtestsrv; do
+for tool in ip nft ping arping socat keepalived python3 curl openssl ss pebble pebble-challtestsrv tinyproxy danted; do
     command -v "$tool" >/dev/null || { echo "ci-deps.sh: $tool missing after install" >&2; exit 1; }
 done
 echo "ci-deps.sh: ok"

@@ -405,6 +405,12 @@ pub fn validate_chains(
         if s.is_udp() {
             chain.validate_for_udp(&field)?;
         }
+        if s.udp.as_ref().is_some_and(|u| u.transparent) {
+            return Err(FieldError::new(
+                format!("services[{i}].udp.transparent"),
+                "transparent mode sends from the client's address straight to the node; a chain                  sends through its hop: expected one of the two",
+            ));
+        }
         let relays_udp = s.handler.metadata.as_ref().and_then(|m| m.udp) == Some(true)
             && matches!(s.handler.kind, HandlerType::Socks5 | HandlerType::Auto);
         if relays_udp {
@@ -877,6 +883,11 @@ chains:
                 format!("{udp}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\", connector: {{type: http}}}}]}}]}}]\n"),
                 "services[0].handler.chain",
                 "carries no datagrams",
+            ),
+            (
+                "services: [{name: u, addr: \":1\", handler: {type: udp, chain: c}, listener: {type: udp}, udp: {max_requests: 1, transparent: true}, forwarder: {nodes: [{addr: \"1.1.1.1:53\"}]}}]\nchains: [{name: c, hops: [{nodes: [{addr: \"a:1\", connector: {type: socks5}}]}]}]\n".to_string(),
+                "services[0].udp.transparent",
+                "expected one of the two",
             ),
             (
                 "services: [{name: s, addr: \":1\", handler: {type: socks5, chain: c, metadata: {udp: true}}, listener: {type: tcp}}]\nchains: [{name: c, hops: [{nodes: [{addr: \"a:1\"}]}]}]\n".to_string(),

@@ -277,6 +277,7 @@ pub fn load(path: &Path, ifs: &crate::net::Interfaces) -> Result<Loaded, ConfigE
         message: format!("cannot read: {e}"),
     })?;
     let config = Config::from_str_named(&text, path)?;
+    service::host::check_host(&config.services, ifs).map_err(|e| at_field(&text, path, e))?;
     let floating_ip = match &config.floating_ip {
         Some(f) if f.enabled => {
             let dir = path.parent().unwrap_or(Path::new(""));

@@ -18,8 +18,10 @@
 //! * `prefer_server_ciphers` — a listener's choice; refused on `forwarder.tls`
 //!   ([`TlsConfig::validate_client`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 use super::FieldError;
@@ -388,6 +390,75 @@ impl TlsConfig {
                     format!("expected a DNS name or IP address, got {name:?}: {e}"),
                 )
             })?;
+        }
+        Ok(())
+    }
+}
+
+/// Read a PEM certificate file (`certFile`, `caFile`): at least one
+/// CERTIFICATE block, each a well-formed X.509 certificate. The error names
+/// `field` and the file.
+pub fn read_certs(
+    path: &Path,
+    field: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, (&'static str, String)> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| (field, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err((
+            field,
+            format!(
+                "{}: expected PEM CERTIFICATE blocks, found none",
+                path.display()
+            ),
+        ));
+    }
+    for (i, c) in certs.iter().enumerate() {
+        if let Err(e) = x509_parser::parse_x509_certificate(c.as_ref()) {
+            return Err((
+                field,
+                format!(
+                    "{}: certificate {} of {} is not valid X.509: {e}",
+                    path.display(),
+                    i + 1,
+                    certs.len()
+                ),
+            ));
+        }
+    }
+    Ok(certs)
+}
+
+/// Read a PEM private key file (`keyFile`: PKCS#8, PKCS#1 or SEC1).
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, (&'static str, String)> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        (
+            "keyFile",
+            format!("{}: expected a PEM private key: {e}", path.display()),
+        )
+    })
+}
+
+impl TlsConfig {
+    /// The files this section names open and parse, and the key is the
+    /// certificate's: what `-test`, start-up and reload check before any
+    /// service is touched. `section` is the path, e.g. `services[0].listener.tls`.
+    pub fn check_files(&self, section: &str) -> Result<(), FieldError> {
+        let at = |(f, m): (&str, String)| FieldError::new(format!("{section}.{f}"), m);
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            let chain = read_certs(cert, "certFile").map_err(at)?;
+            let key_der = read_key(key).map_err(at)?;
+            let provider = rustls::crypto::ring::default_provider();
+            rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
+                at((
+                    "keyFile",
+                    format!("{} does not fit {}: {e}", key.display(), cert.display()),
+                ))
+            })?;
+        }
+        if let Some(ca) = &self.ca_file {
+            read_certs(ca, "caFile").map_err(at)?;
         }
         Ok(())
     }

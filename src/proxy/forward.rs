@@ -10,7 +10,8 @@
 //!    handler (`http`, `socks5`, `socks4`, `auto`), which finds its target in the
 //!    request, or forwarding:
 //! 4. `open_backend`: a node from the balancer, connected through the router
-//!    (timeout, GOST's `interface`), the next node tried when one fails; the
+//!    (timeout, GOST's `interface`, the service's chain if it has one), the next
+//!    node tried when one fails; the
 //!    PROXY header; TLS towards the node if the forwarder has `tls`;
 //! 5. the relay: `splice(2)` when both ends are plain sockets, pooled-buffer
 //!    copying otherwise, under the idle timeouts; the outcome is counted once.
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::balance::{Node, NodeLease};
+use super::chain::stream::Outbound;
 use super::handler::{ConnInfo, ProxyHandler};
 use super::relay::{RelayOpts, relay_tcp, relay_with};
 use super::router::Router;
@@ -187,39 +189,41 @@ async fn proxy<S>(
     }
 }
 
-/// The connection to a node, after the PROXY header and the TLS handshake.
-enum Backend {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-/// Pick and connect a node, send the PROXY header, start TLS if configured.
+/// Pick and connect a node (through the service's chain, if it has one), send
+/// the PROXY header, start TLS if configured. The connection is plain TCP
+/// (spliced by the relay) unless TLS lies on the way.
 async fn open_backend(
     peer: SocketAddr,
     local: SocketAddr,
     ctx: &TcpService,
-) -> Option<(NodeLease, Backend)> {
+) -> Option<(NodeLease, Outbound)> {
     // Boxed: choosing, resolving and connecting takes a sizeable future that is
     // needed only until connected; inline, every connection would carry that
     // space for its whole life.
-    let (node, backend) = Box::pin(ctx.connect_node(peer)).await?;
+    let (node, mut backend) = Box::pin(ctx.connect_node(peer)).await?;
     let guard = node.acquire();
     if let Some(v) = ctx.proxy_protocol {
         let header = proxy_protocol::header(v, peer, local);
-        if let Err(e) = Box::pin(write_all_tcp(&backend, &header, ctx.svc.backend_idle)).await {
+        if let Err(e) = Box::pin(write_all_within(
+            &mut backend,
+            &header,
+            ctx.svc.backend_idle,
+        ))
+        .await
+        {
             inc(&ctx.svc.stats.errors);
             debug!(service = %ctx.svc.name, node = node.label(), error = %e, "sending PROXY header failed");
             return None;
         }
     }
     let Some(client) = &ctx.backend_tls else {
-        return Some((guard, Backend::Plain(backend)));
+        return Some((guard, backend));
     };
     let host = node.addr().rsplit_once(':').map_or(node.addr(), |(h, _)| h);
     // Boxed: a TLS handshake future is large, and only TLS nodes should carry it.
     let handshake = Box::pin(client.connect(backend, host));
     match tokio::time::timeout(ctx.connect_timeout, handshake).await {
-        Ok(Ok(s)) => Some((guard, Backend::Tls(Box::new(s)))),
+        Ok(Ok(s)) => Some((guard, Outbound::Stream(Box::new(s)))),
         Ok(Err(e)) => {
             inc(&ctx.svc.stats.errors);
             ctx.svc.node_failed(&node);
@@ -254,9 +258,9 @@ async fn forward_tcp(mut client: TcpStream, peer: SocketAddr, local: SocketAddr,
     };
     let opts = relay_opts(ctx, &guard);
     let result = match backend {
-        Backend::Plain(b) => relay_tcp(&client, &b, &opts).await,
+        Outbound::Tcp(b) => relay_tcp(&client, &b, &opts).await,
         // Boxed for the same reason as in `serve`: only TLS nodes pay for it.
-        Backend::Tls(mut b) => Box::pin(relay_with(&mut client, &mut *b, &opts)).await,
+        Outbound::Stream(mut b) => Box::pin(relay_with(&mut client, &mut b, &opts)).await,
     };
     report(ctx, peer, guard.node(), result);
 }
@@ -270,10 +274,8 @@ where
         return;
     };
     let opts = relay_opts(ctx, &guard);
-    let result = match backend {
-        Backend::Plain(mut b) => relay_with(&mut client, &mut b, &opts).await,
-        Backend::Tls(mut b) => relay_with(&mut client, &mut *b, &opts).await,
-    };
+    let mut backend = backend;
+    let result = relay_with(&mut client, &mut backend, &opts).await;
     report(ctx, peer, guard.node(), result);
 }
 
@@ -294,39 +296,30 @@ fn report(ctx: &TcpService, peer: SocketAddr, node: &Node, result: std::io::Resu
     }
 }
 
-async fn write_all_tcp(
-    s: &TcpStream,
-    mut data: &[u8],
+/// Write `data` to a node that must take it within `limit` (30 s when unset).
+async fn write_all_within(
+    s: &mut Outbound,
+    data: &[u8],
     limit: Option<Duration>,
 ) -> std::io::Result<()> {
     let limit = limit.unwrap_or(Duration::from_secs(30));
-    tokio::time::timeout(limit, async {
-        while !data.is_empty() {
-            s.writable().await?;
-            match s.try_write(data) {
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|_| {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "backend not reading",
-        ))
-    })
+    tokio::time::timeout(limit, s.write_all(data))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "backend not reading",
+            ))
+        })
 }
 
 impl TcpService {
     /// Pick and connect a node for `client`, trying other nodes when one fails.
     /// `None` (counted and logged) when no node could be reached.
-    pub async fn connect_node(&self, client: SocketAddr) -> Option<(Arc<Node>, TcpStream)> {
+    pub async fn connect_node(&self, client: SocketAddr) -> Option<(Arc<Node>, Outbound)> {
         let mut tried: Vec<Arc<Node>> = Vec::new();
         while let Some(node) = self.svc.balancer.pick(client.ip(), &tried) {
-            match self.router.connect(node.addr()).await {
+            match self.router.dial(node.addr(), client.ip()).await {
                 Ok(s) => {
                     node.connect_ok();
                     return Some((node, s));
@@ -357,7 +350,7 @@ impl TcpService {
 }
 
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM: failures of this host, not of the node dialled.
-fn local_resource_exhausted(e: &std::io::Error) -> bool {
+pub(crate) fn local_resource_exhausted(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)

@@ -5,7 +5,8 @@
 //!
 //! * `ping` — a TCP connection can be opened (through the service's router, so
 //!   the `interface` exit applies to checks as it does to traffic);
-//! * `probe` — over TCP or UDP, send `probe_send` and read the reply (at most
+//! * `probe` — over TCP or UDP (both through the `interface` exit too), send
+//!   `probe_send` and read the reply (at most
 //!   `probe_recv_len` bytes); healthy if it starts with `probe_recv`, or with
 //!   `probe_strategy: regexp` if the regexp matches it;
 //! * `exec` — run `exec_command <host> <port>` (no shell) and compare its trimmed
@@ -204,15 +205,10 @@ async fn probe_udp(c: &Check, addr: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .next()
         .ok_or_else(|| format!("{addr} resolved to no address"))?;
-    let local: std::net::SocketAddr = if target.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = tokio::net::UdpSocket::bind(local)
+    // Through the service's `interface`, as the traffic it vouches for.
+    let sock = super::egress::udp_connected(&c.router.exits, target)
         .await
         .map_err(|e| e.to_string())?;
-    sock.connect(target).await.map_err(|e| e.to_string())?;
     sock.send(&c.send).await.map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; c.cfg.probe_recv_len.max(1)];
     // A refused port shows up here as ECONNREFUSED (ICMP unreachable).

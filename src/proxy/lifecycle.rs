@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use super::ProxyError;
 use super::balance::Balancer;
+use super::chain::Chain;
 use super::forward::{TLS_HANDSHAKE_TIMEOUT, TcpService};
 use super::handler::{HandlerStats, ProxyHandler};
 use super::relay::RelayOpts;
@@ -104,7 +105,11 @@ impl Running {
         };
         let addr = cfg.addr.addr;
         let connect_timeout = cfg.connect_timeout();
-        let router = Router::new(connect_timeout, cfg.interface());
+        let chain = match &cfg.chain {
+            Some(c) => Some(Chain::shared(c).map_err(|e| fail(e.to_string()))?),
+            None => None,
+        };
+        let router = Router::new(connect_timeout, cfg.interface()).with_chain(chain);
         // Everything that can fail is built before the socket is bound: here only
         // the files a TLS section names can (they are read now).
         let mut proxy = ProxyHandler::from_config(&cfg.handler, router.clone());
@@ -197,6 +202,8 @@ impl Running {
                 let ctx = Arc::new(UdpService {
                     svc,
                     cfg: cfg.udp.clone().unwrap_or_default(),
+                    exits: cfg.interface().map(|i| i.exits.clone()).unwrap_or_default(),
+                    router,
                 });
                 tokio::spawn(udp::serve(u.clone(), ctx, stop.clone()));
             }

@@ -24,7 +24,8 @@
 //! * [`handler`]: the proxy protocols (`http`, `socks5`, `socks4`, `auto`);
 //! * [`balance`], [`health`], [`discovery`]: the forwarder's nodes, how one is
 //!   chosen, and how the list and its health are kept current;
-//! * [`router`]: connecting to a target (timeout, GOST's `interface` exit);
+//! * [`router`]: connecting to a target (timeout, GOST's `interface` exit),
+//!   directly or through a forwarding [`chain`];
 //!   [`egress`]: binding any outgoing socket, TCP or UDP, to that exit;
 //!   [`listen`]: binding with `IP_FREEBIND`; [`relay`]: moving bytes;
 //!   [`proxy_protocol`], [`tls`], [`cut`]: what their names say;
@@ -37,6 +38,7 @@
 
 pub mod acme;
 pub mod balance;
+pub mod chain;
 pub mod clock;
 pub mod cut;
 pub mod discovery;

@@ -1,5 +1,8 @@
 //! The router: how a handler reaches a target address — directly, through GOST's
-//! `interface` option (the network exit), with a connect timeout.
+//! `interface` option (the network exit), with a connect timeout — or through
+//! the service's forwarding chain ([`super::chain`]). It is the one place that
+//! dials: [`Router::dial`] is what handlers and forwarders call; the chain
+//! itself dials its first hop through [`Router::connect_via`].
 //!
 //! `interface` is a list tried in order (parsed by the config: see
 //! [`Interface`]): an interface name binds the socket to that device
@@ -7,11 +10,14 @@
 //! marked strict with a trailing `!` ends the list when it fails.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::chain::Chain;
+use super::chain::stream::Outbound;
 use super::egress;
 
 pub use crate::config::service::interface::{Exit, Interface, Via};
@@ -21,6 +27,8 @@ pub struct Router {
     pub connect_timeout: Duration,
     /// GOST's `interface`, as the config parsed it. Empty: the kernel chooses.
     pub exits: Vec<Exit>,
+    /// The service's `handler.chain`: connections go through it.
+    pub chain: Option<Arc<Chain>>,
 }
 
 /// One entry of the `interface` list.
@@ -29,6 +37,7 @@ impl Default for Router {
         Self {
             connect_timeout: Duration::from_secs(10),
             exits: Vec::new(),
+            chain: None,
         }
     }
 }
@@ -40,28 +49,67 @@ impl Router {
         Router {
             connect_timeout,
             exits: interface.map(|i| i.exits.clone()).unwrap_or_default(),
+            chain: None,
         }
     }
 
-    /// Connect to `host:port` (a name is resolved; each address is tried).
+    /// The same router sending its connections through `chain`.
+    pub fn with_chain(mut self, chain: Option<Arc<Chain>>) -> Router {
+        self.chain = chain;
+        self
+    }
+
+    /// Reach `target` (`host:port`) for a client at `client`: through the chain
+    /// if the service has one, else directly. What handlers and forwarders call.
+    pub async fn dial(&self, target: &str, client: IpAddr) -> io::Result<Outbound> {
+        match &self.chain {
+            Some(chain) => chain.dial(self, target, client).await,
+            None => self.connect(target).await.map(Outbound::Tcp),
+        }
+    }
+
+    /// Connect to `host:port` directly, never through the chain (a name is
+    /// resolved; each address is tried).
     pub async fn connect(&self, target: &str) -> io::Result<TcpStream> {
-        let addrs =
-            match tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host(target)).await
-            {
-                Ok(r) => r?,
-                Err(_) => {
+        self.connect_via(target, &self.exits).await
+    }
+
+    /// Connect directly to `host:port`, leaving through `exits` instead of the
+    /// service's own (a chain's first hop, with the node's `interface`).
+    pub async fn connect_via(&self, target: &str, exits: &[Exit]) -> io::Result<TcpStream> {
+        let addrs = self.resolve(target).await?;
+        self.connect_resolved(&addrs, exits).await
+    }
+
+    /// The addresses of `host:port`, within the connect timeout.
+    pub async fn resolve(&self, target: &str) -> io::Result<Vec<SocketAddr>> {
+        match tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host(target)).await {
+            Ok(r) => {
+                let addrs: Vec<SocketAddr> = r?.collect();
+                if addrs.is_empty() {
                     return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("resolving {target} timed out"),
+                        io::ErrorKind::NotFound,
+                        format!("{target} resolved to no address"),
                     ));
                 }
-            };
-        let mut last = io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{target} resolved to no address"),
-        );
+                Ok(addrs)
+            }
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("resolving {target} timed out"),
+            )),
+        }
+    }
+
+    /// Connect to the first of `addrs` that answers, through `exits`.
+    pub async fn connect_resolved(
+        &self,
+        addrs: &[SocketAddr],
+        exits: &[Exit],
+    ) -> io::Result<TcpStream> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
         for addr in addrs {
-            match self.connect_addr(addr).await {
+            match egress::through(exits, *addr, |exit| self.attempt(*addr, exit)).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = e,
             }
@@ -72,7 +120,7 @@ impl Router {
     /// Connect to one address, through the configured exits in order (see
     /// [`egress`]: fallback order, strict `!`).
     pub async fn connect_addr(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        egress::through(&self.exits, addr, |exit| self.attempt(addr, exit)).await
+        self.connect_resolved(&[addr], &self.exits).await
     }
 
     async fn attempt(&self, addr: SocketAddr, exit: Option<&Exit>) -> io::Result<TcpStream> {

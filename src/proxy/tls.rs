@@ -57,7 +57,6 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
     SupportedProtocolVersion,
 };
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -116,28 +115,11 @@ pub fn protocol_versions(
 }
 
 fn read_certs(path: &Path, field: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::new(field, format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError::new(
-            field,
-            format!(
-                "{}: expected PEM CERTIFICATE blocks, found none",
-                path.display()
-            ),
-        ));
-    }
-    Ok(certs)
+    crate::config::tls::read_certs(path, field).map_err(|(f, m)| TlsError::new(f, m))
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        TlsError::new(
-            "keyFile",
-            format!("{}: expected a PEM private key: {e}", path.display()),
-        )
-    })
+    crate::config::tls::read_key(path).map_err(|(f, m)| TlsError::new(f, m))
 }
 
 fn load_certified_key(

@@ -40,14 +40,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::balance::Node;
+use super::chain::udp::UdpBackend;
+use super::egress::{self, Exit, Via};
+use super::router::Router;
 use super::service::Service;
 use super::stats::{Active, inc};
 use crate::config::service::UdpConfig;
 
-/// A UDP service: the shared [`Service`] and gobetween's `udp` options.
+/// A UDP service: the shared [`Service`], gobetween's `udp` options and GOST's
+/// `interface` exits (the same as the TCP path's; see [`egress`]).
 pub(crate) struct UdpService {
     pub svc: Service,
     pub cfg: UdpConfig,
+    pub exits: Vec<Exit>,
+    /// The service's router: with a `handler.chain`, sessions reach their node
+    /// through it (a SOCKS5 hop's UDP ASSOCIATE, or a virtual node's exit).
+    pub router: Router,
 }
 
 /// Largest datagram handled (the IPv4 maximum payload).
@@ -72,7 +80,7 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<UdpService>, stop: Canc
     let cfg = &ctx.cfg;
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
     let mut sessions: HashMap<SocketAddr, SessionHandle> = HashMap::new();
-    let mut ff_sockets: HashMap<String, Arc<UdpSocket>> = HashMap::new();
+    let mut ff_sockets: HashMap<String, Arc<UdpBackend>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -106,7 +114,7 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<UdpService>, stop: Canc
             None => &buf[..n],
         };
         if cfg.max_requests == 1 {
-            fire_and_forget(svc, cfg, client, data, &mut ff_sockets).await;
+            fire_and_forget(&ctx, client, data, &mut ff_sockets).await;
             continue;
         }
         if let Some(s) = sessions.get(&client) {
@@ -127,7 +135,7 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<UdpService>, stop: Canc
             inc(&svc.stats.udp_dropped);
             continue;
         }
-        let Some((node, backend)) = open_backend(svc, cfg, client).await else {
+        let Some((node, backend)) = open_backend(&ctx, client).await else {
             inc(&svc.stats.udp_dropped);
             continue;
         };
@@ -152,14 +160,11 @@ pub(crate) async fn serve(sock: Arc<UdpSocket>, ctx: Arc<UdpService>, stop: Canc
 
 /// Pick a node and open a socket connected to it (from the client's address in
 /// transparent mode). Failures are counted and logged.
-async fn open_backend(
-    ctx: &Service,
-    cfg: &UdpConfig,
-    client: SocketAddr,
-) -> Option<(Arc<Node>, UdpSocket)> {
+async fn open_backend(u: &UdpService, client: SocketAddr) -> Option<(Arc<Node>, UdpBackend)> {
+    let ctx = &u.svc;
     let mut tried: Vec<Arc<Node>> = Vec::new();
     while let Some(node) = ctx.balancer.pick(client.ip(), &tried) {
-        match backend_socket(node.addr(), cfg.transparent.then_some(client)).await {
+        match node_path(u, node.addr(), client, u.cfg.transparent).await {
             Ok(s) => {
                 node.connect_ok();
                 return Some((node, s));
@@ -178,37 +183,69 @@ async fn open_backend(
     None
 }
 
-async fn backend_socket(addr: &str, source: Option<SocketAddr>) -> io::Result<UdpSocket> {
+/// The way to the node at `addr`: through the service's chain if it has one
+/// (the config refuses a chain with `transparent`), else a socket of its own.
+async fn node_path(
+    u: &UdpService,
+    addr: &str,
+    client: SocketAddr,
+    transparent: bool,
+) -> io::Result<UdpBackend> {
+    match &u.router.chain {
+        Some(chain) => chain.udp(&u.router, addr, client.ip()).await,
+        None => backend_socket(addr, &u.exits, transparent.then_some(client))
+            .await
+            .map(UdpBackend::direct),
+    }
+}
+
+/// A socket connected to the node at `addr`, leaving through the service's
+/// `interface` exits; from `source` (the client's address) in transparent mode.
+async fn backend_socket(
+    addr: &str,
+    exits: &[Exit],
+    source: Option<SocketAddr>,
+) -> io::Result<UdpSocket> {
     let target = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("{addr} resolved to no address"),
         )
     })?;
-    let sock = match source {
-        Some(src) => transparent_socket(src)?,
-        None => {
-            let any: SocketAddr = if target.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            UdpSocket::bind(any).await?
+    match source {
+        None => egress::udp_connected(exits, target).await,
+        Some(src) => {
+            egress::through(exits, target, |exit| async move {
+                let s = transparent_socket(src, exit)?;
+                s.connect(target).await?;
+                Ok(s)
+            })
+            .await
         }
-    };
-    sock.connect(target).await?;
-    Ok(sock)
+    }
 }
 
-/// A socket bound to `src` although `src` is not ours (the client's address).
+/// A socket bound to `src` although `src` is not ours (the client's address),
+/// pinned to the exit's device if there is one. A source-address exit cannot
+/// apply: the source is the client's (the config refuses the combination).
 #[cfg(target_os = "linux")]
-fn transparent_socket(src: SocketAddr) -> io::Result<UdpSocket> {
+fn transparent_socket(src: SocketAddr, exit: Option<&Exit>) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     let s = Socket::new(Domain::for_address(src), Type::DGRAM, Some(Protocol::UDP))?;
     if src.is_ipv4() {
         s.set_ip_transparent_v4(true)?;
     } else {
         s.set_ip_transparent_v6(true)?;
+    }
+    match exit.map(|e| &e.via) {
+        Some(via @ Via::Device(_)) => egress::bind(&s, via, src.is_ipv4())?,
+        Some(Via::Source(ip)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("source address {ip}: transparent mode sends from the client's address"),
+            ));
+        }
+        None => {}
     }
     // The client's own socket may hold the same address on this very host.
     s.set_reuse_address(true)?;
@@ -218,7 +255,7 @@ fn transparent_socket(src: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn transparent_socket(_src: SocketAddr) -> io::Result<UdpSocket> {
+fn transparent_socket(_src: SocketAddr, _exit: Option<&Exit>) -> io::Result<UdpSocket> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "transparent UDP needs Linux",
@@ -226,27 +263,27 @@ fn transparent_socket(_src: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 async fn fire_and_forget(
-    ctx: &Service,
-    cfg: &UdpConfig,
+    u: &UdpService,
     client: SocketAddr,
     data: &[u8],
-    cache: &mut HashMap<String, Arc<UdpSocket>>,
+    cache: &mut HashMap<String, Arc<UdpBackend>>,
 ) {
+    let ctx = &u.svc;
     let Some(node) = ctx.balancer.pick(client.ip(), &[]) else {
         inc(&ctx.stats.udp_dropped);
         ctx.no_node(client.ip(), 0, "dropping datagram");
         return;
     };
-    let sent = if cfg.transparent {
+    let sent = if u.cfg.transparent {
         // The source differs per client: no caching.
-        match backend_socket(node.addr(), Some(client)).await {
+        match node_path(u, node.addr(), client, true).await {
             Ok(s) => s.send(data).await,
             Err(e) => Err(e),
         }
     } else {
         let sock = match cache.get(node.addr()) {
             Some(s) => Ok(s.clone()),
-            None => backend_socket(node.addr(), None).await.map(Arc::new),
+            None => node_path(u, node.addr(), client, false).await.map(Arc::new),
         };
         match sock {
             Ok(s) => {
@@ -282,7 +319,7 @@ struct Session {
     ctx: Arc<UdpService>,
     client: SocketAddr,
     listener: Arc<UdpSocket>,
-    backend: UdpSocket,
+    backend: UdpBackend,
     node: Arc<Node>,
     hand_back: HandBack,
 }

@@ -8,9 +8,12 @@
 //! the list.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer};
+
+use crate::config::FieldError;
+use crate::net::Interfaces;
 
 /// A parsed `interface` value: the exits, in the order they are tried.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +66,57 @@ impl Interface {
     }
 }
 
+impl Interface {
+    /// Every entry exists on this host: each name is a network interface, each
+    /// address is one of this host's. `field` is where the value is written
+    /// (`services[0].interface`), for the error. A fallback list is checked
+    /// whole: an entry that cannot exist is a typo, not a fallback.
+    pub fn check_host(&self, ifs: &Interfaces, field: &str) -> Result<(), FieldError> {
+        for e in &self.exits {
+            let problem = match &e.via {
+                Via::Device(name) if !ifs.exists(name) => format!(
+                    "no interface named {name:?} on this host: expected one of {}",
+                    known_names(ifs)
+                ),
+                Via::Source(ip) if !is_local(*ip, ifs) => format!(
+                    "{ip} is not an address of this host: expected an address one of its interfaces holds"
+                ),
+                _ => continue,
+            };
+            let list = if self.exits.len() > 1 {
+                format!(" (in {:?})", self.text)
+            } else {
+                String::new()
+            };
+            return Err(FieldError::new(field, format!("{problem}{list}")));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `ip` is an address of this host: in the snapshot (IPv4), or the
+/// kernel lets a socket bind it (IPv6, which the snapshot does not list, and
+/// the rest of 127.0.0.0/8).
+fn is_local(ip: IpAddr, ifs: &Interfaces) -> bool {
+    if let IpAddr::V4(v4) = ip
+        && ifs.find(v4).is_some()
+    {
+        return true;
+    }
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// The interface names of the snapshot, for an error message.
+fn known_names(ifs: &Interfaces) -> String {
+    let mut names: Vec<&str> = ifs.addrs.iter().map(|a| a.ifname.as_str()).collect();
+    names.dedup();
+    if names.is_empty() {
+        "the host's interfaces (`ip link`)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
 impl fmt::Display for Interface {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -100,5 +154,31 @@ mod tests {
         assert_eq!(e[2].via, Via::Source("fd::1".parse().unwrap()));
         assert!(Interface::parse("eth0,,eth1").is_err());
         assert!(Interface::parse("!").is_err());
+    }
+
+    #[test]
+    fn host_check_names_the_missing_entry() {
+        let ifs = Interfaces {
+            addrs: vec![crate::net::IfAddr::new(
+                "lo",
+                std::net::Ipv4Addr::LOCALHOST,
+                8,
+            )],
+        };
+        let ok = |s: &str| {
+            Interface::parse(s)
+                .unwrap()
+                .check_host(&ifs, "services[0].interface")
+        };
+        ok("lo, 127.0.0.1, 127.0.0.9").unwrap();
+        let e = ok("lo,nonexistent0!").unwrap_err();
+        assert_eq!(e.field, "services[0].interface");
+        assert!(
+            e.message.contains("\"nonexistent0\"") && e.message.contains("lo"),
+            "{e:?}"
+        );
+        // 192.0.2.9 is TEST-NET-1: never an address of this host.
+        let e = ok("192.0.2.9").unwrap_err();
+        assert!(e.message.contains("192.0.2.9 is not an address"), "{e:?}");
     }
 }

@@ -60,7 +60,9 @@
 //! * [`forwarder`]: nodes, selector, health checks, discovery;
 //! * [`access`]: gobetween's access rules, parsed at load;
 //! * [`interface`]: GOST's `interface` list, parsed at load;
-//! * [`metadata`]: GOST's service-level `metadata:` map (`interface`, ...).
+//! * [`metadata`]: GOST's service-level `metadata:` map (`interface`, ...);
+//! * [`host`]: the checks only this host can answer (interfaces exist, TLS
+//!   files parse), run at load.
 //!
 //! What leaves this module is typed and checked: the services in `proxy/` read
 //! these values and never parse text again.
@@ -69,6 +71,7 @@ pub mod access;
 pub mod forwarder;
 pub mod handler;
 pub mod hooks;
+pub mod host;
 pub mod interface;
 pub mod metadata;
 
@@ -314,6 +317,15 @@ impl ServiceConfig {
         }
     }
 
+    /// Where the service's exit is written: `interface` or `metadata.interface`.
+    pub fn interface_field(&self) -> &'static str {
+        if self.interface.is_none() && self.interface().is_some() {
+            "metadata.interface"
+        } else {
+            "interface"
+        }
+    }
+
     /// `backend_connection_timeout`, or its default when 0.
     pub fn connect_timeout(&self) -> Duration {
         self.backend_connection_timeout
@@ -459,6 +471,20 @@ impl ServiceConfig {
                 ));
             }
             let u = self.udp.clone().unwrap_or_default();
+            if u.transparent
+                && let Some(i) = self.interface()
+                && i.exits
+                    .iter()
+                    .any(|e| matches!(e.via, interface::Via::Source(_)))
+            {
+                return Err(FieldError::new(
+                    at(self.interface_field()),
+                    format!(
+                        "{:?} names a source address, but udp.transparent sends from the client's address: expected interface names only",
+                        i.text
+                    ),
+                ));
+            }
             // gobetween 0.6+: without any of these, sessions would never end.
             if u.max_requests == 0
                 && u.max_responses == 0

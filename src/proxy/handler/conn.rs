@@ -14,6 +14,8 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::proxy::chain::stream::Outbound;
+
 use super::HandlerError;
 use super::framing;
 
@@ -268,7 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> BufConn<S> {
     /// ([`relay_tcp`]); anything else (TLS) is copied.
     pub async fn tunnel(
         &mut self,
-        target: &mut TcpStream,
+        target: &mut Outbound,
         opts: &RelayOpts,
     ) -> std::io::Result<(u64, u64)> {
         if !self.buf.is_empty() {
@@ -276,9 +278,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> BufConn<S> {
             self.buf.clear();
         }
         // The handlers are generic over the stream; the zero-copy path needs to
-        // know it holds a TcpStream, which `Any` answers at run time.
-        if let Some(tcp) = (&mut self.io as &mut dyn Any).downcast_mut::<TcpStream>() {
-            return relay_tcp(tcp, target, opts).await;
+        // know it holds a TcpStream, which `Any` answers at run time. The target
+        // side is plain TCP unless a chain put TLS (or read-ahead bytes) on it.
+        if let Outbound::Tcp(up) = target
+            && let Some(tcp) = (&mut self.io as &mut dyn Any).downcast_mut::<TcpStream>()
+        {
+            return relay_tcp(tcp, up, opts).await;
         }
         relay_with(&mut self.io, target, opts).await
     }

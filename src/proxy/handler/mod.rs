@@ -78,8 +78,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proxy::chain::stream::Outbound;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use self::conn::BufConn;
 use crate::config::service::handler::{HandlerConfig, HandlerType};
@@ -122,7 +122,7 @@ impl Context {
     async fn tunnel<S: Io>(
         &self,
         client: &mut BufConn<S>,
-        upstream: &mut TcpStream,
+        upstream: &mut Outbound,
         target: String,
     ) -> Outcome {
         match client.tunnel(upstream, &self.relay).await {

@@ -57,7 +57,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::AsyncRead;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
+
+use crate::proxy::chain::stream::Outbound;
 
 use super::conn::BufConn;
 use super::{
@@ -65,6 +67,7 @@ use super::{
     Metadata, Outcome, Protocol, credentials_match, join_host_port,
 };
 pub use crate::config::service::handler::{Socks4Metadata, Socks5Metadata};
+use crate::proxy::egress;
 use crate::proxy::stats::inc;
 
 const VERSION5: u8 = 0x05;
@@ -248,14 +251,14 @@ impl Protocol for Socks5 {
         tracing::debug!(peer = %conn.peer, cmd = req.cmd, target = ?req.addr, "socks5 request");
         match req.cmd {
             CMD_CONNECT => {
-                let reply = |r: Result<&TcpStream, &io::Error>| match r {
+                let reply = |r: Result<&Outbound, &io::Error>| match r {
                     Ok(upstream) => {
-                        let bound = upstream.local_addr().unwrap_or_else(|_| unspecified());
+                        let bound = upstream.local_addr().unwrap_or_else(unspecified);
                         reply5(rep::SUCCEEDED, bound)
                     }
                     Err(e) => reply5(connect_error_code(e, &req.addr), unspecified()),
                 };
-                connect(ctx, client, &req.addr, reply).await
+                connect(ctx, client, &req.addr, conn.peer.ip(), reply).await
             }
             CMD_UDP_ASSOCIATE if self.opts.metadata.udp => {
                 self.udp_associate(ctx, client, conn).await
@@ -409,6 +412,24 @@ impl Socks5 {
                 });
             }
         };
+        // GOST's `interface`: datagrams to targets leave through the service's
+        // exit, from a second socket; without one the relay socket sends too.
+        let out = if ctx.router.exits.is_empty() {
+            None
+        } else {
+            match egress::udp_unconnected(&ctx.router.exits, relay_ip.is_ipv4()).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    client
+                        .write_all(&reply5(rep::GENERAL_FAILURE, unspecified()))
+                        .await?;
+                    return Err(HandlerError::Target {
+                        target: "udp relay through the service's interface".into(),
+                        source: e,
+                    });
+                }
+            }
+        };
         let bound = socket.local_addr()?;
         // The association lives as long as the control connection, so a client
         // that vanishes without closing it (power loss, NAT timeout) would pin a
@@ -428,6 +449,7 @@ impl Socks5 {
 
         let mut assoc = UdpAssociation {
             socket,
+            out,
             client_ip: canonical_ip(conn.peer.ip()),
             client: None,
             destinations: HashSet::new(),
@@ -449,7 +471,7 @@ impl Socks5 {
                         Err(e) => return Err(HandlerError::Client(e)),
                     }
                 }
-                recv = assoc.socket.recv_from(&mut buf) => {
+                recv = assoc.recv_from(&mut buf) => {
                     match recv {
                         Ok((n, from)) if n < buf.len() => assoc.on_datagram(&buf[..n], from).await,
                         Ok(_) => inc(&ctx.stats.udp_dropped),
@@ -469,7 +491,12 @@ impl Socks5 {
 
 /// One UDP association's state.
 struct UdpAssociation<'a> {
+    /// Bound where the client reached the service: takes the client's
+    /// datagrams and sends it the replies.
     socket: UdpSocket,
+    /// Bound to the service's `interface` exit, when it has one: sends to the
+    /// targets and takes their replies. `None`: `socket` does both.
+    out: Option<UdpSocket>,
     client_ip: IpAddr,
     /// Learned from the first datagram sent from `client_ip`.
     client: Option<SocketAddr>,
@@ -491,6 +518,28 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 impl UdpAssociation<'_> {
+    /// The socket that talks to targets.
+    fn out(&self) -> &UdpSocket {
+        self.out.as_ref().unwrap_or(&self.socket)
+    }
+
+    /// The next datagram on either socket, into one buffer.
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let Some(out) = &self.out else {
+            return self.socket.recv_from(buf).await;
+        };
+        loop {
+            let ready = tokio::select! {
+                r = self.socket.readable() => r.map(|()| &self.socket),
+                r = out.readable() => r.map(|()| out),
+            }?;
+            match ready.try_recv_from(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
     async fn on_datagram(&mut self, data: &[u8], from: SocketAddr) {
         let from = canonical(from);
         let from_client = match self.client {
@@ -535,7 +584,7 @@ impl UdpAssociation<'_> {
             self.destinations.clear();
         }
         self.destinations.insert(canonical(dest));
-        match self.socket.send_to(payload, dest).await {
+        match self.out().send_to(payload, dest).await {
             Ok(_) => inc(&self.stats.udp_datagrams_out),
             Err(_) => inc(&self.stats.udp_dropped),
         }
@@ -549,7 +598,7 @@ impl UdpAssociation<'_> {
                 if let Some(a) = self.dns.get(&key) {
                     return Some(*a);
                 }
-                let want_v4 = self.socket.local_addr().ok()?.is_ipv4();
+                let want_v4 = self.out().local_addr().ok()?.is_ipv4();
                 let found = tokio::net::lookup_host(join_host_port(host, *port))
                     .await
                     .ok()?
@@ -587,7 +636,7 @@ impl Protocol for Socks4 {
                 "SOCKS4 command {cmd:#04x}"
             )));
         }
-        let reply = |r: Result<&TcpStream, &io::Error>| {
+        let reply = |r: Result<&Outbound, &io::Error>| {
             reply4(if r.is_ok() {
                 SOCKS4_GRANTED
             } else {
@@ -595,7 +644,7 @@ impl Protocol for Socks4 {
             })
             .to_vec()
         };
-        connect(ctx, client, &addr, reply).await
+        connect(ctx, client, &addr, conn.peer.ip(), reply).await
     }
 }
 
@@ -617,10 +666,11 @@ async fn connect<S: Io>(
     ctx: &Context,
     mut client: BufConn<S>,
     addr: &Address,
-    reply: impl FnOnce(Result<&TcpStream, &io::Error>) -> Vec<u8>,
+    peer: IpAddr,
+    reply: impl FnOnce(Result<&Outbound, &io::Error>) -> Vec<u8>,
 ) -> Outcome {
     let target = addr.to_target();
-    let mut upstream = match ctx.router.connect(&target).await {
+    let mut upstream = match ctx.router.dial(&target, peer).await {
         Ok(s) => s,
         Err(e) => {
             client.write_all(&reply(Err(&e))).await?;

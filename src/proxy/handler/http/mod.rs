@@ -78,9 +78,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::proxy::chain::stream::{Outbound, OutboundRead, OutboundWrite};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::conn::{BodyIdle, BufConn, CopyError};
 use super::framing::{Framing, header, request_framing, response_framing};
@@ -126,12 +125,12 @@ enum Next {
 /// already being read (a target may refuse an upload without reading it).
 struct Upstream {
     target: String,
-    rx: BufConn<OwnedReadHalf>,
-    tx: OwnedWriteHalf,
+    rx: BufConn<OutboundRead>,
+    tx: OutboundWrite,
 }
 
 impl Upstream {
-    fn new(target: String, stream: TcpStream) -> Self {
+    fn new(target: String, stream: Outbound) -> Self {
         let (rx, tx) = stream.into_split();
         Self {
             target,
@@ -236,9 +235,12 @@ impl Protocol for Http {
             }
 
             if head.method.eq_ignore_ascii_case("CONNECT") {
-                return self.connect(ctx, client, &head).await;
+                return self.connect(ctx, client, &head, conn.peer.ip()).await;
             }
-            match self.forward(ctx, &mut client, &mut upstream, head).await? {
+            match self
+                .forward(ctx, &mut client, &mut upstream, head, conn.peer.ip())
+                .await?
+            {
                 Next::KeepAlive => continue,
                 Next::Close => return Ok(()),
             }
@@ -253,6 +255,7 @@ impl Http {
         ctx: &Context,
         mut client: BufConn<S>,
         head: &RequestHead,
+        peer: std::net::IpAddr,
     ) -> Outcome {
         let Some(target) = parse_authority(&head.target, None) else {
             self.reply(&mut client, 400, "Bad Request", "").await;
@@ -261,7 +264,7 @@ impl Http {
                 head.target
             )));
         };
-        let mut upstream = match ctx.router.connect(&target).await {
+        let mut upstream = match ctx.router.dial(&target, peer).await {
             Ok(s) => s,
             Err(e) => {
                 self.reply_target_error(&mut client, &e).await;
@@ -282,6 +285,7 @@ impl Http {
         client: &mut BufConn<S>,
         upstream: &mut Option<Upstream>,
         head: RequestHead,
+        peer: std::net::IpAddr,
     ) -> Result<Next, HandlerError> {
         let uri = match parse_absolute_uri(&head.target) {
             Ok(u) => u,
@@ -333,7 +337,7 @@ impl Http {
             attempt += 1;
             let (mut up, reused) = match upstream.take() {
                 Some(u) if u.target == uri.authority => (u, true),
-                _ => match ctx.router.connect(&uri.authority).await {
+                _ => match ctx.router.dial(&uri.authority, peer).await {
                     Ok(s) => (Upstream::new(uri.authority.clone(), s), false),
                     Err(e) => {
                         self.reply_target_error(client, &e).await;
@@ -637,7 +641,7 @@ where
 /// Copy a request body in its framing from the client to the target.
 async fn copy_body<S>(
     client: &mut BufConn<S>,
-    tx: &mut OwnedWriteHalf,
+    tx: &mut OutboundWrite,
     framing: Framing,
     idle: &mut BodyIdle,
 ) -> Result<(), CopyError>
@@ -654,9 +658,7 @@ where
 /// A final response arriving while the body is still being sent. Interim 1xx
 /// responses seen meanwhile are dropped (they are advisory, and the client is
 /// busy sending). Cancel safe: a head is consumed only when complete.
-async fn early_response(
-    rx: &mut BufConn<OwnedReadHalf>,
-) -> Result<Option<ResponseHead>, HeadError> {
+async fn early_response(rx: &mut BufConn<OutboundRead>) -> Result<Option<ResponseHead>, HeadError> {
     loop {
         match read_head(rx, parse_response).await? {
             Some(h) if (100..200).contains(&h.code) && h.code != 101 => continue,
@@ -669,7 +671,7 @@ async fn early_response(
 /// responses (100 Continue, 103 Early Hints) on to the client.
 async fn read_final_response<S: Io>(
     client: &mut BufConn<S>,
-    up: &mut BufConn<OwnedReadHalf>,
+    up: &mut BufConn<OutboundRead>,
     client_version: u8,
     client_idle: Duration,
 ) -> Result<Option<ResponseHead>, HeadError> {
