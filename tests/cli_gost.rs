@@ -331,3 +331,69 @@ fn config_and_flags_combine() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+mod chain_support;
+
+use std::net::SocketAddr;
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `?interface=ADDR` on `-L`: the connection to the target leaves from ADDR
+/// (127.0.0.2 is a second address of loopback; the origin echoes the source).
+#[tokio::test(flavor = "multi_thread")]
+async fn interface_query_sets_the_source_address() {
+    let origin = chain_support::Origin::start().await;
+    let (p1, p2) = (free_port(), free_port());
+    let d = Daemon::start(&[
+        "-L",
+        &format!("http://127.0.0.1:{p1}?interface=127.0.0.2"),
+        "-L",
+        &format!("http://127.0.0.1:{p2}"),
+    ]);
+    chain_support::wait_listening(local(p1), "service-0").await;
+    chain_support::wait_listening(local(p2), "service-1").await;
+    let (code, body) = chain_support::http_connect(local(p1), origin.addr).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "peer 127.0.0.2\n"),
+        "{}",
+        d.log()
+    );
+    let (code, body) = chain_support::http_connect(local(p2), origin.addr).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "peer 127.0.0.1\n"),
+        "{}",
+        d.log()
+    );
+}
+
+/// `-L socks5://… -F http://…`: the SOCKS5 service reaches its target through
+/// tinyproxy (which connects out from 127.0.0.2, so the origin tells the paths
+/// apart); `?ignoreChain=true` goes direct (from 127.0.0.1).
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_flag_goes_through_an_upstream_http_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = free_port();
+    let _tinyproxy = chain_support::tinyproxy(dir.path(), tp, "127.0.0.2", None).await;
+    let origin = chain_support::Origin::start().await;
+    let (p1, p2) = (free_port(), free_port());
+    let d = Daemon::start(&[
+        "-L",
+        &format!("socks5://127.0.0.1:{p1}"),
+        "-L",
+        &format!("socks5://127.0.0.1:{p2}?ignoreChain=true"),
+        "-F",
+        &format!("http://127.0.0.1:{tp}"),
+    ]);
+    chain_support::wait_listening(local(p1), "service-0").await;
+    chain_support::wait_listening(local(p2), "service-1").await;
+    let (rep, body) = chain_support::socks5_connect(local(p1), origin.addr).await;
+    assert_eq!((rep, body.as_str()), (0, "peer 127.0.0.2\n"), "{}", d.log());
+    let (rep, body) = chain_support::socks5_connect(local(p2), origin.addr).await;
+    assert_eq!((rep, body.as_str()), (0, "peer 127.0.0.1\n"), "{}", d.log());
+    assert_eq!(origin.from("127.0.0.2"), 1);
+    assert_eq!(origin.from("127.0.0.1"), 1);
+}
