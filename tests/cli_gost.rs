@@ -7,94 +7,16 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gateway");
-const WAIT: Duration = Duration::from_secs(30);
+mod gost_support;
 
-/// A daemon started by a test; killed on drop. Its stderr goes to a file.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stderr.log");
-        let child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        poll(timeout, || self.child.try_wait().ok().flatten())
-    }
-
-    /// The pids of its children (the `--` groups).
-    fn children(&self) -> Vec<i32> {
-        let p = self.child.id();
-        std::fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|s| s.parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- daemon log ---\n{}", self.log());
-        }
-    }
-}
-
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use gost_support::{BIN, Daemon, WAIT, free_port, poll};
 
 /// A backend on loopback that answers every connection with `banner` and closes.
 fn backend(banner: &'static str) -> u16 {
@@ -195,7 +117,7 @@ fn groups_run_as_three_processes_and_stop_together() {
     assert_eq!(distinct.len(), 3, "{kids:?}");
     assert!(!kids.contains(&(d.child.id() as i32)));
 
-    kill(d.pid(), Signal::SIGTERM).unwrap();
+    d.signal(Signal::SIGTERM);
     let status = d
         .wait_exit(WAIT)
         .expect("the parent did not exit after SIGTERM");

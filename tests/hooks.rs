@@ -5,73 +5,19 @@
 
 #![cfg(target_os = "linux")]
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gateway");
-const WAIT: Duration = Duration::from_secs(30);
+mod gost_support;
 
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
+use gost_support::{Daemon, WAIT, free_port, poll};
 
-impl Daemon {
-    fn start(config: &Path, dir: &Path) -> Daemon {
-        let log = dir.join("stderr.log");
-        let child = Command::new(BIN)
-            .args(["-config", &config.display().to_string(), "-grace", "5"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, s: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), s).unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- daemon log ---\n{}", self.log());
-        }
-    }
-}
-
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn start(config: &Path) -> Daemon {
+    Daemon::start(&["-config", &config.display().to_string(), "-grace", "5"])
 }
 
 /// A service whose four hooks append `<hook> <tag> <name> <addr> <ns timestamp>`
@@ -122,7 +68,7 @@ fn hooks_run_in_order_across_start_reload_and_stop() {
         .unwrap()
     };
     write("v1");
-    let mut d = Daemon::start(&config, dir.path());
+    let mut d = start(&config);
     wait_lines(&out, 2, &d);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
 
@@ -183,7 +129,7 @@ fn a_failing_pre_up_keeps_only_that_service_down() {
         ),
     )
     .unwrap();
-    let d = Daemon::start(&config, dir.path());
+    let d = start(&config);
     wait_lines(&out, 2, &d);
     assert!(
         TcpStream::connect(("127.0.0.1", good)).is_ok(),
@@ -215,7 +161,7 @@ fn a_hanging_hook_is_killed_at_its_timeout() {
     )
     .unwrap();
     let started = Instant::now();
-    let d = Daemon::start(&config, dir.path());
+    let d = start(&config);
     let log = poll(WAIT, || {
         let log = d.log();
         log.contains("killed").then_some(log)

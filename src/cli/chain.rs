@@ -10,15 +10,13 @@
 //! `?interface=` on `-F` is the hop's `interface` (seed 001: "the interface
 //! option on the command line corresponds to the option on the hop").
 
-use std::path::PathBuf;
-
 use crate::config::chain::{
     ChainConfig, ChainNodeConfig, ConnectorConfig, ConnectorType, DialerConfig, DialerTlsConfig,
     DialerType, HopConfig,
 };
 use crate::config::service::{Interface, Strategy};
 
-use super::url::{Parts, value};
+use super::url::{Parts, kind, path, unknown, value};
 
 /// The name of the chain the `-F` flags make (GOST's).
 pub const CHAIN_NAME: &str = "chain-0";
@@ -39,14 +37,8 @@ pub const OPTIONS: &[(&str, &str)] = &[
 ];
 
 fn kinds(scheme: Option<&(String, Option<String>)>) -> Result<(ConnectorType, DialerType), String> {
-    let connector = |name: &str| -> Result<ConnectorType, String> {
-        crate::config::from_yaml::<ConnectorType>(name)
-            .map_err(|e| format!("connector {name:?} in the scheme: {}", e.message))
-    };
-    let dialer = |name: &str| -> Result<DialerType, String> {
-        crate::config::from_yaml::<DialerType>(name)
-            .map_err(|e| format!("dialer {name:?} in the scheme: {}", e.message))
-    };
+    let connector = |name: &str| kind::<ConnectorType>("connector", name);
+    let dialer = |name: &str| kind::<DialerType>("dialer", name);
     match scheme {
         None => Ok((ConnectorType::Http, DialerType::Tcp)),
         Some((one, None)) if one == "tls" => Ok((ConnectorType::Http, DialerType::Tls)),
@@ -101,13 +93,6 @@ fn tls<'a>(n: &'a mut ChainNodeConfig, k: &str) -> Result<&'a mut DialerTlsConfi
 }
 
 fn apply(hop: &mut HopConfig, k: &str, v: &str) -> Result<(), String> {
-    let path = || -> Result<PathBuf, String> {
-        if v.is_empty() {
-            Err(format!("{k}: expected a file name"))
-        } else {
-            Ok(PathBuf::from(v))
-        }
-    };
     let node = &mut hop.nodes[0];
     match k {
         "interface" => {
@@ -128,16 +113,10 @@ fn apply(hop: &mut HopConfig, k: &str, v: &str) -> Result<(), String> {
         }
         "secure" => tls(node, k)?.secure = value(k, v)?,
         "serverName" => tls(node, k)?.server_name = Some(value(k, v)?),
-        "caFile" => tls(node, k)?.ca_file = Some(path()?),
-        "certFile" => tls(node, k)?.cert_file = Some(path()?),
-        "keyFile" => tls(node, k)?.key_file = Some(path()?),
-        _ => {
-            let known: Vec<&str> = OPTIONS.iter().map(|(n, _)| *n).collect();
-            return Err(format!(
-                "unknown option {k:?}: expected one of {}",
-                known.join(", ")
-            ));
-        }
+        "caFile" => tls(node, k)?.ca_file = Some(path(k, v)?),
+        "certFile" => tls(node, k)?.cert_file = Some(path(k, v)?),
+        "keyFile" => tls(node, k)?.key_file = Some(path(k, v)?),
+        _ => return Err(unknown(k, OPTIONS)),
     }
     Ok(())
 }

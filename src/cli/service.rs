@@ -17,8 +17,6 @@
 //! one forwarder node per target. Query keys land where the same option sits in
 //! a file; [`OPTIONS`] lists them.
 
-use std::path::PathBuf;
-
 use crate::config::duration::DurationStr;
 use crate::config::service::{
     ForwarderConfig, HandlerConfig, HandlerMetadata, HandlerType, Interface, ListenAddr,
@@ -26,7 +24,7 @@ use crate::config::service::{
 };
 use crate::config::tls::TlsConfig;
 
-use super::url::{Parts, value};
+use super::url::{Parts, kind, path, unknown, value};
 use crate::config::service::SelectorConfig;
 
 /// The query keys of `-L`, with where they go (for `-h`, errors and docs).
@@ -76,14 +74,8 @@ pub fn default_udp_idle() -> DurationStr {
 
 /// The handler and listener a scheme names.
 fn kinds(scheme: Option<&(String, Option<String>)>) -> Result<(HandlerType, ListenerType), String> {
-    let handler = |name: &str| -> Result<HandlerType, String> {
-        crate::config::from_yaml::<HandlerType>(name)
-            .map_err(|e| format!("handler {name:?} in the scheme: {}", e.message))
-    };
-    let listener = |name: &str| -> Result<ListenerType, String> {
-        crate::config::from_yaml::<ListenerType>(name)
-            .map_err(|e| format!("listener {name:?} in the scheme: {}", e.message))
-    };
+    let handler = |name: &str| kind::<HandlerType>("handler", name);
+    let listener = |name: &str| kind::<ListenerType>("listener", name);
     match scheme {
         None => Ok((HandlerType::Auto, ListenerType::Tcp)),
         Some((one, None)) if one == "tls" => Ok((HandlerType::Auto, ListenerType::Tls)),
@@ -185,13 +177,6 @@ pub fn service(parts: Parts, index: usize) -> Result<CliService, String> {
 
 /// One query key.
 fn apply(s: &mut ServiceConfig, ignore_chain: &mut bool, k: &str, v: &str) -> Result<(), String> {
-    let path = || -> Result<PathBuf, String> {
-        if v.is_empty() {
-            Err(format!("{k}: expected a file name"))
-        } else {
-            Ok(PathBuf::from(v))
-        }
-    };
     match k {
         "name" => {
             if v.trim().is_empty() {
@@ -210,22 +195,16 @@ fn apply(s: &mut ServiceConfig, ignore_chain: &mut bool, k: &str, v: &str) -> Re
         "responseTimeout" => meta(s).response_timeout = Some(value(k, v)?),
         "udp" => meta(s).udp = Some(value(k, v)?),
         "udpBufferSize" => meta(s).udp_buffer_size = Some(value(k, v)?),
-        "certFile" => tls(s, k)?.cert_file = Some(path()?),
-        "keyFile" => tls(s, k)?.key_file = Some(path()?),
-        "caFile" => tls(s, k)?.ca_file = Some(path()?),
+        "certFile" => tls(s, k)?.cert_file = Some(path(k, v)?),
+        "keyFile" => tls(s, k)?.key_file = Some(path(k, v)?),
+        "caFile" => tls(s, k)?.ca_file = Some(path(k, v)?),
         "max_connections" => s.max_connections = value(k, v)?,
         "client_idle_timeout" => s.client_idle_timeout = value(k, v)?,
         "backend_idle_timeout" => s.backend_idle_timeout = value(k, v)?,
         "backend_connection_timeout" => s.backend_connection_timeout = value(k, v)?,
         "max_requests" => udp(s).max_requests = value(k, v)?,
         "max_responses" => udp(s).max_responses = value(k, v)?,
-        _ => {
-            let known: Vec<&str> = OPTIONS.iter().map(|(n, _)| *n).collect();
-            return Err(format!(
-                "unknown option {k:?}: expected one of {}",
-                known.join(", ")
-            ));
-        }
+        _ => return Err(unknown(k, OPTIONS)),
     }
     Ok(())
 }

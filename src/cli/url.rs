@@ -159,6 +159,28 @@ pub fn value<T: DeserializeOwned>(key: &str, v: &str) -> Result<T, String> {
     crate::config::from_yaml::<T>(v).map_err(|e| format!("{key}={v}: {}", e.message))
 }
 
+/// A file name option (`certFile=...`).
+pub fn path(k: &str, v: &str) -> Result<std::path::PathBuf, String> {
+    if v.is_empty() {
+        Err(format!("{k}: expected a file name"))
+    } else {
+        Ok(std::path::PathBuf::from(v))
+    }
+}
+
+/// The error for a query key not in `options` (a flag's table of keys).
+pub fn unknown(k: &str, options: &[(&str, &str)]) -> String {
+    let known: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+    format!("unknown option {k:?}: expected one of {}", known.join(", "))
+}
+
+/// A part of the scheme read as the config type it names (`HandlerType`,
+/// `DialerType`, ...), with that type's own list of known names on error.
+pub fn kind<T: DeserializeOwned>(what: &str, name: &str) -> Result<T, String> {
+    crate::config::from_yaml::<T>(name)
+        .map_err(|e| format!("{what} {name:?} in the scheme: {}", e.message))
+}
+
 /// `http://user:pass@:8080` → `http://user:MASKED@:8080`, for error messages.
 pub fn masked(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
