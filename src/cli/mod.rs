@@ -169,8 +169,26 @@ pub fn load(
     c.chains.extend(from.chain);
     c.validate()
         .map_err(|e| combined_error(file, base, flags, e))?;
+    // What depends on this host (interfaces, certificate files), as a file's
+    // services are checked by `config::load`.
+    config::service::host::check_host(&c.services[base.0..], ifs).map_err(|e| {
+        let e = FieldError::new(shift_index(&e.field, base.0), e.message);
+        combined_error(file, base, flags, e)
+    })?;
     c.link_chains();
     Ok(loaded)
+}
+
+/// `services[i].x` → `services[i + by].x` (a check run on a slice).
+fn shift_index(field: &str, by: usize) -> String {
+    match index_after(field, "services") {
+        Some(i) => field.replacen(
+            &format!("services[{i}]"),
+            &format!("services[{}]", i + by),
+            1,
+        ),
+        None => field.to_string(),
+    }
 }
 
 /// The index in `field` after `prefix` (`services[3].x` → 3).
