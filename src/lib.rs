@@ -19,6 +19,7 @@
 //!   services, shared by the signal loop and the [`api`] (Web API, status page).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod failover;

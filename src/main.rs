@@ -27,7 +27,8 @@ const EXIT_RUNTIME: u8 = 4;
 #[command(
     name = "gateway",
     version,
-    about = "High-availability gateway: floating IP failover, proxy and load balancing"
+    about = "High-availability gateway: floating IP failover, proxy and load balancing",
+    after_help = gateway::cli::HELP_EXAMPLES
 )]
 struct Cli {
     /// Configuration file.
@@ -51,6 +52,20 @@ struct Cli {
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
+    /// GOST: a service from a URL, repeatable: -L http://:8080, -L tcp://:80/10.0.0.5:80
+    /// (see docs/command-line.md). With -config, added to the file's services.
+    #[arg(short = 'L', value_name = "URL")]
+    listen: Vec<String>,
+    /// GOST: a hop of the default chain of every -L service, repeatable, in order:
+    /// -F http://10.0.0.1:3128 (?ignoreChain=true on a -L opts out).
+    #[arg(short = 'F', value_name = "URL")]
+    forward: Vec<String>,
+    /// Print the configuration the command line means as gateway.yml and exit: -O yaml, -O json.
+    #[arg(short = 'O', value_name = "FORMAT")]
+    output: Option<gateway::cli::output::Format>,
+    /// Whether -config was given (not its default): with -L alone no file is read.
+    #[arg(skip)]
+    config_given: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -122,19 +137,37 @@ fn go_style_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         .collect()
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse_from(go_style_args(std::env::args()));
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
-    {
-        use std::io::IsTerminal;
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_target(false)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init();
+impl Cli {
+    /// `-config`'s file, unless -L/-F stand alone.
+    fn config_file(&self) -> Option<&std::path::Path> {
+        (self.config_given || (self.listen.is_empty() && self.forward.is_empty()))
+            .then_some(self.config.as_path())
     }
+
+    fn flags(&self) -> gateway::cli::Flags {
+        gateway::cli::Flags {
+            listen: self.listen.clone(),
+            forward: self.forward.clone(),
+        }
+    }
+
+    /// What the configuration comes from, for messages.
+    fn source(&self) -> String {
+        match self.config_file() {
+            Some(f) => f.display().to_string(),
+            None => "the command line".into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = go_style_args(std::env::args());
+    // `--`: one child process per group, this one supervises (src/cli/groups.rs).
+    if let Some(groups) = gateway::cli::groups::split(&args) {
+        return run_groups(groups);
+    }
+    let cli = parse_cli(&args);
+    init_logging(&cli.log_level);
 
     if let Some(Command::Import(ImportFrom::Gobetween { file })) = &cli.command {
         return import_gobetween(file);
@@ -147,12 +180,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let source = match Source::load(&cli.config, &ifs) {
+    let source = match Source::load(cli.config_file(), &cli.flags(), &ifs) {
         Ok(l) => l,
         Err(e) => {
             // A gobetween file gets a pointer to the importer, not YAML's confusion.
             let text = std::fs::read_to_string(&cli.config).unwrap_or_default();
-            if gateway::import::looks_like_gobetween(&cli.config, &text) {
+            if cli.config_file().is_some()
+                && gateway::import::looks_like_gobetween(&cli.config, &text)
+            {
                 eprintln!(
                     "gateway: {}: this looks like a gobetween TOML config: run `gateway import gobetween {}`",
                     cli.config.display(),
@@ -162,14 +197,14 @@ fn main() -> ExitCode {
                 eprintln!("gateway: {e}");
             }
             if cli.test {
-                eprintln!(
-                    "gateway: configuration file {} test failed",
-                    cli.config.display()
-                );
+                eprintln!("gateway: configuration {} test failed", cli.source());
             }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(format) = cli.output {
+        return print_config(&cli, &source.loaded, format);
+    }
     let loaded = &source.loaded;
     if !cli.test {
         for n in loaded.config.notes() {
@@ -178,10 +213,7 @@ fn main() -> ExitCode {
     }
     if cli.test {
         print_summary(loaded);
-        println!(
-            "gateway: configuration file {} test is successful",
-            cli.config.display()
-        );
+        println!("gateway: configuration {} test is successful", cli.source());
         return ExitCode::SUCCESS;
     }
     if loaded.floating_ip.is_some()
@@ -257,6 +289,19 @@ fn print_summary(loaded: &Loaded) {
     }
 }
 
+/// Logs on stderr; RUST_LOG overrides `level`.
+fn init_logging(level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 /// CAP_NET_ADMIN (12) to change addresses, CAP_NET_RAW (13) for ARP and ICMP.
 fn check_privileges() -> Result<(), &'static str> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -271,6 +316,55 @@ fn check_privileges() -> Result<(), &'static str> {
         // Not Linux (no /proc): fall back to the effective uid.
         None if nix::unistd::geteuid().is_root() => Ok(()),
         None => Err("root privileges"),
+    }
+}
+
+/// Parse one argv with clap (exits with clap's message on error), noting
+/// whether `-config` was given.
+fn parse_cli(args: &[String]) -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches_from(args);
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.config_given =
+        matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
+    cli
+}
+
+/// `gateway ARGS -- ARGS ...`: every group is checked here first, then each runs
+/// as a child process supervised by this one.
+fn run_groups(groups: Result<Vec<Vec<String>>, String>) -> ExitCode {
+    let groups = match groups {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for g in &groups {
+        parse_cli(g);
+    }
+    init_logging("info");
+    ExitCode::from(gateway::cli::groups::supervise(&groups))
+}
+
+/// `-O yaml|json`: the command line's services as a file, on stdout.
+fn print_config(cli: &Cli, loaded: &Loaded, format: gateway::cli::output::Format) -> ExitCode {
+    if cli.config_given {
+        eprintln!(
+            "gateway: -O prints what -L/-F mean; it does not rewrite {}: drop -config (then add the printed services to your file)",
+            cli.config.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match gateway::cli::output::render(&loaded.config, format) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway: cannot print the configuration: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

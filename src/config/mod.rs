@@ -25,8 +25,8 @@ pub mod chain;
 pub mod duration;
 pub mod flag;
 pub mod floating_ip;
-pub mod resolver;
 pub mod metrics;
+pub mod resolver;
 pub mod service;
 pub mod tls;
 

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use crate::cli::{CliError, Flags};
 use crate::config::chain::ChainConfig;
 use crate::config::{self, Config, ConfigError, Loaded, ServiceConfig};
 use crate::failover::auth::Keyring;
@@ -63,31 +64,74 @@ impl EditError {
     }
 }
 
-/// A configuration file read: typed, and as written.
+/// A configuration read: typed, and as written. It comes from the `-config`
+/// file, the `-L`/`-F` flags ([`crate::cli`]), or both; the flags' services are
+/// kept "as written" in the form `-O json` prints, after the file's.
 #[derive(Debug, Clone)]
 pub struct Source {
     pub loaded: Loaded,
     /// The top-level mapping as written (services included).
     raw: Map<String, Value>,
+    /// Where it came from, for the next reload: the file (if any) and the flags.
+    file: Option<PathBuf>,
+    flags: Flags,
 }
 
 impl Source {
-    /// Read, validate and resolve `path` (see [`config::load`]), keeping the document.
-    pub fn load(path: &Path, ifs: &Interfaces) -> Result<Source, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            column: None,
-            field: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        let loaded = config::load_text(path, &text, ifs)?;
-        let raw = match config::from_yaml::<Option<Value>>(&text) {
-            Ok(Some(Value::Object(m))) => m,
-            // The typed parse accepted it, so it is a mapping; be safe anyway.
+    /// Read, validate and resolve the file and the flags (see [`crate::cli::load`]),
+    /// keeping the document.
+    pub fn load(file: Option<&Path>, flags: &Flags, ifs: &Interfaces) -> Result<Source, CliError> {
+        let text = match file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                column: None,
+                field: None,
+                message: format!("cannot read: {e}"),
+            })?),
+            None => None,
+        };
+        let file_part = match (file, &text) {
+            (Some(path), Some(text)) => Some(config::load_text(path, text, ifs)?),
+            _ => None,
+        };
+        let loaded = crate::cli::combine(file, file_part, flags, ifs)?;
+        let mut raw = match text.as_deref().map(config::from_yaml::<Option<Value>>) {
+            Some(Ok(Some(Value::Object(m)))) => m,
+            // No file, or (cannot happen: the typed parse accepted it) not a mapping.
             _ => Map::new(),
         };
-        Ok(Source { loaded, raw })
+        if !flags.is_empty() {
+            // The flags' objects follow the file's in the typed lists: write them the
+            // way `-O json` does, in the same order.
+            let c = &loaded.config;
+            let count = |key: &str| match raw.get(key) {
+                Some(Value::Array(v)) => v.len(),
+                _ => 0,
+            };
+            let (ns, nc) = (count("services"), count("chains"));
+            let part = config::Config {
+                services: c.services.get(ns..).unwrap_or_default().to_vec(),
+                chains: c.chains.get(nc..).unwrap_or_default().to_vec(),
+                ..Default::default()
+            };
+            if let Value::Object(mut written) = crate::cli::output::to_json(&part) {
+                for key in LISTS {
+                    if let Some(Value::Array(add)) = written.remove(key) {
+                        match raw.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
+                            Value::Array(list) => list.extend(add),
+                            other => *other = Value::Array(add),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Source {
+            loaded,
+            raw,
+            file: file.map(Path::to_path_buf),
+            flags: flags.clone(),
+        })
     }
 }
 
@@ -102,6 +146,9 @@ pub struct ServiceEvent {
 #[derive(Debug)]
 pub struct Daemon {
     path: PathBuf,
+    /// What a reload re-reads: the file (if any) and the command line's flags.
+    file: Option<PathBuf>,
+    flags: Flags,
     current: Loaded,
     /// The document's top level, without `services`.
     raw: Map<String, Value>,
@@ -122,6 +169,8 @@ impl Daemon {
         let services = ServiceSet::start(&source.loaded.config.services)?;
         let mut d = Daemon {
             path,
+            file: source.file,
+            flags: source.flags,
             current: source.loaded,
             raw: Map::new(),
             raw_lists: HashMap::new(),
@@ -220,7 +269,7 @@ impl Daemon {
             rejected(&e);
             EditError::Save(e)
         })?;
-        let new = Source::load(&self.path, &ifs).map_err(|e| {
+        let new = Source::load(self.file.as_deref(), &self.flags, &ifs).map_err(|e| {
             rejected(&e);
             EditError::Invalid(e.to_string())
         })?;
@@ -229,7 +278,9 @@ impl Daemon {
             return Err(EditError::Create(e.to_string()));
         }
         let path = self.path.clone();
-        let Source { loaded: new, raw } = new;
+        let Source {
+            loaded: new, raw, ..
+        } = new;
         for n in new.config.notes() {
             tracing::warn!("{n}");
         }
@@ -300,7 +351,18 @@ impl Daemon {
         edited: Option<usize>,
         why: &str,
     ) -> Result<(), EditError> {
-        if let Err(e) = candidate.validate() {
+        // The same passes as a file: validation, names linked, then what depends
+        // on this host (interfaces, certificate files).
+        let checked = candidate
+            .validate()
+            .and_then(|()| candidate.link())
+            .and_then(|()| {
+                let ifs = Interfaces::current().map_err(|e| {
+                    config::FieldError::new("", format!("cannot list interfaces: {e}"))
+                })?;
+                config::service::host::check_host(&candidate, &ifs)
+            });
+        if let Err(e) = checked {
             let prefix = edited.map(|i| format!("{}[{i}].", T::KEY));
             let field = match prefix.as_deref().and_then(|p| e.field.strip_prefix(p)) {
                 Some(rel) => rel.to_string(),

@@ -30,7 +30,8 @@
 //!   [`resolve`]: the names a service dials (GOST's `hosts:` and `resolver:`);
 //!   [`listen`]: binding with `IP_FREEBIND`; [`relay`]: moving bytes;
 //!   [`proxy_protocol`], [`tls`], [`cut`]: what their names say;
-//! * [`stats`]: the counters, in one vocabulary.
+//! * [`stats`]: the counters, in one vocabulary; [`hooks`]: GOST's preUp,
+//!   postUp, preDown and postDown commands around a service's start and stop.
 //!
 //! Configuration arrives typed and validated (`crate::config::service`):
 //! nothing here parses configuration text. The path of a connection, and where
@@ -46,6 +47,7 @@ pub mod egress;
 pub mod forward;
 pub mod handler;
 pub mod health;
+pub mod hooks;
 pub mod lifecycle;
 pub mod listen;
 pub mod proxy_protocol;
@@ -117,6 +119,12 @@ impl ServiceView {
     }
 }
 
+/// Drain a stopping service, then run its `postDown` hooks.
+async fn drain_then_post_down(r: &Running, deadline: tokio::time::Instant) {
+    r.drain_until(deadline).await;
+    hooks::run_logged_async(r.config.clone(), hooks::Stage::PostDown).await;
+}
+
 /// Default drain time for services removed by a reload.
 pub const DEFAULT_RELOAD_GRACE: Duration = Duration::from_secs(30);
 
@@ -160,6 +168,10 @@ impl ServiceSet {
             if self.running.get(&s.name).is_some_and(|r| &r.config == s) {
                 continue;
             }
+            // A failing preUp keeps this service (only) down; logged there.
+            if !hooks::pre_up(s) {
+                continue;
+            }
             let reuse = sockets.remove(&bound_key(s));
             // On error `started` is dropped: those services stop at once, and the
             // old ones (still in `self.running`) were never touched.
@@ -176,18 +188,23 @@ impl ServiceSet {
             }
         }
         for r in started {
+            hooks::run_logged(&r.config, hooks::Stage::PostUp);
             self.running.insert(r.config.name.clone(), r);
         }
         self.publish();
         if !retired.is_empty() {
             let grace = self.reload_grace;
             for r in &retired {
+                hooks::run_logged(&r.config, hooks::Stage::PreDown);
                 r.stop_accepting();
                 info!(service = %r.config.name, ?grace, "service retired by reload; draining");
             }
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + grace;
-                futures::future::join_all(retired.iter().map(|r| r.drain_until(deadline))).await;
+                futures::future::join_all(
+                    retired.iter().map(|r| drain_then_post_down(r, deadline)),
+                )
+                .await;
             });
         }
         Ok(())
@@ -198,10 +215,16 @@ impl ServiceSet {
     pub async fn shutdown(self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         for r in self.running.values() {
+            hooks::run_logged(&r.config, hooks::Stage::PreDown);
             r.stop_accepting();
         }
         let n = self.running.len();
-        futures::future::join_all(self.running.values().map(|r| r.drain_until(deadline))).await;
+        futures::future::join_all(
+            self.running
+                .values()
+                .map(|r| drain_then_post_down(r, deadline)),
+        )
+        .await;
         if n > 0 {
             info!(services = n, "all services stopped");
         }

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use super::interface::Interface;
 use crate::config::FieldError;
+use crate::config::duration::DurationStr;
 
 /// The `metadata:` map of a service.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -33,9 +34,29 @@ pub struct ServiceMetadata {
     /// service's own `interface` field (which see).
     #[serde(default)]
     pub interface: Option<Interface>,
+    /// GOST's hooks (see [`super::hooks`]), as GOST writes them.
+    #[serde(rename = "preUp", default)]
+    pub pre_up: Vec<String>,
+    #[serde(rename = "postUp", default)]
+    pub post_up: Vec<String>,
+    #[serde(rename = "preDown", default)]
+    pub pre_down: Vec<String>,
+    #[serde(rename = "postDown", default)]
+    pub post_down: Vec<String>,
+    /// The limit on each hook command (0: 30 s).
+    #[serde(rename = "hookTimeout", default)]
+    pub hook_timeout: DurationStr,
 }
 
 impl ServiceMetadata {
+    /// The hooks written here.
+    pub fn hooks(&self) -> super::hooks::Hooks {
+        super::hooks::Hooks::new(
+            [&self.pre_up, &self.post_up, &self.pre_down, &self.post_down],
+            self.hook_timeout,
+        )
+    }
+
     /// Checks that need only the file. `service_interface` is the service's own
     /// `interface` field; `at` is the path of this map, `services[i].metadata`.
     pub fn validate(

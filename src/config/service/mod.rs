@@ -70,6 +70,7 @@
 pub mod access;
 pub mod forwarder;
 pub mod handler;
+pub mod hooks;
 pub mod host;
 pub mod interface;
 pub mod metadata;
@@ -146,6 +147,23 @@ pub struct ServiceConfig {
     pub proxy_protocol: Option<ProxyProtocolConfig>,
     #[serde(default)]
     pub udp: Option<UdpConfig>,
+
+    // ---- GOST's hooks (see [`hooks`]); also accepted under `metadata:` ----
+    /// Shell commands run before the listener binds; one failing keeps the service down.
+    #[serde(rename = "preUp", default)]
+    pub pre_up: Vec<String>,
+    /// Shell commands run once the service serves.
+    #[serde(rename = "postUp", default)]
+    pub post_up: Vec<String>,
+    /// Shell commands run before the service stops accepting.
+    #[serde(rename = "preDown", default)]
+    pub pre_down: Vec<String>,
+    /// Shell commands run after the service's connections drained.
+    #[serde(rename = "postDown", default)]
+    pub post_down: Vec<String>,
+    /// The limit on each hook command (0: [`hooks::default_hook_timeout`], 30 s).
+    #[serde(rename = "hookTimeout", default)]
+    pub hook_timeout: DurationStr,
 
     /// The chain `handler.chain` names, filled in after validation by
     /// [`crate::config::Config::link_chains`] (not a YAML field): a service is
@@ -295,6 +313,18 @@ impl ServiceConfig {
             .or_else(|| self.metadata.as_ref()?.interface.as_ref())
     }
 
+    /// The service's hooks, written as plain fields or under `metadata:`
+    /// (validation refuses both at once).
+    pub fn hooks(&self) -> hooks::Hooks {
+        match &self.metadata {
+            Some(m) if !m.hooks().is_empty() => m.hooks(),
+            _ => hooks::Hooks::new(
+                [&self.pre_up, &self.post_up, &self.pre_down, &self.post_down],
+                self.hook_timeout,
+            ),
+        }
+    }
+
     /// Where the service's exit is written: `interface` or `metadata.interface`.
     pub fn interface_field(&self) -> &'static str {
         if self.interface.is_none() && self.interface().is_some() {
@@ -311,6 +341,27 @@ impl ServiceConfig {
             .unwrap_or_else(default_backend_connection_timeout)
     }
 
+    /// Hooks in one form only, each command non-empty.
+    fn validate_hooks(&self, i: usize) -> Result<(), FieldError> {
+        let plain = hooks::Hooks::new(
+            [&self.pre_up, &self.post_up, &self.pre_down, &self.post_down],
+            self.hook_timeout,
+        );
+        plain.validate(&format!("services[{i}]"))?;
+        if let Some(m) = &self.metadata {
+            let meta = m.hooks();
+            meta.validate(&format!("services[{i}].metadata"))?;
+            let both = !meta.is_empty() || m.hook_timeout.get().is_some();
+            if both && (!plain.is_empty() || self.hook_timeout.get().is_some()) {
+                return Err(FieldError::new(
+                    format!("services[{i}].metadata"),
+                    "hooks both under metadata: and as service fields: expected one of the two forms",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks of one service; `i` is its index, for the field path.
     pub fn validate(&self, i: usize) -> Result<(), FieldError> {
         let at = |f: &str| format!("services[{i}].{f}");
@@ -320,6 +371,7 @@ impl ServiceConfig {
         if let Some(m) = &self.metadata {
             m.validate(self.interface.as_ref(), &at("metadata"))?;
         }
+        self.validate_hooks(i)?;
         let udp = self.is_udp();
         let kind = self.handler.kind;
         match (kind, udp) {
