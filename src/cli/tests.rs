@@ -353,7 +353,17 @@ fn forward_flags_make_the_default_chain() {
     );
     assert_eq!(from.services[0].handler.chain.as_deref(), Some("chain-0"));
     // Linked by load, as a file's chain would be.
-    let l = load(None, &f, &no_ifs()).unwrap();
+    // The first hop's `interface` must be an address of this host (the host
+    // checks cover `-F` hops as they cover a file's chains).
+    assert!(load(None, &f, &no_ifs()).is_err());
+    let host = crate::net::Interfaces {
+        addrs: vec![crate::net::IfAddr::new(
+            "eth0",
+            std::net::Ipv4Addr::new(192, 168, 0, 1),
+            24,
+        )],
+    };
+    let l = load(None, &f, &host).unwrap();
     assert_eq!(l.config.services[0].chain.as_ref().unwrap().hops.len(), 4);
 }
 

@@ -322,6 +322,8 @@ impl Balancer {
     /// benched. Returns whether this benched it.
     pub fn node_failed(&self, node: &Node) -> bool {
         if self.nodes.load().len() <= 1 {
+            // Counted (metrics) like any failure, but never benched.
+            node.failures.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         node.connect_failed(self.max_fails, self.fail_timeout)

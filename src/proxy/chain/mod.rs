@@ -241,8 +241,8 @@ impl Chain {
                 Err(Failure::Node(k, e)) => {
                     let hop = &self.hops[k];
                     let node = &route[k];
-                    let benched =
-                        node.connect_failed(hop.balancer.max_fails, hop.balancer.fail_timeout);
+                    // The balancer's rule: a lone node is never benched (fail-open).
+                    let benched = hop.balancer.node_failed(node);
                     if let Some(suppressed) = self.fail_log.permit() {
                         warn!(chain = %self.name, hop = %hop.name, node = node.label(), error = %e, benched, suppressed, "chain node failed; trying another");
                     }
