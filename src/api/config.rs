@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::config::FieldError;
-use crate::config::auth::{AuthConfig, Secret};
+use crate::config::auth::AuthConfig;
 use crate::config::service::ListenAddr;
 
 /// `api: {addr, pathPrefix, accesslog, auth, certFile, keyFile}` as in GOST v3,
@@ -69,35 +69,19 @@ impl ApiConfig {
     /// `-api "user:pass@127.0.0.1:18080?pathPrefix=/api&accesslog=true"` (GOST's
     /// `-api` form: `[user:pass@]addr[?pathPrefix=..&accesslog=..]`).
     pub fn from_flag(s: &str) -> Result<ApiConfig, String> {
-        let (cred, rest) = match s.rsplit_once('@') {
-            Some((c, r)) => (Some(c), r),
-            None => (None, s),
-        };
-        let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let auth = match cred {
-            Some(c) => {
-                let (u, p) = c
-                    .split_once(':')
-                    .ok_or_else(|| format!("-api {s:?}: expected user:password@address"))?;
-                Some(AuthConfig {
-                    username: u.to_string(),
-                    password: Secret(p.to_string()),
-                })
-            }
-            None => None,
-        };
+        let flag = crate::config::flag::FlagUrl::parse("api", s)?;
         let mut cfg = ApiConfig {
-            addr: ListenAddr::parse(addr).map_err(|e| format!("-api {addr:?}: {e}"))?,
+            addr: flag.addr,
             path_prefix: String::new(),
             accesslog: false,
-            auth,
+            auth: flag.auth,
             cert_file: None,
             key_file: None,
             save_dirs: Vec::new(),
         };
-        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            match k {
+        for (k, v) in &flag.options {
+            let v = v.as_str();
+            match k.as_str() {
                 "pathPrefix" => cfg.path_prefix = v.to_string(),
                 "accesslog" => cfg.accesslog = matches!(v, "true" | "1" | ""),
                 "certFile" => cfg.cert_file = Some(PathBuf::from(v)),
