@@ -501,8 +501,10 @@ fn save_then_restart_reproduces_the_state() {
     let mode = std::fs::metadata(&l.cfg).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the saved file holds secrets");
 
-    // Restart on the saved file: the same services, the same objects.
-    drop(std::mem::replace(&mut l.d, start(&l.cfg, &[])));
+    // Restart on the saved file: the same services, the same objects. The
+    // old daemon is gone (killed and reaped) before the new one binds.
+    l.d.stop();
+    l.d = start(&l.cfg, &[]);
     assert!(
         wait_for(10, || request(l.api, "GET", "/api/status", None, b"")
             .is_ok()),
