@@ -10,6 +10,7 @@
 //! * a reference to a resolver or hosts table that does not exist is refused at
 //!   load, naming the field.
 
+mod handlers_support;
 mod proxy_common;
 
 use std::net::SocketAddr;
@@ -339,28 +340,13 @@ async fn hop_and_node_resolvers_choose_the_proxy() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-/// A UDP echo on 127.0.0.1 answering `echo:<payload>`.
-async fn udp_echo() -> SocketAddr {
-    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = s.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = s.recv_from(&mut buf).await {
-            let mut reply = b"echo:".to_vec();
-            reply.extend_from_slice(&buf[..n]);
-            let _ = s.send_to(&reply, from).await;
-        }
-    });
-    addr
-}
-
 /// UDP destinations go through the service's resolver as TCP ones do: a UDP
 /// forwarder whose node is a name only dnsmasq knows, and the SOCKS5 UDP relay
 /// sending to such a name (RFC 1928 ATYP 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_destinations_use_the_service_resolver() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let echo = udp_echo().await;
+    let echo = handlers_support::spawn_udp_echo("127.0.0.1:0").await;
     let dns = Dnsmasq::start(&["--host-record=echo.gw-test,127.0.0.1".to_string()]);
     let set = start(&format!(
         "services:\n\

@@ -32,34 +32,35 @@
 //!   it; at run time the chains that use one hop share it, node health
 //!   included, as GOST's do (see `proxy::chain`).
 
-use std::collections::HashSet;
-
 use super::{ChainConfig, HopConfig};
 use crate::config::FieldError;
-use crate::config::resolver::{self, HostsConfig, NameRef, ResolverConfig};
+use crate::config::resolver::{self, HostsConfig, NameRef, Named, ResolverConfig};
 
 /// Checks of the top-level `hops:`: unique non-empty names, and each hop on
 /// its own (as if it were a first hop; where it is used is checked by
 /// [`validate_chain`]).
 pub fn validate_hops(hops: &[HopConfig]) -> Result<(), FieldError> {
-    let mut names = HashSet::new();
+    resolver::unique(hops)?;
     for (j, hop) in hops.iter().enumerate() {
-        let at = format!("hops[{j}]");
-        if hop.name.trim().is_empty() {
-            return Err(FieldError::new(
-                format!("{at}.name"),
-                "expected a non-empty name (chains refer to a hop by it)",
-            ));
-        }
-        if !names.insert(hop.name.as_str()) {
-            return Err(FieldError::new(
-                format!("{at}.name"),
-                format!("duplicate hop name {:?}: expected unique names", hop.name),
-            ));
-        }
-        hop.validate(&at, true)?;
+        hop.validate(&format!("hops[{j}]"), true)?;
     }
     Ok(())
+}
+
+impl Named for HopConfig {
+    const KIND: &'static str = "hop";
+    const SECTION: &'static str = "hops";
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Named for ChainConfig {
+    const KIND: &'static str = "chain";
+    const SECTION: &'static str = "chains";
+    fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// Whether a chain's hop is a reference to a top-level hop: it has no nodes.

@@ -396,23 +396,10 @@ pub fn validate_chains(
     services: &[ServiceConfig],
 ) -> Result<(), FieldError> {
     hops::validate_hops(hops)?;
-    let mut names = HashSet::new();
+    super::resolver::unique(chains)?;
     let mut written_out = Vec::with_capacity(chains.len());
     for (i, c) in chains.iter().enumerate() {
-        let at = format!("chains[{i}]");
-        if c.name.trim().is_empty() {
-            return Err(FieldError::new(
-                format!("{at}.name"),
-                "expected a non-empty name",
-            ));
-        }
-        if !names.insert(c.name.as_str()) {
-            return Err(FieldError::new(
-                format!("{at}.name"),
-                format!("duplicate chain name {:?}: expected unique names", c.name),
-            ));
-        }
-        written_out.push(hops::validate_chain(c, hops, &at)?);
+        written_out.push(hops::validate_chain(c, hops, &format!("chains[{i}]"))?);
     }
     for (i, s) in services.iter().enumerate() {
         let Some(name) = &s.handler.chain else {
