@@ -368,5 +368,8 @@ fn ignore_chain_in_service_metadata() {
         "services: [{{name: s, addr: \":1\", handler: {{type: http, chain: c, metadata: {{ignoreChain: true}}}}, listener: {{type: tcp}}}}]\n{chain}"
     ))
     .unwrap_err();
-    assert!(e.contains("ignoreChain"), "{e}");
+    assert!(
+        e.contains("services[0].handler.metadata.ignoreChain") && e.contains("service's metadata"),
+        "{e}"
+    );
 }
