@@ -26,6 +26,7 @@ pub mod duration;
 pub mod flag;
 pub mod floating_ip;
 pub mod metrics;
+mod names;
 pub mod resolver;
 pub mod service;
 pub mod tls;

@@ -21,7 +21,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +28,7 @@ use serde::Deserialize;
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
 use crate::config::duration::DurationStr;
+use crate::config::names::yaml_names;
 use crate::config::tls::TlsConfig;
 
 /// How connections arrive: `type` and, for `tls`, the certificate.
@@ -54,21 +54,11 @@ pub enum ListenerType {
     Tls,
 }
 
-impl ListenerType {
-    pub fn name(self) -> &'static str {
-        match self {
-            ListenerType::Tcp => "tcp",
-            ListenerType::Udp => "udp",
-            ListenerType::Tls => "tls",
-        }
-    }
-}
-
-impl fmt::Display for ListenerType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+yaml_names!(ListenerType {
+    Tcp => "tcp",
+    Udp => "udp",
+    Tls => "tls",
+});
 
 /// What is done with a connection: `type` plus the options of that type.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -112,18 +102,16 @@ pub enum HandlerType {
     Auto,
 }
 
-impl HandlerType {
-    pub fn name(self) -> &'static str {
-        match self {
-            HandlerType::Tcp => "tcp",
-            HandlerType::Udp => "udp",
-            HandlerType::Http => "http",
-            HandlerType::Socks5 => "socks5",
-            HandlerType::Socks4 => "socks4",
-            HandlerType::Auto => "auto",
-        }
-    }
+yaml_names!(HandlerType {
+    Tcp => "tcp",
+    Udp => "udp",
+    Http => "http",
+    Socks5 => "socks5",
+    Socks4 => "socks4",
+    Auto => "auto",
+});
 
+impl HandlerType {
     /// Port forwarding to fixed nodes (`tcp`, `udp`), as opposed to a proxy
     /// handler that finds its target in each request.
     pub fn forwards(self) -> bool {
@@ -139,12 +127,6 @@ impl HandlerType {
             HandlerType::Socks4 => &[READ_TIMEOUT],
             HandlerType::Auto => &[READ_TIMEOUT, RESPONSE_TIMEOUT, HEADER, UDP, UDP_BUFFER_SIZE],
         }
-    }
-}
-
-impl fmt::Display for HandlerType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
