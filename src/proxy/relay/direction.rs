@@ -62,7 +62,7 @@ pub(super) struct Direction<'a> {
     waiting: Waiting,
     /// The opposite direction has ended: `dst` has sent its EOF and this is the
     /// last direction, so the relay returns as soon as this one ends.
-    pub(super) other_done: bool,
+    other_done: bool,
 }
 
 impl<'a> Direction<'a> {
@@ -152,7 +152,25 @@ impl<'a> Direction<'a> {
         Poll::Ready(shutdown_write(self.dst).map(|()| self.total))
     }
 
-    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+    /// Poll unless this direction has ended (`done` holds its byte count
+    /// then); `other_done` says whether the opposite one has. An error ends
+    /// the relay.
+    pub(super) fn poll_unless_done(
+        &mut self,
+        cx: &mut Context<'_>,
+        done: &mut Option<u64>,
+        other_done: bool,
+    ) -> io::Result<()> {
+        if done.is_none() {
+            self.other_done = other_done;
+            if let Poll::Ready(n) = self.poll(cx) {
+                *done = Some(n?);
+            }
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
         loop {
             // 1. Write out what was read.
             match &mut self.in_flight {

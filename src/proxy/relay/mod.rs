@@ -201,21 +201,11 @@ async fn relay_tcp_mode(
     );
     let (mut up_done, mut down_done) = (None, None);
     std::future::poll_fn(|cx| {
-        if up_done.is_none() {
-            up.other_done = down_done.is_some();
-            match up.poll(cx) {
-                Poll::Ready(Ok(n)) => up_done = Some(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
+        if let Err(e) = up.poll_unless_done(cx, &mut up_done, down_done.is_some()) {
+            return Poll::Ready(Err(e));
         }
-        if down_done.is_none() {
-            down.other_done = up_done.is_some();
-            match down.poll(cx) {
-                Poll::Ready(Ok(n)) => down_done = Some(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
+        if let Err(e) = down.poll_unless_done(cx, &mut down_done, up_done.is_some()) {
+            return Poll::Ready(Err(e));
         }
         match (up_done, down_done) {
             (Some(u), Some(d)) => Poll::Ready(Ok((u, d))),
