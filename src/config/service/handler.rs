@@ -266,13 +266,18 @@ impl HandlerConfig {
     pub fn options<M: Metadata>(&self) -> HandlerOptions<M> {
         HandlerOptions {
             auth: self.auth.clone(),
-            metadata: self.metadata.as_ref().map(M::resolve).unwrap_or_default(),
+            metadata: M::resolve(
+                self.metadata
+                    .as_ref()
+                    .unwrap_or(&HandlerMetadata::default()),
+            ),
         }
     }
 }
 
-/// The metadata one proxy handler reads, every default filled in.
-pub trait Metadata: Default + Sized {
+/// The metadata one proxy handler reads, every default filled in (its
+/// defaults are what it resolves from an empty `metadata:`).
+pub trait Metadata: Sized {
     /// The handler these options belong to.
     const HANDLER: HandlerType;
 
@@ -287,13 +292,23 @@ pub trait Metadata: Default + Sized {
 /// A proxy handler's `handler:` section minus `type`: credentials and its view of
 /// the metadata. Deserializable on its own (`{auth, metadata}`), refusing options
 /// the handler does not take.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HandlerOptions<M> {
     /// Credentials the client must present, in its protocol's way:
     /// `Proxy-Authorization: Basic` for HTTP, RFC 1929 username/password for
     /// SOCKS5; SOCKS4 carries only a user id.
     pub auth: Option<AuthConfig>,
     pub metadata: M,
+}
+
+/// No credentials, every option at its default.
+impl<M: Metadata> Default for HandlerOptions<M> {
+    fn default() -> Self {
+        HandlerOptions {
+            auth: None,
+            metadata: M::resolve(&HandlerMetadata::default()),
+        }
+    }
 }
 
 impl<M: Metadata> HandlerOptions<M> {
@@ -336,12 +351,6 @@ pub struct HttpMetadata {
     pub response_timeout: Duration,
 }
 
-impl Default for HttpMetadata {
-    fn default() -> Self {
-        Self::resolve(&HandlerMetadata::default())
-    }
-}
-
 impl Metadata for HttpMetadata {
     const HANDLER: HandlerType = HandlerType::Http;
 
@@ -368,12 +377,6 @@ pub struct Socks5Metadata {
     pub udp_buffer_size: usize,
 }
 
-impl Default for Socks5Metadata {
-    fn default() -> Self {
-        Self::resolve(&HandlerMetadata::default())
-    }
-}
-
 impl Metadata for Socks5Metadata {
     const HANDLER: HandlerType = HandlerType::Socks5;
 
@@ -397,12 +400,6 @@ pub struct Socks4Metadata {
     pub read_timeout: Duration,
 }
 
-impl Default for Socks4Metadata {
-    fn default() -> Self {
-        Self::resolve(&HandlerMetadata::default())
-    }
-}
-
 impl Metadata for Socks4Metadata {
     const HANDLER: HandlerType = HandlerType::Socks4;
 
@@ -423,12 +420,6 @@ pub struct AutoMetadata {
     pub http: HttpMetadata,
     pub socks5: Socks5Metadata,
     pub socks4: Socks4Metadata,
-}
-
-impl Default for AutoMetadata {
-    fn default() -> Self {
-        Self::resolve(&HandlerMetadata::default())
-    }
 }
 
 impl Metadata for AutoMetadata {
