@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiConfig;
+use crate::failover::auth::Keyring;
 use crate::failover::driver::{self, FailoverError, FailoverStatus};
 use crate::failover::machine::State;
 use crate::proxy::ProxyError;
@@ -88,8 +89,8 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
         );
     }
 
-    let keys =
-        (source.loaded.floating_ip.as_ref()).map(|fip| watch::channel(Arc::new(fip.keys.clone())));
+    let keys = (source.loaded.floating_ip.as_ref())
+        .map(|fip| watch::channel(Arc::new(Keyring::from_config(&fip.keys))));
     let fip = source.loaded.floating_ip.clone();
     let api_cfg = opts.api.clone().or(source.loaded.config.api.clone());
     let metrics_cfg = (opts.metrics.clone()).or(source.loaded.config.metrics.clone());
