@@ -23,7 +23,6 @@
 //! read-only summary (`GET /`, `GET /status`) needs HTTP basic auth; the
 //! reasoning is in docs/api.md.
 
-pub mod config;
 mod page;
 mod routes;
 mod view;
@@ -44,7 +43,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use config::ApiConfig;
+/// The `api:` section; it is read with the rest of the file, in `config/`.
+pub use crate::config::api::ApiConfig;
 
 use crate::daemon::{EditError, Shared};
 use crate::failover::driver::FailoverStatus;
