@@ -70,6 +70,20 @@ pub enum DaemonError {
     FailoverStuck,
 }
 
+/// Whether this node is master (holds the VIP), following `status` until the
+/// failover ends: what ACME needs of failover, without knowing its types.
+fn holds_vip(mut status: watch::Receiver<FailoverStatus>) -> watch::Receiver<bool> {
+    let master = |s: &FailoverStatus| s.state == State::Master;
+    let (tx, rx) = watch::channel(master(&status.borrow_and_update()));
+    tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            let now = master(&status.borrow_and_update());
+            tx.send_if_modified(|was| std::mem::replace(was, now) != now);
+        }
+    });
+    rx
+}
+
 /// Run until SIGTERM/SIGINT (or until the failover fails).
 pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -85,7 +99,7 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
     if let Some(acme) = &source.loaded.config.acme {
         crate::proxy::acme::install(
             acme.clone(),
-            status_channel.as_ref().map(|(_, rx)| rx.clone()),
+            status_channel.as_ref().map(|(_, rx)| holds_vip(rx.clone())),
         );
     }
 
