@@ -271,7 +271,8 @@ fn print_summary(loaded: &Loaded) {
                     "floating_ip: no secret: heartbeats are not authenticated, any host on the LAN can take the VIP"
                 );
             } else {
-                let ids: Vec<String> = f.keys.ids().iter().map(|i| i.to_string()).collect();
+                let ring = gateway::failover::auth::Keyring::from_config(&f.keys);
+                let ids: Vec<String> = ring.ids().iter().map(|i| i.to_string()).collect();
                 println!(
                     "floating_ip: heartbeats signed with HMAC-SHA256, key ids {} (the first signs)",
                     ids.join(", ")

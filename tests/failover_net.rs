@@ -25,17 +25,8 @@ const SERVICE_PORT: u16 = 8080;
 /// n1 (priority 200) becomes master first, then n2 (priority 100) joins as backup;
 /// both with the forwarding service plus `services` (extra YAML list items).
 fn start_pair(lab: &Lab, extra_fip: &[&str], services: &str) -> (GatewayProc, GatewayProc) {
-    let vip = lab.default_vip();
     let cfg = |h, p| lab.floating_ip_yaml(h, p, extra_fip) + &lab.forward_service_yaml() + services;
-    let g1 = lab.spawn_gateway(Host::N1, &cfg(Host::N1, 200));
-    lab.expect_holders(vip, &[Host::N1], WAIT, "n1 alone should take the VIP");
-    let g2 = lab.spawn_gateway(Host::N2, &cfg(Host::N2, 100));
-    assert!(
-        g2.wait_log("to=BACKUP reason=startup", WAIT),
-        "n2 did not start:\n{}",
-        g2.log()
-    );
-    (g1, g2)
+    lab.start_pair(cfg, WAIT)
 }
 
 /// How many times a daemon became MASTER so far (its state-change events).

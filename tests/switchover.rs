@@ -93,7 +93,6 @@ fn backends(lab: &Lab) -> Vec<Server> {
 /// n1 (priority 200) master, n2 (100) backup, both with the secret and the four
 /// services on every address.
 fn start_pair(lab: &Lab) -> (GatewayProc, GatewayProc) {
-    let vip = lab.default_vip();
     let secret = format!("secret: \"{SECRET}\"");
     let cfg = |h, p| {
         lab.floating_ip_yaml(h, p, &[&secret])
@@ -102,14 +101,7 @@ fn start_pair(lab: &Lab) -> (GatewayProc, GatewayProc) {
             + &service(lab, "echo", ECHO_PORT)
             + &service(lab, "idle", IDLE_PORT)
     };
-    let g1 = lab.spawn_gateway(Host::N1, &cfg(Host::N1, 200));
-    lab.expect_holders(vip, &[Host::N1], WAIT, "n1 alone should take the VIP");
-    let g2 = lab.spawn_gateway(Host::N2, &cfg(Host::N2, 100));
-    assert!(
-        g2.wait_log("to=BACKUP reason=startup", WAIT),
-        "n2 did not start:\n{}",
-        g2.log()
-    );
+    let (g1, g2) = lab.start_pair(cfg, WAIT);
     // n1 must have heard n2 before the switchover (the ACK needs it running).
     thread::sleep(Duration::from_millis(300));
     (g1, g2)

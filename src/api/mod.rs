@@ -25,7 +25,6 @@
 //! read-only summary (`GET /`, `GET /status`) needs HTTP basic auth; the
 //! reasoning is in docs/api.md.
 
-pub mod config;
 mod page;
 mod routes;
 mod view;
@@ -42,12 +41,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use config::ApiConfig;
+/// The `api:` section; it is read with the rest of the file, in `config/`.
+pub use crate::config::api::ApiConfig;
 
 use crate::daemon::{EditError, Shared};
 use crate::failover::driver::FailoverStatus;
@@ -159,25 +158,12 @@ async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
 }
 
 /// Whether the request carried the configured credentials (always true without
-/// `auth`). Compared through SHA-256 so the time taken says nothing about them.
+/// `auth`), `Basic` as the metrics endpoint and the `http` handler check it.
 fn authenticated(cfg: &ApiConfig, req: &Request) -> bool {
-    use base64::Engine;
     let Some(auth) = &cfg.auth else {
         return true;
     };
-    let given = (req.headers().get(header::AUTHORIZATION))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        });
-    let Some(given) = given else {
-        return false;
-    };
-    let expected = format!("{}:{}", auth.username, auth.password.expose());
-    Sha256::digest(&given) == Sha256::digest(expected.as_bytes())
+    (req.headers().get(header::AUTHORIZATION)).is_some_and(|v| auth.matches_basic(v.as_bytes()))
 }
 
 /// Whether the request was authenticated; set by the auth layer for handlers.

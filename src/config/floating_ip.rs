@@ -23,11 +23,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::FieldError;
-use crate::failover::auth::Keyring;
 use crate::net::{self, Interfaces};
 
 pub mod secret;
-pub use secret::Secrets;
+pub use secret::{FailoverKeys, Secrets};
 
 fn default_priority() -> u8 {
     100
@@ -268,7 +267,7 @@ pub struct FloatingIp {
     pub probe_interval: Duration,
     pub notify: NotifyConfig,
     /// Heartbeat and echo keys (empty: unauthenticated, INFINI-compatible).
-    pub keys: Keyring,
+    pub keys: FailoverKeys,
     /// Things the operator should know about how INFINI fields were mapped.
     pub notes: Vec<String>,
 }
@@ -570,7 +569,7 @@ impl FloatingIpConfig {
                 self.echo.dial_timeout_in_ms, self.echo.timeout_in_ms
             ));
         }
-        let keys = secret::keyring(
+        let keys = secret::keys(
             self.secret.as_ref(),
             self.secret_file.as_deref(),
             self.accept_unauthenticated,
@@ -741,7 +740,7 @@ mod tests {
             "enabled: true\nsecret: [\"{key}\", \"{key}-old\"]"
         ));
         let f = cfg.resolve(&host()).unwrap();
-        assert_eq!(f.keys.ids().len(), 2);
+        assert_eq!(f.keys.secrets.len(), 2);
         let dump = format!("{cfg:?} {f:?} {cfg:#?} {f:#?}");
         assert!(!dump.contains("do-not-print"), "{dump}");
         assert!(dump.contains("MASKED"), "{dump}");

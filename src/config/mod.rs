@@ -20,12 +20,14 @@
 //! aliases can expand to.
 
 pub mod acme;
+pub mod api;
 pub mod auth;
 pub mod chain;
 pub mod duration;
 pub mod flag;
 pub mod floating_ip;
 pub mod metrics;
+mod names;
 pub mod resolver;
 pub mod service;
 pub mod tls;
@@ -53,7 +55,7 @@ pub struct Config {
     pub acme: Option<acme::AcmeConfig>,
     /// GOST's Web API and status page (src/api/, docs/api.md); off unless set.
     #[serde(default)]
-    pub api: Option<crate::api::ApiConfig>,
+    pub api: Option<api::ApiConfig>,
     /// GOST's forwarding chains, named by `handler.chain` (see [`chain`]).
     #[serde(default)]
     pub chains: Vec<chain::ChainConfig>,

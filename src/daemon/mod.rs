@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiConfig;
+use crate::failover::auth::Keyring;
 use crate::failover::driver::{self, FailoverError, FailoverStatus};
 use crate::failover::machine::State;
 use crate::proxy::ProxyError;
@@ -69,6 +70,20 @@ pub enum DaemonError {
     FailoverStuck,
 }
 
+/// Whether this node is master (holds the VIP), following `status` until the
+/// failover ends: what ACME needs of failover, without knowing its types.
+fn holds_vip(mut status: watch::Receiver<FailoverStatus>) -> watch::Receiver<bool> {
+    let master = |s: &FailoverStatus| s.state == State::Master;
+    let (tx, rx) = watch::channel(master(&status.borrow_and_update()));
+    tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            let now = master(&status.borrow_and_update());
+            tx.send_if_modified(|was| std::mem::replace(was, now) != now);
+        }
+    });
+    rx
+}
+
 /// Run until SIGTERM/SIGINT (or until the failover fails).
 pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -84,12 +99,12 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
     if let Some(acme) = &source.loaded.config.acme {
         crate::proxy::acme::install(
             acme.clone(),
-            status_channel.as_ref().map(|(_, rx)| rx.clone()),
+            status_channel.as_ref().map(|(_, rx)| holds_vip(rx.clone())),
         );
     }
 
-    let keys =
-        (source.loaded.floating_ip.as_ref()).map(|fip| watch::channel(Arc::new(fip.keys.clone())));
+    let keys = (source.loaded.floating_ip.as_ref())
+        .map(|fip| watch::channel(Arc::new(Keyring::from_config(&fip.keys))));
     let fip = source.loaded.floating_ip.clone();
     let api_cfg = opts.api.clone().or(source.loaded.config.api.clone());
     let metrics_cfg = (opts.metrics.clone()).or(source.loaded.config.metrics.clone());

@@ -302,7 +302,7 @@ impl Daemon {
             && new_fip.keys != cur_fip.keys
         {
             cur_fip.keys = new_fip.keys.clone();
-            tx.send_replace(Arc::new(new_fip.keys.clone()));
+            tx.send_replace(Arc::new(Keyring::from_config(&new_fip.keys)));
         }
         if new.floating_ip != current.floating_ip {
             tracing::warn!(

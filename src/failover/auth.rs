@@ -34,6 +34,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::wire::{HEADER_LEN, Heartbeat};
+use crate::config::floating_ip::FailoverKeys;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -170,6 +171,17 @@ impl Keyring {
             keys,
             accept_unauthenticated,
         }
+    }
+
+    /// The keys `floating_ip` configures (`secret`, `secret_file`,
+    /// `accept_unauthenticated`), in their order: the first signs.
+    pub fn from_config(keys: &FailoverKeys) -> Keyring {
+        Keyring::new(
+            (keys.secrets.iter())
+                .map(|s| Key::new(s.expose().as_bytes()))
+                .collect(),
+            keys.accept_unauthenticated,
+        )
     }
 
     /// From secrets, the signing one first.
@@ -415,6 +427,28 @@ mod tests {
             Keyring::default().verify_echo(q, ans, &[]),
             Ok(Trust::Unsigned)
         );
+    }
+
+    #[test]
+    fn configured_keys_keep_their_order_and_flag() {
+        use crate::config::auth::Secret;
+        let (k1, k2) = ("0123456789abcdef-one", "0123456789abcdef-two");
+        let cfg = FailoverKeys {
+            secrets: vec![Secret(k1.into()), Secret(k2.into())],
+            accept_unauthenticated: false,
+        };
+        let r = Keyring::from_config(&cfg);
+        assert_eq!(
+            r.ids(),
+            vec![Key::new(k1.as_bytes()).id(), Key::new(k2.as_bytes()).id()]
+        );
+        assert!(r.requires_signature());
+        let lenient = Keyring::from_config(&FailoverKeys {
+            accept_unauthenticated: true,
+            ..cfg
+        });
+        assert!(!lenient.requires_signature(), "accept_unauthenticated");
+        assert!(Keyring::from_config(&FailoverKeys::default()).is_empty());
     }
 
     #[test]

@@ -393,7 +393,7 @@ pub async fn run(
     status_tx: watch::Sender<FailoverStatus>,
     cancel: CancellationToken,
 ) -> Result<(), FailoverError> {
-    let keys = watch::channel(Arc::new(fip.keys.clone())).1;
+    let keys = watch::channel(Arc::new(Keyring::from_config(&fip.keys))).1;
     run_keyed(fip, status_tx, keys, control().1, cancel).await
 }
 

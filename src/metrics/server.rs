@@ -104,23 +104,7 @@ async fn scrape(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 
 /// `Authorization: Basic base64(user:pass)` with the configured credentials.
 fn authorized(auth: &AuthConfig, headers: &HeaderMap) -> bool {
-    use base64::Engine;
-    let decoded = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        });
-    let Some(decoded) = decoded else {
-        return false;
-    };
-    let Some(colon) = decoded.iter().position(|b| *b == b':') else {
-        return false;
-    };
-    crate::proxy::handler::credentials_match(auth, &decoded[..colon], &decoded[colon + 1..])
+    (headers.get(header::AUTHORIZATION)).is_some_and(|v| auth.matches_basic(v.as_bytes()))
 }
 
 #[cfg(test)]

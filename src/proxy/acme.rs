@@ -36,9 +36,9 @@
 //! # High availability
 //!
 //! Only the node holding the VIP orders and answers challenges, since the CA
-//! reaches the name, i.e. the VIP. The manager follows the failover status the
-//! driver publishes (the `watch` channel `main.rs` already hands to the service
-//! set): a backup does not order; it serves what is in its cache. Two ways for
+//! reaches the name, i.e. the VIP. The manager follows whether this node is
+//! master (a `watch` the daemon derives from the failover status): a backup
+//! does not order; it serves what is in its cache. Two ways for
 //! both nodes to have the certificate:
 //!
 //! * a shared `cache_dir` (NFS, a replicated directory): whoever is master
@@ -70,8 +70,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::acme::{AcmeChallenge, AcmeConfig};
-use crate::failover::driver::FailoverStatus;
-use crate::failover::machine::State;
 
 /// First retry delay after a failure; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
@@ -105,7 +103,8 @@ type Slot = Arc<ArcSwapOption<CertifiedKey>>;
 /// The process's ACME state: configuration, failover status, certificates.
 pub struct Manager {
     cfg: AcmeConfig,
-    status: Option<watch::Receiver<FailoverStatus>>,
+    /// Whether this node holds the VIP; `None` without failover.
+    holds_vip: Option<watch::Receiver<bool>>,
     slots: Mutex<HashMap<String, Slot>>,
     /// http-01: token → key authorization.
     tokens: Arc<Mutex<HashMap<String, String>>>,
@@ -119,8 +118,10 @@ pub struct Manager {
 static MANAGER: OnceLock<Arc<Manager>> = OnceLock::new();
 
 /// Install the manager (once, at start, inside the runtime) and start the
-/// http-01 responder. `status` is the failover status, `None` without failover.
-pub fn install(cfg: AcmeConfig, status: Option<watch::Receiver<FailoverStatus>>) {
+/// http-01 responder. `holds_vip` says whether this node is the failover
+/// master (holds the VIP), `None` without failover; the daemon derives it from
+/// the failover status.
+pub fn install(cfg: AcmeConfig, holds_vip: Option<watch::Receiver<bool>>) {
     let alpn_certs = Arc::new(Mutex::new(HashMap::new()));
     let mut alpn_config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
@@ -130,7 +131,7 @@ pub fn install(cfg: AcmeConfig, status: Option<watch::Receiver<FailoverStatus>>)
     alpn_config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
     let m = Arc::new(Manager {
         cfg,
-        status,
+        holds_vip,
         slots: Mutex::new(HashMap::new()),
         tokens: Arc::new(Mutex::new(HashMap::new())),
         alpn_certs,
@@ -405,12 +406,12 @@ async fn maintain(m: Arc<Manager>, host: String, slot: Slot) {
 impl Manager {
     /// Return once this node holds the VIP (at once without failover).
     async fn wait_for_vip(&self, host: &str) {
-        let Some(mut rx) = self.status.clone() else {
+        let Some(mut rx) = self.holds_vip.clone() else {
             return;
         };
         let mut logged = false;
         loop {
-            if rx.borrow_and_update().state == State::Master {
+            if *rx.borrow_and_update() {
                 return;
             }
             if !logged {

@@ -629,6 +629,26 @@ impl Lab {
         }
     }
 
+    /// The usual start of a pair: n1 (priority 200) takes the VIP alone, then n2
+    /// (priority 100) starts as its backup. `config(host, priority)` is a node's
+    /// config text; each step may take `timeout`.
+    pub fn start_pair(
+        &self,
+        config: impl Fn(Host, u8) -> String,
+        timeout: Duration,
+    ) -> (GatewayProc, GatewayProc) {
+        let vip = self.default_vip();
+        let g1 = self.spawn_gateway(Host::N1, &config(Host::N1, 200));
+        self.expect_holders(vip, &[Host::N1], timeout, "n1 alone should take the VIP");
+        let g2 = self.spawn_gateway(Host::N2, &config(Host::N2, 100));
+        assert!(
+            g2.wait_log("to=BACKUP reason=startup", timeout),
+            "n2 did not start:\n{}",
+            g2.log()
+        );
+        (g1, g2)
+    }
+
     /// The MAC address of a host's LAN interface (lowercase, colon-separated).
     pub fn host_mac(&self, host: Host) -> String {
         let json = self.ip_cmd(host, &["-j", "link", "show", "dev", IFNAME]);

@@ -64,7 +64,6 @@
 pub mod hops;
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +73,7 @@ use serde::Deserialize;
 use super::FieldError;
 use super::auth::AuthConfig;
 use super::duration::DurationStr;
+use super::names::yaml_names;
 use super::resolver::{HostsConfig, NameRef, ResolverConfig};
 use super::service::{HandlerType, Interface, SelectorConfig, ServiceConfig, valid_node_addr};
 use super::tls::{TlsConfig, TlsOptions};
@@ -192,22 +192,12 @@ pub enum ConnectorType {
     Virtual,
 }
 
-impl ConnectorType {
-    pub fn name(self) -> &'static str {
-        match self {
-            ConnectorType::Http => "http",
-            ConnectorType::Socks5 => "socks5",
-            ConnectorType::Socks4 => "socks4",
-            ConnectorType::Virtual => "virtual",
-        }
-    }
-}
-
-impl fmt::Display for ConnectorType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+yaml_names!(ConnectorType {
+    Http => "http",
+    Socks5 => "socks5",
+    Socks4 => "socks4",
+    Virtual => "virtual",
+});
 
 /// Connector `metadata:`, each option once; which connector takes which is
 /// checked by [`ConnectorConfig::validate`].
@@ -262,21 +252,11 @@ pub enum DialerType {
     Virtual,
 }
 
-impl DialerType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DialerType::Tcp => "tcp",
-            DialerType::Tls => "tls",
-            DialerType::Virtual => "virtual",
-        }
-    }
-}
-
-impl fmt::Display for DialerType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+yaml_names!(DialerType {
+    Tcp => "tcp",
+    Tls => "tls",
+    Virtual => "virtual",
+});
 
 /// Dialer `metadata:`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -14,6 +14,10 @@
 //!
 //! Keys must be at least [`MIN_SECRET_LEN`] characters: a captured heartbeat lets
 //! an attacker test guesses offline, so a short secret is a weak one.
+//!
+//! What this module hands on is [`FailoverKeys`], the checked secrets in a
+//! masked type; `failover::auth::Keyring` is built from it (config holds values,
+//! failover holds the HMAC that uses them).
 
 use std::path::Path;
 
@@ -21,7 +25,6 @@ use serde::Deserialize;
 
 use crate::config::FieldError;
 use crate::config::auth::Secret;
-use crate::failover::auth::{Key, Keyring};
 
 /// The shortest accepted key.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -77,10 +80,41 @@ impl Secrets {
     }
 }
 
+/// The keys of a failover group as configured, checked: the first signs, every
+/// one is accepted. Empty: no authentication (INFINI compatibility). `Debug`
+/// shows how many, never a key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FailoverKeys {
+    /// The secrets, the signing one first.
+    pub secrets: Vec<Secret>,
+    /// Accept unsigned heartbeats and echo answers although keys are set: only
+    /// for the migration of a running unauthenticated group (docs/security.md).
+    pub accept_unauthenticated: bool,
+}
+
+impl FailoverKeys {
+    /// No key: heartbeats are not authenticated.
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+}
+
+impl std::fmt::Debug for FailoverKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailoverKeys")
+            .field(
+                "keys",
+                &format_args!("{} key(s), MASKED", self.secrets.len()),
+            )
+            .field("accept_unauthenticated", &self.accept_unauthenticated)
+            .finish()
+    }
+}
+
 fn check_keys<'a>(
     field: &str,
     keys: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<Key>, FieldError> {
+) -> Result<Vec<Secret>, FieldError> {
     let mut out = Vec::new();
     for (i, k) in keys.into_iter().enumerate() {
         if k.chars().count() < MIN_SECRET_LEN {
@@ -92,7 +126,7 @@ fn check_keys<'a>(
                 ),
             ));
         }
-        out.push(Key::new(k.as_bytes()));
+        out.push(Secret(k.to_string()));
     }
     if out.is_empty() {
         return Err(FieldError::new(
@@ -136,14 +170,14 @@ pub fn validate(
     Ok(())
 }
 
-/// The keyring: from the inline keys, or read from `secret_file` (relative to
+/// The keys: from the inline keys, or read from `secret_file` (relative to
 /// `base`), refusing a world-readable file.
-pub fn keyring(
+pub fn keys(
     secret: Option<&Secrets>,
     secret_file: Option<&Path>,
     accept_unauthenticated: bool,
     base: &Path,
-) -> Result<Keyring, FieldError> {
+) -> Result<FailoverKeys, FieldError> {
     let field = "floating_ip.secret_file";
     let keys = match (secret, secret_file) {
         (Some(s), _) => check_keys("floating_ip.secret", s.list().iter().map(|s| s.expose()))?,
@@ -174,9 +208,12 @@ pub fn keyring(
             check_keys(field, lines)
                 .map_err(|e| FieldError::new(field, format!("{shown}: {}", e.message)))?
         }
-        (None, None) => return Ok(Keyring::default()),
+        (None, None) => return Ok(FailoverKeys::default()),
     };
-    Ok(Keyring::new(keys, accept_unauthenticated))
+    Ok(FailoverKeys {
+        secrets: keys,
+        accept_unauthenticated,
+    })
 }
 
 #[cfg(test)]
@@ -191,14 +228,16 @@ mod tests {
         Secrets::Many(v.iter().map(|s| Secret(s.to_string())).collect())
     }
 
+    /// The secrets of `r`, in order.
+    fn exposed(r: &FailoverKeys) -> Vec<&str> {
+        r.secrets.iter().map(Secret::expose).collect()
+    }
+
     #[test]
     fn inline_keys_first_signs() {
-        let r = keyring(Some(&inline(&[K1, K2])), None, false, Path::new("")).unwrap();
-        assert_eq!(
-            r.ids(),
-            vec![Key::new(K1.as_bytes()).id(), Key::new(K2.as_bytes()).id()]
-        );
-        assert!(r.requires_signature());
+        let r = keys(Some(&inline(&[K1, K2])), None, false, Path::new("")).unwrap();
+        assert_eq!(exposed(&r), vec![K1, K2]);
+        assert!(!r.accept_unauthenticated);
     }
 
     #[test]
@@ -220,13 +259,13 @@ mod tests {
         let p = dir.path().join("hb.key");
         std::fs::write(&p, format!("# rotation: new first\n{K2}\n\n{K1}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let r = keyring(None, Some(Path::new("hb.key")), true, dir.path()).unwrap();
-        assert_eq!(r.ids().len(), 2);
-        assert_eq!(r.ids()[0], Key::new(K2.as_bytes()).id());
-        assert!(!r.requires_signature(), "accept_unauthenticated");
+        let r = keys(None, Some(Path::new("hb.key")), true, dir.path()).unwrap();
+        assert_eq!(r.secrets.len(), 2);
+        assert_eq!(exposed(&r)[0], K2);
+        assert!(r.accept_unauthenticated, "accept_unauthenticated");
 
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = keyring(None, Some(Path::new("hb.key")), false, dir.path()).unwrap_err();
+        let e = keys(None, Some(Path::new("hb.key")), false, dir.path()).unwrap_err();
         assert_eq!(e.field, "floating_ip.secret_file");
         assert!(
             e.message.contains("readable by every user") && e.message.contains("chmod 600"),
@@ -236,9 +275,9 @@ mod tests {
 
         std::fs::write(&p, "# nothing\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let e = keyring(None, Some(&p), false, Path::new("")).unwrap_err();
+        let e = keys(None, Some(&p), false, Path::new("")).unwrap_err();
         assert!(e.message.contains("no key"), "{}", e.message);
-        let e = keyring(
+        let e = keys(
             None,
             Some(Path::new("/nonexistent/k")),
             false,
@@ -262,7 +301,7 @@ mod tests {
     fn debug_never_shows_a_key() {
         let s = format!("{:?}", inline(&[K1]));
         assert!(!s.contains(K1) && s.contains("MASKED"), "{s}");
-        let r = keyring(Some(&inline(&[K1])), None, false, Path::new("")).unwrap();
+        let r = keys(Some(&inline(&[K1])), None, false, Path::new("")).unwrap();
         assert!(!format!("{r:?}").contains(K1));
     }
 }

@@ -21,7 +21,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +28,7 @@ use serde::Deserialize;
 use crate::config::FieldError;
 use crate::config::auth::AuthConfig;
 use crate::config::duration::DurationStr;
+use crate::config::names::yaml_names;
 use crate::config::tls::TlsConfig;
 
 /// How connections arrive: `type` and, for `tls`, the certificate.
@@ -54,21 +54,11 @@ pub enum ListenerType {
     Tls,
 }
 
-impl ListenerType {
-    pub fn name(self) -> &'static str {
-        match self {
-            ListenerType::Tcp => "tcp",
-            ListenerType::Udp => "udp",
-            ListenerType::Tls => "tls",
-        }
-    }
-}
-
-impl fmt::Display for ListenerType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+yaml_names!(ListenerType {
+    Tcp => "tcp",
+    Udp => "udp",
+    Tls => "tls",
+});
 
 /// What is done with a connection: `type` plus the options of that type.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -112,18 +102,16 @@ pub enum HandlerType {
     Auto,
 }
 
-impl HandlerType {
-    pub fn name(self) -> &'static str {
-        match self {
-            HandlerType::Tcp => "tcp",
-            HandlerType::Udp => "udp",
-            HandlerType::Http => "http",
-            HandlerType::Socks5 => "socks5",
-            HandlerType::Socks4 => "socks4",
-            HandlerType::Auto => "auto",
-        }
-    }
+yaml_names!(HandlerType {
+    Tcp => "tcp",
+    Udp => "udp",
+    Http => "http",
+    Socks5 => "socks5",
+    Socks4 => "socks4",
+    Auto => "auto",
+});
 
+impl HandlerType {
     /// Port forwarding to fixed nodes (`tcp`, `udp`), as opposed to a proxy
     /// handler that finds its target in each request.
     pub fn forwards(self) -> bool {
@@ -139,12 +127,6 @@ impl HandlerType {
             HandlerType::Socks4 => &[READ_TIMEOUT],
             HandlerType::Auto => &[READ_TIMEOUT, RESPONSE_TIMEOUT, HEADER, UDP, UDP_BUFFER_SIZE],
         }
-    }
-}
-
-impl fmt::Display for HandlerType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -296,13 +278,18 @@ impl HandlerConfig {
     pub fn options<M: Metadata>(&self) -> HandlerOptions<M> {
         HandlerOptions {
             auth: self.auth.clone(),
-            metadata: self.metadata.as_ref().map(M::resolve).unwrap_or_default(),
+            metadata: M::resolve(
+                self.metadata
+                    .as_ref()
+                    .unwrap_or(&HandlerMetadata::default()),
+            ),
         }
     }
 }
 
-/// The metadata one proxy handler reads, every default filled in.
-pub trait Metadata: Default + Sized {
+/// The metadata one proxy handler reads, every default filled in (its
+/// defaults are what it resolves from an empty `metadata:`).
+pub trait Metadata: Sized {
     /// The handler these options belong to.
     const HANDLER: HandlerType;
 
@@ -317,13 +304,23 @@ pub trait Metadata: Default + Sized {
 /// A proxy handler's `handler:` section minus `type`: credentials and its view of
 /// the metadata. Deserializable on its own (`{auth, metadata}`), refusing options
 /// the handler does not take.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HandlerOptions<M> {
     /// Credentials the client must present, in its protocol's way:
     /// `Proxy-Authorization: Basic` for HTTP, RFC 1929 username/password for
     /// SOCKS5; SOCKS4 carries only a user id.
     pub auth: Option<AuthConfig>,
     pub metadata: M,
+}
+
+/// No credentials, every option at its default.
+impl<M: Metadata> Default for HandlerOptions<M> {
+    fn default() -> Self {
+        HandlerOptions {
+            auth: None,
+            metadata: M::resolve(&HandlerMetadata::default()),
+        }
+    }
 }
 
 impl<M: Metadata> HandlerOptions<M> {
@@ -366,12 +363,6 @@ pub struct HttpMetadata {
     pub response_timeout: Duration,
 }
 
-impl Default for HttpMetadata {
-    fn default() -> Self {
-        Self::resolve(&HandlerMetadata::default())
-    }
-}
-
 impl Metadata for HttpMetadata {
     const HANDLER: HandlerType = HandlerType::Http;
 
@@ -398,12 +389,6 @@ pub struct Socks5Metadata {
     pub udp_buffer_size: usize,
 }
 
-impl Default for Socks5Metadata {
-    fn default() -> Self {
-        Self::resolve(&HandlerMetadata::default())
-    }
-}
-
 impl Metadata for Socks5Metadata {
     const HANDLER: HandlerType = HandlerType::Socks5;
 
@@ -427,12 +412,6 @@ pub struct Socks4Metadata {
     pub read_timeout: Duration,
 }
 
-impl Default for Socks4Metadata {
-    fn default() -> Self {
-        Self::resolve(&HandlerMetadata::default())
-    }
-}
-
 impl Metadata for Socks4Metadata {
     const HANDLER: HandlerType = HandlerType::Socks4;
 
@@ -453,12 +432,6 @@ pub struct AutoMetadata {
     pub http: HttpMetadata,
     pub socks5: Socks5Metadata,
     pub socks4: Socks4Metadata,
-}
-
-impl Default for AutoMetadata {
-    fn default() -> Self {
-        Self::resolve(&HandlerMetadata::default())
-    }
 }
 
 impl Metadata for AutoMetadata {

@@ -149,6 +149,11 @@ pub struct ServiceConfig {
     pub udp: Option<UdpConfig>,
 
     // ---- GOST's hooks (see [`hooks`]); also accepted under `metadata:` ----
+    // Declared again in `ServiceMetadata`: one struct `#[serde(flatten)]`ed into
+    // both would cost `deny_unknown_fields` its list of expected fields and the
+    // line of an error in these fields, so each map names its own, and
+    // `Hooks::new` turns either set into the one value the rest of the program
+    // reads (`ServiceConfig::hooks`).
     /// Shell commands run before the listener binds; one failing keeps the service down.
     #[serde(rename = "preUp", default)]
     pub pre_up: Vec<String>,
@@ -324,11 +329,16 @@ impl ServiceConfig {
     pub fn hooks(&self) -> hooks::Hooks {
         match &self.metadata {
             Some(m) if !m.hooks().is_empty() => m.hooks(),
-            _ => hooks::Hooks::new(
-                [&self.pre_up, &self.post_up, &self.pre_down, &self.post_down],
-                self.hook_timeout,
-            ),
+            _ => self.plain_hooks(),
         }
+    }
+
+    /// The hooks written as plain service fields.
+    fn plain_hooks(&self) -> hooks::Hooks {
+        hooks::Hooks::new(
+            [&self.pre_up, &self.post_up, &self.pre_down, &self.post_down],
+            self.hook_timeout,
+        )
     }
 
     /// Where the service's exit is written: `interface` or `metadata.interface`.
@@ -349,10 +359,7 @@ impl ServiceConfig {
 
     /// Hooks in one form only, each command non-empty.
     fn validate_hooks(&self, i: usize) -> Result<(), FieldError> {
-        let plain = hooks::Hooks::new(
-            [&self.pre_up, &self.post_up, &self.pre_down, &self.post_down],
-            self.hook_timeout,
-        );
+        let plain = self.plain_hooks();
         plain.validate(&format!("services[{i}]"))?;
         if let Some(m) = &self.metadata {
             let meta = m.hooks();

@@ -381,25 +381,6 @@ pub(crate) fn join_host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// Compare credentials without an early exit on the first differing byte, so the
-/// time taken does not tell an attacker how much of a guess was right.
-pub(crate) fn credentials_match(
-    auth: &crate::config::auth::AuthConfig,
-    user: &[u8],
-    pass: &[u8],
-) -> bool {
-    fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-        let mut diff = a.len() ^ b.len();
-        for (i, x) in a.iter().enumerate() {
-            diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
-        }
-        diff == 0
-    }
-    let u = ct_eq(auth.username.as_bytes(), user);
-    let p = ct_eq(auth.password.expose().as_bytes(), pass);
-    u & p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,18 +417,5 @@ mod tests {
         assert_eq!(join_host_port("example.com", 80), "example.com:80");
         assert_eq!(join_host_port("::1", 443), "[::1]:443");
         assert_eq!(join_host_port("[::1]", 443), "[::1]:443");
-    }
-
-    #[test]
-    fn credentials() {
-        let a = crate::config::auth::AuthConfig {
-            username: "user".into(),
-            password: crate::config::auth::Secret("pass".into()),
-        };
-        assert!(credentials_match(&a, b"user", b"pass"));
-        assert!(!credentials_match(&a, b"user", b"pas"));
-        assert!(!credentials_match(&a, b"user", b"passs"));
-        assert!(!credentials_match(&a, b"usex", b"pass"));
-        assert!(!credentials_match(&a, b"", b""));
     }
 }

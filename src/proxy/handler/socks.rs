@@ -64,7 +64,7 @@ use crate::proxy::chain::stream::Outbound;
 use super::conn::BufConn;
 use super::{
     ConnInfo, Context, FromOptions, Handler, HandlerError, HandlerOptions, HandlerStats, Io,
-    Metadata, Outcome, Protocol, credentials_match, join_host_port,
+    Metadata, Outcome, Protocol, join_host_port,
 };
 pub use crate::config::service::handler::{Socks4Metadata, Socks5Metadata};
 use crate::proxy::egress;
@@ -333,7 +333,7 @@ impl Socks5 {
                 .opts
                 .auth
                 .as_ref()
-                .is_none_or(|a| credentials_match(a, &user, &pass));
+                .is_none_or(|a| a.matches(&user, &pass));
             client
                 .write_all(&[0x01, if ok { 0x00 } else { 0x01 }])
                 .await?;
@@ -630,7 +630,7 @@ impl Protocol for Socks4 {
         tracing::debug!(peer = %conn.peer, cmd, target = ?addr, "socks4 request");
         let reject = reply4(SOCKS4_REJECTED);
         if let Some(auth) = &self.opts.auth
-            && !(auth.password.expose().is_empty() && credentials_match(auth, &user, b""))
+            && !(auth.password.expose().is_empty() && auth.matches(&user, b""))
         {
             client.write_all(&reject).await?;
             return Err(HandlerError::AuthFailed);

@@ -7,7 +7,7 @@ use std::io;
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ConnectError, split_target};
+use super::{ConnectError, Target};
 use crate::config::chain::ConnectorConfig;
 use crate::proxy::chain::stream::{Outbound, Prefixed};
 
@@ -39,9 +39,9 @@ impl HttpConnector {
     pub async fn connect(
         &self,
         mut stream: Outbound,
-        target: &str,
+        target: Target<'_>,
     ) -> Result<Outbound, ConnectError> {
-        let (host, port) = split_target(target)?;
+        let Target { host, port, .. } = target;
         let authority = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {

@@ -77,9 +77,9 @@ impl Connector {
     ) -> Result<Outbound, ConnectError> {
         let work = async {
             match self {
-                Connector::Http(c) => c.connect(stream, target).await,
-                Connector::Socks5(c) => c.connect(stream, target).await,
-                Connector::Socks4(c) => c.connect(stream, target).await,
+                Connector::Http(c) => c.connect(stream, Target::parse(target)?).await,
+                Connector::Socks5(c) => c.connect(stream, Target::parse(target)?).await,
+                Connector::Socks4(c) => c.connect(stream, Target::parse(target)?).await,
                 Connector::Virtual => Ok(stream),
             }
         };
@@ -90,6 +90,30 @@ impl Connector {
                 format!("no answer to the connect request for {target} within {limit:?}"),
             )),
         }
+    }
+}
+
+/// What a connector asks its node to reach: `host:port` as written (for
+/// messages) and split once, here, for every protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The name or IP literal, without brackets.
+    pub host: &'a str,
+    pub port: u16,
+    /// The target as it was asked for, for error messages.
+    text: &'a str,
+}
+
+impl<'a> Target<'a> {
+    pub fn parse(text: &'a str) -> Result<Self, ConnectError> {
+        let (host, port) = split_target(text)?;
+        Ok(Target { host, port, text })
+    }
+}
+
+impl std::fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text)
     }
 }
 

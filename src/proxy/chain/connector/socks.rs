@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ConnectError, split_target};
+use super::{ConnectError, Target};
 use crate::config::auth::AuthConfig;
 use crate::config::chain::ConnectorConfig;
 use crate::proxy::chain::stream::Outbound;
@@ -34,11 +34,10 @@ impl Socks5Connector {
     pub async fn connect(
         &self,
         mut stream: Outbound,
-        target: &str,
+        target: Target<'_>,
     ) -> Result<Outbound, ConnectError> {
-        let (host, port) = split_target(target)?;
-        self.request(&mut stream, CMD_CONNECT, &encode_host(host, port)?)
-            .await?;
+        let addr = encode_host(target.host, target.port)?;
+        self.request(&mut stream, CMD_CONNECT, &addr).await?;
         Ok(stream)
     }
 
@@ -69,9 +68,7 @@ impl Socks5Connector {
         };
         // Greeting and request in one write when no authentication is needed
         // would save a round trip, but some servers read the greeting alone.
-        stream.write_all(&[VERSION5, 1, method]).await?;
-        let mut choice = [0u8; 2];
-        stream.read_exact(&mut choice).await?;
+        let choice: [u8; 2] = exchange(stream, &[VERSION5, 1, method]).await?;
         if choice[0] != VERSION5 {
             return Err(ConnectError::node(
                 io::ErrorKind::InvalidData,
@@ -87,9 +84,7 @@ impl Socks5Connector {
                 msg.extend_from_slice(u);
                 msg.push(p.len() as u8);
                 msg.extend_from_slice(p);
-                stream.write_all(&msg).await?;
-                let mut status = [0u8; 2];
-                stream.read_exact(&mut status).await?;
+                let status: [u8; 2] = exchange(stream, &msg).await?;
                 if status[1] != 0 {
                     return Err(ConnectError::node(
                         io::ErrorKind::PermissionDenied,
@@ -106,9 +101,7 @@ impl Socks5Connector {
         }
         let mut req = vec![VERSION5, cmd, 0];
         req.extend_from_slice(addr);
-        stream.write_all(&req).await?;
-        let mut head = [0u8; 4];
-        stream.read_exact(&mut head).await?;
+        let head: [u8; 4] = exchange(stream, &req).await?;
         if head[0] != VERSION5 {
             return Err(ConnectError::node(
                 io::ErrorKind::InvalidData,
@@ -171,20 +164,11 @@ pub(crate) fn encode_host(host: &str, port: u16) -> Result<Vec<u8>, ConnectError
 /// send for CONNECT) reads as the unspecified address.
 async fn read_addr(stream: &mut Outbound, atyp: u8) -> Result<SocketAddr, ConnectError> {
     let ip = match atyp {
-        ATYP_IPV4 => {
-            let mut b = [0u8; 4];
-            stream.read_exact(&mut b).await?;
-            IpAddr::V4(Ipv4Addr::from(b))
-        }
-        ATYP_IPV6 => {
-            let mut b = [0u8; 16];
-            stream.read_exact(&mut b).await?;
-            IpAddr::V6(Ipv6Addr::from(b))
-        }
+        ATYP_IPV4 => IpAddr::V4(Ipv4Addr::from(read_array::<4>(stream).await?)),
+        ATYP_IPV6 => IpAddr::V6(Ipv6Addr::from(read_array::<16>(stream).await?)),
         ATYP_DOMAIN => {
-            let mut len = [0u8; 1];
-            stream.read_exact(&mut len).await?;
-            let mut name = vec![0u8; len[0] as usize];
+            let [len] = read_array::<1>(stream).await?;
+            let mut name = vec![0u8; len as usize];
             stream.read_exact(&mut name).await?;
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         }
@@ -195,9 +179,22 @@ async fn read_addr(stream: &mut Outbound, atyp: u8) -> Result<SocketAddr, Connec
             ));
         }
     };
-    let mut port = [0u8; 2];
-    stream.read_exact(&mut port).await?;
-    Ok(SocketAddr::new(ip, u16::from_be_bytes(port)))
+    let port = u16::from_be_bytes(read_array(stream).await?);
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Exactly `N` bytes from the node.
+async fn read_array<const N: usize>(stream: &mut Outbound) -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    stream.read_exact(&mut b).await?;
+    Ok(b)
+}
+
+/// One message to the node and its fixed-size answer: each step of SOCKS
+/// (greeting, credentials, request) is a write and a read of known length.
+async fn exchange<const N: usize>(stream: &mut Outbound, msg: &[u8]) -> io::Result<[u8; N]> {
+    stream.write_all(msg).await?;
+    read_array(stream).await
 }
 
 #[derive(Debug)]
@@ -219,16 +216,15 @@ impl Socks4Connector {
     pub async fn connect(
         &self,
         mut stream: Outbound,
-        target: &str,
+        target: Target<'_>,
     ) -> Result<Outbound, ConnectError> {
-        let (host, port) = split_target(target)?;
         let mut req = vec![0x04, CMD_CONNECT];
-        req.extend_from_slice(&port.to_be_bytes());
-        match host.parse::<IpAddr>() {
+        req.extend_from_slice(&target.port.to_be_bytes());
+        // SOCKS4a: a name goes as 0.0.0.x, then after the user id.
+        let name = match target.host.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) => {
                 req.extend_from_slice(&ip.octets());
-                req.extend_from_slice(&self.user);
-                req.push(0);
+                None
             }
             Ok(IpAddr::V6(_)) => {
                 return Err(ConnectError::refused(
@@ -236,18 +232,18 @@ impl Socks4Connector {
                     format!("{target}: SOCKS4 cannot carry an IPv6 address"),
                 ));
             }
-            // SOCKS4a: 0.0.0.x and the name after the user id.
             Err(_) => {
                 req.extend_from_slice(&[0, 0, 0, 1]);
-                req.extend_from_slice(&self.user);
-                req.push(0);
-                req.extend_from_slice(host.as_bytes());
-                req.push(0);
+                Some(target.host)
             }
+        };
+        req.extend_from_slice(&self.user);
+        req.push(0);
+        if let Some(name) = name {
+            req.extend_from_slice(name.as_bytes());
+            req.push(0);
         }
-        stream.write_all(&req).await?;
-        let mut reply = [0u8; 8];
-        stream.read_exact(&mut reply).await?;
+        let reply: [u8; 8] = exchange(&mut stream, &req).await?;
         if reply[0] != 0 {
             return Err(ConnectError::node(
                 io::ErrorKind::InvalidData,

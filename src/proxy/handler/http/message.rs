@@ -2,9 +2,6 @@
 //! §7.6.1), `Content-Length` re-rendered once in canonical form, keep-alive and
 //! upgrade decided, credentials checked.
 
-use base64::Engine as _;
-
-use super::super::credentials_match;
 use super::super::framing::{self, content_length, header, header_tokens};
 use super::head::{RequestHead, ResponseHead};
 use super::uri::Uri;
@@ -27,25 +24,7 @@ pub(super) fn is_upgrade(headers: &[(String, Vec<u8>)]) -> bool {
 }
 
 pub(super) fn authorized(auth: &AuthConfig, head: &RequestHead) -> bool {
-    let Some(value) = header(&head.headers, "proxy-authorization") else {
-        return false;
-    };
-    let Ok(value) = std::str::from_utf8(value) else {
-        return false;
-    };
-    let Some((scheme, encoded)) = value.trim().split_once(' ') else {
-        return false;
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return false;
-    }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-        return false;
-    };
-    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
-        return false;
-    };
-    credentials_match(auth, &decoded[..colon], &decoded[colon + 1..])
+    header(&head.headers, "proxy-authorization").is_some_and(|v| auth.matches_basic(v))
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).

@@ -1,4 +1,5 @@
-//! The `api:` section (GOST's names) and the `-api` command-line form.
+//! The `api:` section (GOST's names) and the `-api` command-line form; the
+//! server that serves it is `crate::api`.
 
 use std::path::PathBuf;
 
