@@ -50,9 +50,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthError, Keyring};
 use super::confirm::{self, Confirmer, UdpEchoStats};
-use super::handover::shell::{self as handover, Link, Steer};
+use super::handover::shell::{self as handover, Link, Outcome, Steer};
 use super::inbound::{self, BurstLog, Dropped};
-use super::machine::{Machine, Params, PeerCheck, ProbeResult, State};
+use super::machine::{Machine, Params, PeerCheck, ProbeResult, Refusal, State};
 use super::netwatch::{self, NetEvent};
 use super::probe::{self, EchoStats, Prober};
 use super::replay;
@@ -61,12 +61,14 @@ use crate::config::floating_ip::FloatingIp;
 
 mod actions;
 mod control;
+mod departure;
 mod drops;
 mod host;
 
 pub use super::status::FailoverStatus;
 use actions::Shell;
 pub use control::{Command, Commands, Control, ControlError, control};
+use departure::Departure;
 pub use drops::DropCounters;
 use drops::{log_drop, machine_drop};
 
@@ -303,6 +305,7 @@ pub async fn run_keyed(
         port: fip.heartbeat_port,
     };
     let mut steer = Steer::new(&iface, fip.local_ip, fip.vip);
+    let mut departure: Option<Departure> = None;
 
     let mut buf = [0u8; 512];
     let mut drop_log = BurstLog::default();
@@ -310,6 +313,13 @@ pub async fn run_keyed(
         let deadline = machine.next_timeout();
         let sleep = async {
             match deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let leave_deadline = Departure::next_timeout(&departure);
+        let leave_sleep = async {
+            match leave_deadline {
                 Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
                 None => std::future::pending().await,
             }
@@ -326,8 +336,15 @@ pub async fn run_keyed(
             _ = cancel.cancelled() => break,
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) if buf[..n].starts_with(&super::handover::wire::MAGIC) => {
-                    if let Some(e) = steer.on_datagram(&link, &buf[..n], from).await {
-                        log_drop(&mut drop_log, from, &e, false);
+                    match steer.on_datagram(&link, &buf[..n], from).await {
+                        Err(e) => log_drop(&mut drop_log, from, &e, false),
+                        Ok(Some((src, ack))) => {
+                            if let Some(d) = departure.as_mut() {
+                                let outcome = d.leaving.on_message(&link, src, &ack).await;
+                                departure::settle(outcome, &mut departure, &mut machine, &mut shell).await;
+                            }
+                        }
+                        Ok(None) => {}
                     }
                 }
                 Ok((n, from)) => {
@@ -360,11 +377,35 @@ pub async fn run_keyed(
             Some(r) = probe_rx.recv() => machine.handle_probe(Instant::now(), r),
             Some((id, check)) = verify_rx.recv() => machine.handle_verify(Instant::now(), id, check),
             Some((peer, epoch)) = confirm_rx.recv() => machine.confirm_epoch(Instant::now(), peer, epoch),
-            Some((cmd, reply)) = commands.rx.recv() => {
+            Some((cmd, reply)) = commands.rx.recv(), if !Departure::pending(&departure) => {
                 let now = Instant::now();
                 let done = match cmd {
-                    Command::Standby { force } => machine.standby(now, force),
-                    Command::Active => machine.active(now),
+                    Command::Standby { force } => {
+                        // A MASTER with a healthy peer hands its connections over
+                        // first; the answer waits for the peer's ACK (driver/departure.rs).
+                        let hand_over = commands.grace.filter(|_| {
+                            machine.check_standby(now, force).is_ok()
+                                && machine.state() == State::Master
+                                && !machine.is_standby()
+                                && departure.is_none()
+                                && machine.healthy_peer(now).is_some()
+                        });
+                        let leaving = match hand_over {
+                            Some(grace) => handover::start(&link, grace).await,
+                            None => None,
+                        };
+                        if let Some(leaving) = leaving {
+                            departure = Some(Departure { leaving, pending: Some((force, reply)) });
+                            continue;
+                        }
+                        machine.standby(now, force)
+                    }
+                    Command::Active { force } => {
+                        match departure::on_active(&mut departure, &link, force, &mut machine, &mut shell).await {
+                            Ok(()) => machine.active(Instant::now()),
+                            Err(e) => Err(e),
+                        }
+                    }
                 };
                 if let Err(e) = &done {
                     tracing::warn!(command = ?cmd, "failover command refused: {e}");
@@ -389,23 +430,45 @@ pub async fn run_keyed(
             }
             _ = sleep => machine.handle_timeout(Instant::now()),
             _ = steer_sleep => steer.on_timeout(&link).await,
+            _ = leave_sleep => {
+                if let Some(d) = departure.as_mut() {
+                    let outcome = d.leaving.on_timeout(&link).await;
+                    departure::settle(outcome, &mut departure, &mut machine, &mut shell).await;
+                }
+            }
         }
         counters.set_machine(&machine.counters);
         shell.execute(&mut machine).await;
+        departure::check(&mut departure, &link, &mut machine, &mut shell).await;
         shell.status_tx.borrow().peers.set(machine.peers());
     }
 
     // A planned switchover: a MASTER hands its connections over first (gate, list,
-    // the peer's ACK, VIP on lo), then releases the VIP and resigns as always.
-    let leaving = match commands.grace {
-        Some(_) if machine.state() == State::Master => handover::begin(&link).await,
-        _ => None,
+    // the peer's ACK, VIP on lo), then releases the VIP and resigns as always. A
+    // standby departure that already serves goes on; one still waiting for its ACK
+    // is dropped (its standby command is answered "stopping") and started afresh.
+    let mut leaving = match departure.take() {
+        Some(d) if d.leaving.leave().serving() => Some(d.leaving),
+        Some(mut d) => {
+            d.leaving.interrupt(&link, "failover is stopping").await;
+            if let Some((_, reply)) = d.pending {
+                let _ = reply.send(Err(Refusal::Stopping));
+            }
+            None
+        }
+        None => None,
     };
+    if let (None, Some(grace), State::Master) = (&leaving, commands.grace, machine.state())
+        && let Some(mut l) = handover::start(&link, grace).await
+        && departure::drive(&mut l, &link, &keys, &mut machine).await == Outcome::Handed
+    {
+        leaving = Some(l);
+    }
     shell.handing_over = leaving.is_some();
     machine.shutdown(Instant::now());
     shell.execute(&mut machine).await;
-    if let (Some(leaving), Some(grace)) = (leaving, commands.grace) {
-        leaving.run(&link, grace).await;
+    if let Some(l) = leaving.as_mut() {
+        departure::drive(l, &link, &keys, &mut machine).await;
     }
     steer.stop().await;
     tasks.cancel();

@@ -382,6 +382,7 @@ impl Machine {
                 node: *node,
                 priority: p.priority,
                 state: p.state,
+                standby: p.standby,
                 last_heard: p.last_seen,
             })
             .collect();

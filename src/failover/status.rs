@@ -27,9 +27,11 @@ pub struct FailoverStatus {
     pub since: SystemTime,
     /// In operator standby ([`super::driver::Control::standby`]): never takes the VIP.
     pub standby: bool,
-    /// Set with STOPPED when the VIP was handed over with its connections: they
-    /// keep working through the peer until they end ([`super::handover`]), so
-    /// they must not be cut.
+    /// This node handed the VIP over with its connections (on SIGTERM, or on
+    /// `POST /failover/standby`) and still serves them: they keep working
+    /// through the peer until they end ([`super::handover`]), so they must not
+    /// be cut. Set before the state leaves MASTER, cleared when the departure
+    /// ends (what is left then is cut).
     pub handover: bool,
     pub vip: Ipv4Addr,
     pub interface: String,
@@ -79,6 +81,10 @@ pub struct PeerView {
     pub node: Ipv4Addr,
     pub priority: u8,
     pub state: WireState,
+    /// The peer is in operator standby: it announces FAULT (so that every
+    /// version leaves the VIP to others) with the standby flag. Readers show it
+    /// as STANDBY, not as a fault.
+    pub standby: bool,
     pub last_heard: Instant,
 }
 

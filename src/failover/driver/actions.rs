@@ -44,7 +44,8 @@ pub(super) struct Shell<'a> {
     pub(super) echo_tx: watch::Sender<probe::EchoStatus>,
     /// True until the first UnbindVip has run (the crash clean-up at start).
     pub(super) started: bool,
-    /// The coming STOPPED is a handover ([`FailoverStatus::handover`]).
+    /// A departure serves the connections this node handed over: published with
+    /// every state change ([`FailoverStatus::handover`]).
     pub(super) handing_over: bool,
 }
 
@@ -159,7 +160,7 @@ impl Shell<'_> {
                     crate::failover::counters::global().transition(from, to, &reason);
                     let _ = self.echo_tx.send(machine.echo_status());
                     let standby = machine.is_standby();
-                    let handover = to == State::Stopped && self.handing_over;
+                    let handover = self.handing_over;
                     self.status_tx.send_modify(|s| {
                         s.transition(to, &reason);
                         s.standby = standby;

@@ -13,8 +13,13 @@ use crate::failover::machine::Refusal;
 /// An operator's command for the running failover (see [`Control`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    Standby { force: bool },
-    Active,
+    Standby {
+        force: bool,
+    },
+    /// `force`: end a running standby departure first (its connections are cut).
+    Active {
+        force: bool,
+    },
 }
 
 /// Why a [`Control`] command did not happen.
@@ -69,9 +74,11 @@ impl Control {
         self.send(Command::Standby { force }).await
     }
 
-    /// Take part in the election again.
-    pub async fn active(&self) -> Result<FailoverStatus, ControlError> {
-        self.send(Command::Active).await
+    /// Take part in the election again. Refused while this node still serves
+    /// the connections it handed over when it went to standby, unless `force`
+    /// (which ends that first, cutting them).
+    pub async fn active(&self, force: bool) -> Result<FailoverStatus, ControlError> {
+        self.send(Command::Active { force }).await
     }
 
     pub async fn send(&self, cmd: Command) -> Result<FailoverStatus, ControlError> {
