@@ -40,17 +40,7 @@ fn switchover_keeps_every_connection() {
         g2.log()
     );
 
-    for (name, h) in conns {
-        match h.join() {
-            Ok(Ok(n)) => eprintln!("{name}: complete ({n})"),
-            Ok(Err(e)) => panic!(
-                "{name} connection broke: {e}\n---- n1:\n{}\n---- n2:\n{}",
-                g1.log(),
-                g2.log()
-            ),
-            Err(_) => panic!("{name} client panicked"),
-        }
-    }
+    expect_all_complete(conns, &mut g1, &mut g2);
     // The old master leaves once its last connection has ended.
     let status = g1
         .wait_exit(Duration::from_secs(15))
@@ -74,31 +64,7 @@ fn switchover_keeps_every_connection() {
         "{}",
         g1.log()
     );
-    assert!(
-        poll(Duration::from_secs(2), || (!steering_present(
-            &lab,
-            Host::N2
-        ))
-        .then_some(()))
-        .is_some(),
-        "n2 kept its steering after the old master left"
-    );
-    for host in Host::NODES {
-        assert_eq!(
-            leftovers(&lab, host),
-            Vec::<String>::new(),
-            "{host} kept state"
-        );
-    }
-    let quiet = lab.exec(
-        Host::N1,
-        &["cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore"],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&quiet.stdout).trim(),
-        "0",
-        "arp_ignore restored"
-    );
+    expect_departure_cleaned_up(&lab);
     g2.assert_running("after the switchover");
 }
 

@@ -93,17 +93,7 @@ fn standby_through_the_api_keeps_every_connection_and_stays_backup() {
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains("handed over to"), "{}", r.body);
 
-    for (name, h) in conns {
-        match h.join() {
-            Ok(Ok(n)) => eprintln!("{name}: complete ({n})"),
-            Ok(Err(e)) => panic!(
-                "{name} connection broke: {e}\n---- n1:\n{}\n---- n2:\n{}",
-                g1.log(),
-                g2.log()
-            ),
-            Err(_) => panic!("{name} client panicked"),
-        }
-    }
+    expect_all_complete(conns, &mut g1, &mut g2);
     assert!(
         g1.wait_log(
             "planned switchover: every handed-over connection has ended",
@@ -119,31 +109,7 @@ fn standby_through_the_api_keeps_every_connection_and_stays_backup() {
         "n1 still reports a handover:\n{}",
         g1.log()
     );
-    assert!(
-        poll(Duration::from_secs(2), || (!steering_present(
-            &lab,
-            Host::N2
-        ))
-        .then_some(()))
-        .is_some(),
-        "n2 kept its steering after the departure ended"
-    );
-    for host in Host::NODES {
-        assert_eq!(
-            leftovers(&lab, host),
-            Vec::<String>::new(),
-            "{host} kept state"
-        );
-    }
-    let quiet = lab.exec(
-        Host::N1,
-        &["cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore"],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&quiet.stdout).trim(),
-        "0",
-        "arp_ignore restored"
-    );
+    expect_departure_cleaned_up(&lab);
 
     // The short requests: only those caught by the switchover may fail.
     let (sent, failed, window) = requests.finish(t0);

@@ -103,9 +103,7 @@ async fn standby(
     State(app): State<App>,
     q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let force = q
-        .map(|Query(q)| q.force)
-        .map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let force = force(q)?;
     let c = control(&app)?;
     let st = c.standby(force).await.map_err(control_error)?;
     tracing::info!(force, "standby requested through the API");
@@ -119,13 +117,19 @@ async fn active(
     State(app): State<App>,
     q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let force = q
-        .map(|Query(q)| q.force)
-        .map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let force = force(q)?;
     let c = control(&app)?;
     let st = c.active(force).await.map_err(control_error)?;
     tracing::info!(force, "active requested through the API");
     Ok(data(view::failover(&st)))
+}
+
+/// `?force=true` of the failover commands.
+fn force(
+    q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<bool, ApiError> {
+    q.map(|Query(q)| q.force)
+        .map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))
 }
 
 fn control(app: &App) -> Result<crate::failover::driver::Control, ApiError> {

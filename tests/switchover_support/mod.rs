@@ -282,3 +282,52 @@ pub fn steering_present(lab: &Lab, host: Host) -> bool {
     String::from_utf8_lossy(&lab.exec(host, &["nft", "list", "tables"]).stdout)
         .contains("netdev gateway_handover")
 }
+
+/// Every long-lived connection completed byte-exact (else the logs of both nodes).
+pub fn expect_all_complete(
+    conns: Vec<(&'static str, JoinHandle<Outcome>)>,
+    g1: &mut GatewayProc,
+    g2: &mut GatewayProc,
+) {
+    for (name, h) in conns {
+        match h.join() {
+            Ok(Ok(n)) => eprintln!("{name}: complete ({n})"),
+            Ok(Err(e)) => panic!(
+                "{name} connection broke: {e}\n---- n1:\n{}\n---- n2:\n{}",
+                g1.log(),
+                g2.log()
+            ),
+            Err(_) => panic!("{name} client panicked"),
+        }
+    }
+}
+
+/// After n1's departure: n2's steering goes within 2 s, and neither node keeps a
+/// table, rule or `lo` address of the mechanism; n1's ARP sysctl is restored.
+pub fn expect_departure_cleaned_up(lab: &Lab) {
+    assert!(
+        poll(Duration::from_secs(2), || (!steering_present(
+            lab,
+            Host::N2
+        ))
+        .then_some(()))
+        .is_some(),
+        "n2 kept its steering after the old master's departure"
+    );
+    for host in Host::NODES {
+        assert_eq!(
+            leftovers(lab, host),
+            Vec::<String>::new(),
+            "{host} kept state"
+        );
+    }
+    let quiet = lab.exec(
+        Host::N1,
+        &["cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&quiet.stdout).trim(),
+        "0",
+        "arp_ignore restored"
+    );
+}

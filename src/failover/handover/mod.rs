@@ -121,17 +121,7 @@ impl Departure {
 
     /// A DONE message: the peer removes everything.
     pub fn done(&self, node: Ipv4Addr, vip: Ipv4Addr) -> Message {
-        Message {
-            kind: Kind::Done,
-            node,
-            vip,
-            id: self.id,
-            generation: self.generation,
-            part: 0,
-            parts: 0,
-            mac: [0; 6],
-            flows: Vec::new(),
-        }
+        Message::control(Kind::Done, node, vip, self.id, self.generation)
     }
 
     pub fn on_ack(&mut self, m: &Message) {

@@ -385,17 +385,7 @@ impl Steer {
                     }
                 }
                 SteerAction::Ack { to, id, generation } if ok => {
-                    let ack = Message {
-                        kind: Kind::Ack,
-                        node: link.node,
-                        vip: link.vip,
-                        id,
-                        generation,
-                        part: 0,
-                        parts: 0,
-                        mac: [0; 6],
-                        flows: Vec::new(),
-                    };
+                    let ack = Message::control(Kind::Ack, link.node, link.vip, id, generation);
                     link.send(&ack, &[SocketAddrV4::new(to, link.port)]).await;
                 }
                 SteerAction::Ack { .. } => {}

@@ -27,17 +27,7 @@ fn start(t0: Instant, n: u16) -> (Leave, Vec<LeaveAction>) {
 }
 
 fn ack(from: Ipv4Addr, id: u32, generation: u32) -> Message {
-    Message {
-        kind: Kind::Ack,
-        node: from,
-        vip: VIP,
-        id,
-        generation,
-        part: 0,
-        parts: 0,
-        mac: [0; 6],
-        flows: Vec::new(),
-    }
+    Message::control(Kind::Ack, from, VIP, id, generation)
 }
 
 fn handed(t0: Instant, n: u16) -> Leave {
