@@ -135,6 +135,29 @@ fn status_page_shows_holder_peer_and_services_after_a_switchover() {
         dom.contains(&format!("<td>{n1}</td><td>peer</td>")),
         "{dom}"
     );
+    // n1 in standby is not failing: the API and the page say STANDBY, not FAULT
+    // (it announces FAULT on the wire, with the standby flag).
+    let peer = &api(&lab, Host::N2, "GET", "/failover").json()["data"]["peers"][0];
+    assert_eq!(
+        (
+            peer["node"].as_str(),
+            peer["state"].as_str(),
+            &peer["standby"]
+        ),
+        (
+            Some(n1.as_str()),
+            Some("STANDBY"),
+            &serde_json::Value::Bool(true)
+        ),
+        "{peer}"
+    );
+    assert!(
+        dom.contains(&format!(
+            "<td>{n1}</td><td>peer</td><td><span class=\"pill STANDBY\">STANDBY</span>"
+        )),
+        "n1 in standby must show as STANDBY on n2's page:\n{dom}"
+    );
+    assert!(!dom.contains("pill FAULT"), "{dom}");
     assert!(dom.contains("<td>fwd</td>"), "{dom}");
     assert!(dom.contains("b1"), "{dom}");
     assert!(dom.contains("MASTER"), "{dom}");
@@ -148,6 +171,10 @@ fn status_page_shows_holder_peer_and_services_after_a_switchover() {
     assert_eq!(text_of(&dom1, "vip-holder"), n2, "{dom1}");
     assert!(dom1.contains("(the peer)"), "{dom1}");
     assert!(dom1.contains("standby on"), "{dom1}");
+    assert!(
+        dom1.contains("<td>this node</td><td><span class=\"pill STANDBY\">STANDBY</span>"),
+        "{dom1}"
+    );
 
     // Logged in (credentials in the URL): the standby/active buttons appear.
     let dom_auth = chromium(

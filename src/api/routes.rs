@@ -98,26 +98,39 @@ struct ForceQuery {
 
 /// `POST /failover/standby[?force=true]`: release the VIP to the peer and stay
 /// backup until `POST /failover/active`. Refused (409, 40003) unless a healthy
-/// peer is heard, or forced.
+/// peer is heard, or forced. A master with a secret hands its connections over
+/// first (they are served to their end); the answer comes once the VIP moved.
 async fn standby(
     State(app): State<App>,
     q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let force = q
-        .map(|Query(q)| q.force)
-        .map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let force = force(q)?;
     let c = control(&app)?;
     let st = c.standby(force).await.map_err(control_error)?;
     tracing::info!(force, "standby requested through the API");
     Ok(data(view::failover(&st)))
 }
 
-/// `POST /failover/active`: take part in the election again.
-async fn active(State(app): State<App>) -> Result<Response, ApiError> {
+/// `POST /failover/active[?force=true]`: take part in the election again.
+/// Refused (409, 40003) while the node still serves the connections it handed
+/// over on standby, unless forced (they are cut).
+async fn active(
+    State(app): State<App>,
+    q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let force = force(q)?;
     let c = control(&app)?;
-    let st = c.active().await.map_err(control_error)?;
-    tracing::info!("active requested through the API");
+    let st = c.active(force).await.map_err(control_error)?;
+    tracing::info!(force, "active requested through the API");
     Ok(data(view::failover(&st)))
+}
+
+/// `?force=true` of the failover commands.
+fn force(
+    q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<bool, ApiError> {
+    q.map(|Query(q)| q.force)
+        .map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))
 }
 
 fn control(app: &App) -> Result<crate::failover::driver::Control, ApiError> {

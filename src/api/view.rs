@@ -132,9 +132,11 @@ pub fn failover(st: &FailoverStatus) -> Value {
         "interface": st.interface,
         "node": st.node.to_string(),
         "priority": st.priority,
+        "handover": st.handover,
         "peers": st.peers.get().iter().map(|p| json!({
             "node": p.node.to_string(),
-            "state": format!("{:?}", p.state).to_uppercase(),
+            "state": peer_state(p),
+            "standby": p.standby,
             "priority": p.priority,
             "lastHeartbeatMs": now.saturating_duration_since(p.last_heard).as_millis() as u64,
         })).collect::<Vec<_>>(),
@@ -145,6 +147,17 @@ pub fn failover(st: &FailoverStatus) -> Value {
             "reason": t.reason,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// A peer's state as shown: what it announces, except that a peer in operator
+/// standby announces FAULT (so that every version leaves the VIP to others) with
+/// the standby flag, and is shown as STANDBY: it is not failing.
+fn peer_state(p: &crate::failover::status::PeerView) -> String {
+    use crate::failover::wire::WireState;
+    match p.state {
+        WireState::Fault if p.standby => "STANDBY".to_string(),
+        s => format!("{s:?}").to_uppercase(),
+    }
 }
 
 /// `GET /status`: what the status page shows. Read-only and without any

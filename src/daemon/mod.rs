@@ -174,8 +174,9 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
         tokio::select! {
             Some(st) = status_changed => {
                 // Connections clients made to the VIP here die once it moves: cut
-                // them now instead of letting them idle out.
-                let master = st.state == State::Master;
+                // them now instead of letting them idle out — unless they were
+                // handed over (failover::handover): then once that ends.
+                let master = st.state == State::Master || st.handover;
                 if was_master && !master {
                     crate::proxy::cut::cut(st.vip.into());
                 }

@@ -1,6 +1,6 @@
 //! What the failover publishes about itself: the state and why, since when, the
 //! last [`HISTORY`] transitions, and the peers heard. The driver writes it into a
-//! `watch` channel ([`super::driver::FailoverStatus`]); the daemon's loop, ACME and
+//! `watch` channel ([`FailoverStatus`]); the daemon's loop, ACME and
 //! the Web API (`GET /failover`, the status page) read it.
 //!
 //! Transitions ride in the watched value itself (they change only with the
@@ -12,10 +12,56 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use super::driver::FailoverStatus;
 use super::machine::State;
 use super::wire::WireState;
 use crate::config::floating_ip::FloatingIp;
+
+/// What the daemon exposes about failover (read by the daemon, ACME and the Web
+/// API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverStatus {
+    pub state: State,
+    /// Why the node is in this state (or why standby changed), one line.
+    pub reason: String,
+    /// When `state`, `standby` or `reason` last changed.
+    pub since: SystemTime,
+    /// In operator standby ([`super::driver::Control::standby`]): never takes the VIP.
+    pub standby: bool,
+    /// This node handed the VIP over with its connections (on SIGTERM, or on
+    /// `POST /failover/standby`) and still serves them: they keep working
+    /// through the peer until they end ([`super::handover`]), so they must not
+    /// be cut. Set before the state leaves MASTER, cleared when the departure
+    /// ends (what is left then is cut).
+    pub handover: bool,
+    pub vip: Ipv4Addr,
+    pub interface: String,
+    /// This node's own address and priority.
+    pub node: Ipv4Addr,
+    pub priority: u8,
+    /// The last [`HISTORY`] transitions, oldest first.
+    pub history: Arc<std::collections::VecDeque<Transition>>,
+    /// The peers heard, refreshed after every event.
+    pub peers: PeerBoard,
+}
+
+impl FailoverStatus {
+    /// A status as of now, not in standby.
+    pub fn new(state: State, reason: impl Into<String>, vip: Ipv4Addr, interface: &str) -> Self {
+        FailoverStatus {
+            state,
+            reason: reason.into(),
+            since: SystemTime::now(),
+            standby: false,
+            handover: false,
+            vip,
+            interface: interface.to_string(),
+            node: Ipv4Addr::UNSPECIFIED,
+            priority: 0,
+            history: Arc::default(),
+            peers: PeerBoard::default(),
+        }
+    }
+}
 
 /// Transitions kept (`GET /failover` shows them all).
 pub const HISTORY: usize = 50;
@@ -35,6 +81,10 @@ pub struct PeerView {
     pub node: Ipv4Addr,
     pub priority: u8,
     pub state: WireState,
+    /// The peer is in operator standby: it announces FAULT (so that every
+    /// version leaves the VIP to others) with the standby flag. Readers show it
+    /// as STANDBY, not as a fault.
+    pub standby: bool,
     pub last_heard: Instant,
 }
 

@@ -1,6 +1,7 @@
 //! Planned switchover without dropping connections: connection daisy-chaining.
 //!
-//! On SIGTERM a MASTER with a secret does not simply release the VIP. It
+//! On SIGTERM, or on the operator's standby (`POST /failover/standby`), a MASTER
+//! with a secret does not simply release the VIP. It
 //!
 //! 1. closes the door: new connections to the VIP on this node are refused with a
 //!    reset (an nftables `inet` table, the *gate*), so the list below is complete
@@ -17,8 +18,9 @@
 //!    and sends gratuitous ARP;
 //! 4. from then on, every [`RESEND`], sends its current list again (a new
 //!    generation when connections ended), which is also its keep-alive; when the
-//!    last connection has ended or the grace time is over it sends DONE, removes
-//!    the VIP from `lo` and the gate, and exits.
+//!    last connection has ended, the grace time is over or the peer is gone it
+//!    sends DONE, removes the VIP from `lo` and the gate, and exits — or, after a
+//!    standby, stays a BACKUP in standby.
 //!
 //! The new master removes the steering on DONE, or when the old master has been
 //! silent for [`LIVENESS`] (it was killed): its remaining connections are lost
@@ -29,14 +31,17 @@
 //! is down, no secret) → the ordinary switchover, with a log line saying why.
 //!
 //! This module is the pure part: [`Departure`] (the old master's list and its
-//! generations) and [`Steering`] (what the new master installs and when it
-//! expires), both driven with `now`. The kernel work is in [`kernel`].
+//! generations), [`leave::Leave`] (the departure's phases: waiting for the ACK,
+//! serving, over, and what ends each) and [`Steering`] (what the new master
+//! installs and when it expires), all driven with `now`. The kernel work is in
+//! [`kernel`], the I/O around them in [`shell`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 pub mod kernel;
+pub mod leave;
 pub mod shell;
 pub mod wire;
 
@@ -116,17 +121,7 @@ impl Departure {
 
     /// A DONE message: the peer removes everything.
     pub fn done(&self, node: Ipv4Addr, vip: Ipv4Addr) -> Message {
-        Message {
-            kind: Kind::Done,
-            node,
-            vip,
-            id: self.id,
-            generation: self.generation,
-            part: 0,
-            parts: 0,
-            mac: [0; 6],
-            flows: Vec::new(),
-        }
+        Message::control(Kind::Done, node, vip, self.id, self.generation)
     }
 
     pub fn on_ack(&mut self, m: &Message) {

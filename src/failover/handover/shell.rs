@@ -11,8 +11,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use super::kernel::{self, ArpQuiet, GATE_TABLE, STEER_TABLE};
+use super::leave::{Leave, LeaveAction};
 use super::wire::Dropped;
-use super::{ACK_WAIT, Departure, Kind, Message, RESEND, SteerAction};
+use super::{Kind, Message, SteerAction};
 use crate::failover::auth::Keyring;
 use crate::failover::vip::VipController;
 
@@ -79,18 +80,33 @@ pub async fn clean_stale(vip: Ipv4Addr) {
     }
 }
 
-/// The old master, handing its connections over.
+/// The old master, handing its connections over: a [`Leave`] and the kernel
+/// state it put in place (the gate; once handed over, the VIP on `lo` and quiet
+/// ARP). The driver feeds it events; each returns what became of it.
 pub struct Leaving {
-    dep: Departure,
-    mac: [u8; 6],
-    lo: VipController,
+    leave: Leave,
+    lo: Option<VipController>,
     arp: Option<ArpQuiet>,
 }
 
-/// Steps 1–3 of the handover up to (not including) releasing the VIP: gate, list,
-/// ACK, VIP on `lo`. `None`: nothing to hand over or no peer took it (logged);
-/// the caller then stops as before.
-pub async fn begin(link: &Link<'_>) -> Option<Leaving> {
+/// What a [`Leaving`] event came to, for the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing changed for the driver.
+    Pending,
+    /// The peer steers the connections and the VIP is on `lo`: release the VIP
+    /// from the LAN interface and resign now.
+    Handed,
+    /// No handover: the gate is gone, leave the ordinary way (connections cut).
+    Aborted,
+    /// The departure is over: DONE sent, the VIP off `lo`, the gate gone.
+    Finished,
+}
+
+/// Step 1 and the start of step 2: gate, list, the first FLOWS. `None`: no
+/// secret, no MAC, a kernel error or no connection on the VIP (logged); the
+/// caller then leaves the ordinary way. `grace` counts from the peer's ACK.
+pub async fn start(link: &Link<'_>, grace: Duration) -> Option<Leaving> {
     if link.keys.borrow().is_empty() {
         tracing::warn!(
             "planned switchover without connection handover: floating_ip has no secret (the handover channel must be authenticated); connections on the VIP are cut"
@@ -101,7 +117,6 @@ pub async fn begin(link: &Link<'_>) -> Option<Leaving> {
         tracing::warn!(iface = %link.iface, "planned switchover without connection handover: cannot read the MAC of {}", link.iface);
         return None;
     };
-    let started = Instant::now();
     if let Err(e) = kernel::nft(&kernel::gate_script(link.vip)).await {
         tracing::warn!(error = %e, "planned switchover without connection handover: cannot install the gate");
         return None;
@@ -119,67 +134,20 @@ pub async fn begin(link: &Link<'_>) -> Option<Leaving> {
         remove_gate().await;
         return None;
     }
-    let mut dep = Departure::new(rand::random(), flows);
-    let msgs = dep.messages(link.node, link.vip, mac);
-    let mut buf = [0u8; 2048];
-    let deadline = Instant::now() + ACK_WAIT;
-    while !dep.acked() {
-        let now = Instant::now();
-        if now >= deadline {
-            tracing::warn!(
-                "planned switchover without connection handover: no peer acknowledged the {} connection(s) within {ACK_WAIT:?} (peer too old, handover channel down, or a different secret); connections on the VIP are cut",
-                dep.flows().len()
-            );
-            remove_gate().await;
-            return None;
-        }
-        link.broadcast(&msgs).await;
-        let wait = (deadline - now).min(Duration::from_millis(30));
-        let until = tokio::time::Instant::now() + wait;
-        while let Ok(Ok((n, _))) =
-            tokio::time::timeout_at(until, link.sock.recv_from(&mut buf)).await
-        {
-            if let Ok(m) = Message::decode(&buf[..n], &link.keys.borrow()) {
-                dep.on_ack(&m);
-                if dep.acked() {
-                    break;
-                }
-            }
-        }
-    }
-    let arp = match ArpQuiet::set(link.iface) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot set arp_ignore/arp_announce on {}: this node may still answer ARP for the VIP during the grace time", link.iface);
-            None
-        }
-    };
-    let lo = match VipController::new("lo", link.vip, 32).await {
-        Ok(lo) => lo,
-        Err(e) => {
-            tracing::warn!(error = %e, "planned switchover without connection handover: cannot open rtnetlink");
-            if let Some(a) = arp {
-                a.restore();
-            }
-            remove_gate().await;
-            return None;
-        }
-    };
-    if let Err(e) = lo.bind().await {
-        tracing::warn!(error = %e, "planned switchover without connection handover: cannot add the VIP to lo");
-        if let Some(a) = arp {
-            a.restore();
-        }
-        remove_gate().await;
-        return None;
-    }
-    tracing::info!(
-        connections = dep.flows().len(),
-        took = ?started.elapsed(),
-        "planned switchover: the peer steers this node's {} connection(s) back here until they end",
-        dep.flows().len()
+    let (leave, first) = Leave::new(
+        Instant::now(),
+        rand::random(),
+        flows,
+        grace,
+        (link.node, link.vip, mac),
     );
-    Some(Leaving { dep, mac, lo, arp })
+    let mut leaving = Leaving {
+        leave,
+        lo: None,
+        arp: None,
+    };
+    leaving.apply(link, first).await;
+    Some(leaving)
 }
 
 async fn remove_gate() {
@@ -189,45 +157,137 @@ async fn remove_gate() {
 }
 
 impl Leaving {
-    /// Step 4: keep the peer informed until the connections have ended or `grace`
-    /// is over, then DONE and clean up.
-    pub async fn run(mut self, link: &Link<'_>, grace: Duration) {
-        let end = Instant::now() + grace;
-        let mut buf = [0u8; 2048];
-        loop {
-            tokio::time::sleep(RESEND).await;
-            // Acks of later generations are not needed: the list is repeated anyway.
-            while link.sock.try_recv_from(&mut buf).is_ok() {}
-            match kernel::flows_on(link.vip) {
-                Ok(f) => {
-                    self.dep.update(f);
+    pub fn leave(&self) -> &Leave {
+        &self.leave
+    }
+
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.leave.next_timeout()
+    }
+
+    pub async fn on_timeout(&mut self, link: &Link<'_>) -> Outcome {
+        let a = self.leave.handle_timeout(Instant::now());
+        self.apply(link, a).await
+    }
+
+    /// An authenticated handover message (an ACK, for this side).
+    pub async fn on_message(&mut self, link: &Link<'_>, from: Ipv4Addr, m: &Message) -> Outcome {
+        let a = self.leave.on_message(Instant::now(), from, m);
+        self.apply(link, a).await
+    }
+
+    /// Whether the steering peer is a live BACKUP or MASTER (see [`Leave::on_peer`]).
+    pub async fn on_peer(&mut self, link: &Link<'_>, alive: bool) -> Outcome {
+        let a = self.leave.on_peer(Instant::now(), alive);
+        self.apply(link, a).await
+    }
+
+    pub async fn on_master(&mut self, link: &Link<'_>, master: bool) -> Outcome {
+        let a = self.leave.on_master(master);
+        self.apply(link, a).await
+    }
+
+    /// See [`Leave::on_active`].
+    pub async fn on_active(
+        &mut self,
+        link: &Link<'_>,
+        force: bool,
+    ) -> Result<Outcome, (usize, Ipv4Addr)> {
+        let a = self.leave.on_active(force)?;
+        Ok(self.apply(link, a).await)
+    }
+
+    pub async fn interrupt(&mut self, link: &Link<'_>, why: &str) -> Outcome {
+        let a = self.leave.interrupt(why);
+        self.apply(link, a).await
+    }
+
+    /// Carry the actions out, in order; [`LeaveAction::List`] feeds the
+    /// machine again.
+    async fn apply(&mut self, link: &Link<'_>, actions: Vec<LeaveAction>) -> Outcome {
+        let mut queue = std::collections::VecDeque::from(actions);
+        let mut outcome = Outcome::Pending;
+        while let Some(a) = queue.pop_front() {
+            match a {
+                LeaveAction::Send(msgs) => link.broadcast(&msgs).await,
+                LeaveAction::List => match kernel::flows_on(link.vip) {
+                    Ok(f) => queue.extend(self.leave.on_flows(Instant::now(), f)),
+                    // Keep the last list: it goes out again at the next tick.
+                    Err(e) => tracing::warn!(error = %e, "cannot list connections"),
+                },
+                LeaveAction::Handed { peer } => {
+                    outcome = match self.keep_on_lo(link).await {
+                        Ok(()) => {
+                            tracing::info!(
+                                connections = self.leave.left(),
+                                %peer,
+                                "planned switchover: peer {peer} steers this node's {} connection(s) back here until they end",
+                                self.leave.left()
+                            );
+                            Outcome::Handed
+                        }
+                        Err(why) => {
+                            tracing::warn!("planned switchover without connection handover: {why}");
+                            // The peer installed its steering: tell it to remove it.
+                            queue.extend(self.leave.interrupt(&why));
+                            Outcome::Aborted
+                        }
+                    };
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list connections"),
+                LeaveAction::Abort { why } => {
+                    tracing::warn!(
+                        "planned switchover without connection handover: {why}; connections on the VIP are cut"
+                    );
+                    remove_gate().await;
+                    outcome = Outcome::Aborted;
+                }
+                LeaveAction::Finish { done, why, left } => {
+                    if left == 0 {
+                        tracing::info!("planned switchover: {why}");
+                    } else {
+                        tracing::warn!(left, "planned switchover: {why}");
+                    }
+                    for _ in 0..3 {
+                        link.broadcast(std::slice::from_ref(&done)).await;
+                    }
+                    self.clean_up().await;
+                    if outcome == Outcome::Pending {
+                        outcome = Outcome::Finished;
+                    }
+                }
             }
-            if self.dep.is_empty() {
-                tracing::info!("planned switchover: every handed-over connection has ended");
-                break;
-            }
-            if Instant::now() >= end {
-                tracing::warn!(
-                    left = self.dep.flows().len(),
-                    "planned switchover: grace time {grace:?} over, {} connection(s) still open are cut",
-                    self.dep.flows().len()
-                );
-                break;
-            }
-            let msgs = self.dep.messages(link.node, link.vip, self.mac);
-            link.broadcast(&msgs).await;
         }
-        let done = self.dep.done(link.node, link.vip);
-        for _ in 0..3 {
-            link.broadcast(std::slice::from_ref(&done)).await;
-        }
-        if let Err(e) = self.lo.unbind().await {
+        outcome
+    }
+
+    /// Step 3's first half: ARP quiet, the VIP on `lo` (an error says why not).
+    async fn keep_on_lo(&mut self, link: &Link<'_>) -> Result<(), String> {
+        self.arp = match ArpQuiet::set(link.iface) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set arp_ignore/arp_announce on {}: this node may still answer ARP for the VIP during the grace time", link.iface);
+                None
+            }
+        };
+        let lo = VipController::new("lo", link.vip, 32)
+            .await
+            .map_err(|e| format!("cannot open rtnetlink: {e}"))?;
+        lo.bind()
+            .await
+            .map_err(|e| format!("cannot add the VIP to lo: {e}"))?;
+        self.lo = Some(lo);
+        Ok(())
+    }
+
+    /// Whatever this departure put in the kernel goes.
+    async fn clean_up(&mut self) {
+        if let Some(lo) = self.lo.take()
+            && let Err(e) = lo.unbind().await
+        {
             tracing::warn!(error = %e, "cannot remove the VIP from lo");
         }
         remove_gate().await;
-        if let Some(a) = self.arp {
+        if let Some(a) = self.arp.take() {
             a.restore();
         }
     }
@@ -249,29 +309,31 @@ impl Steer {
         }
     }
 
-    /// A `GWHO` datagram from `from`. Returns why it was dropped, if it was.
+    /// A `GWHO` datagram from `from`: FLOWS and DONE are for this side; an ACK is
+    /// for a departure of this node and is returned with its sender. `Err`: why
+    /// it was dropped (counted).
     pub async fn on_datagram(
         &mut self,
         link: &Link<'_>,
         bytes: &[u8],
         from: SocketAddr,
-    ) -> Option<Dropped> {
+    ) -> Result<Option<(Ipv4Addr, Message)>, Dropped> {
         let m = match Message::decode(bytes, &link.keys.borrow()) {
             Ok(m) => m,
             Err(d) => {
                 self.drops.count(d);
-                return Some(d);
+                return Err(d);
             }
         };
         let IpAddr::V4(src) = from.ip() else {
-            return None;
+            return Ok(None);
         };
         if m.kind == Kind::Ack {
-            return None; // for a departing node; this one is not leaving
+            return Ok(Some((src, m)));
         }
         let actions = self.state.on_message(Instant::now(), src, &m);
         self.apply(link, actions).await;
-        None
+        Ok(None)
     }
 
     pub async fn on_timeout(&mut self, link: &Link<'_>) {
@@ -323,17 +385,7 @@ impl Steer {
                     }
                 }
                 SteerAction::Ack { to, id, generation } if ok => {
-                    let ack = Message {
-                        kind: Kind::Ack,
-                        node: link.node,
-                        vip: link.vip,
-                        id,
-                        generation,
-                        part: 0,
-                        parts: 0,
-                        mac: [0; 6],
-                        flows: Vec::new(),
-                    };
+                    let ack = Message::control(Kind::Ack, link.node, link.vip, id, generation);
                     link.send(&ack, &[SocketAddrV4::new(to, link.port)]).await;
                 }
                 SteerAction::Ack { .. } => {}

@@ -75,6 +75,22 @@ pub enum Dropped {
 }
 
 impl Message {
+    /// A message without flows (ACK, DONE) about generation `generation` of
+    /// handover `id`.
+    pub fn control(kind: Kind, node: Ipv4Addr, vip: Ipv4Addr, id: u32, generation: u32) -> Message {
+        Message {
+            kind,
+            node,
+            vip,
+            id,
+            generation,
+            part: 0,
+            parts: 0,
+            mac: [0; 6],
+            flows: Vec::new(),
+        }
+    }
+
     /// The signed bytes; `None` when the keyring is empty (no handover without a
     /// secret).
     pub fn encode(&self, keys: &Keyring) -> Option<Vec<u8>> {

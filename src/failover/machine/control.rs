@@ -10,6 +10,11 @@
 //! alive but not eligible: no peer, old or new, waits for a standby node to take
 //! over, and a takeover probe that finds it answering still goes ahead.
 //!
+//! With a secret, the driver first hands a MASTER's established connections over
+//! to the peer (`crate::failover::handover`, `driver/departure.rs`) and only then
+//! calls [`Machine::standby`]; the node serves them while in standby, and *active*
+//! is refused ([`Refusal::HandingOver`]) until they ended, unless forced.
+//!
 //! Going to standby is refused unless a healthy peer (a live BACKUP or MASTER of
 //! this group) is heard, because otherwise nobody would hold the VIP afterwards;
 //! `force` overrides that. *Active* puts the node back into the election as a
@@ -31,6 +36,10 @@ pub enum Refusal {
     NoHealthyPeer,
     #[error("failover is stopping")]
     Stopping,
+    #[error(
+        "this node still serves {left} connection(s) it handed over to {peer} when it went to standby (until they end, at most the grace time); make it active once they ended, or force it to cut them now"
+    )]
+    HandingOver { left: usize, peer: Ipv4Addr },
 }
 
 impl Machine {
@@ -54,16 +63,11 @@ impl Machine {
     /// Go to standby (see the module docs). Idempotent: a node already in
     /// standby stays there.
     pub fn standby(&mut self, now: Instant, force: bool) -> Result<(), Refusal> {
-        if self.state == State::Stopped {
-            return Err(Refusal::Stopping);
-        }
+        self.check_standby(now, force)?;
         if self.standby {
             return Ok(());
         }
         let peer = self.healthy_peer(now);
-        if peer.is_none() && !force {
-            return Err(Refusal::NoHealthyPeer);
-        }
         let to = match peer {
             Some(p) => format!("the VIP is left to {p}"),
             None => "forced: no healthy peer is heard, nobody holds the VIP".to_string(),
@@ -86,6 +90,26 @@ impl Machine {
             reason: format!("standby requested: {to}"),
         });
         Ok(())
+    }
+
+    /// Whether [`Machine::standby`] would be accepted now, without changing
+    /// anything (the driver asks before it starts a connection handover).
+    pub fn check_standby(&self, now: Instant, force: bool) -> Result<(), Refusal> {
+        if self.state == State::Stopped {
+            return Err(Refusal::Stopping);
+        }
+        if !self.standby && !force && self.healthy_peer(now).is_none() {
+            return Err(Refusal::NoHealthyPeer);
+        }
+        Ok(())
+    }
+
+    /// Whether `node` is heard as a live BACKUP or MASTER of this group (a
+    /// departure's steering peer is alive while it is).
+    pub fn peer_live(&self, node: Ipv4Addr, now: Instant) -> bool {
+        self.peers.peers.get(&node).is_some_and(|p| {
+            matches!(p.state, WireState::Backup | WireState::Master) && self.peer_alive(p, now)
+        })
     }
 
     /// Leave standby: a candidate again (see the module docs). Idempotent.

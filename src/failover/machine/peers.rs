@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::failover::replay::{Fresh, Replay, Window};
-use crate::failover::wire::{Heartbeat, WireState};
+use crate::failover::wire::{FLAG_STANDBY, Heartbeat, WireState};
 
 /// Most senders remembered at once (a group has two nodes; a LAN with several
 /// groups on one port shows their nodes too, filtered out by VIP before this).
@@ -32,6 +32,9 @@ pub const MAX_PEERS: usize = 64;
 pub(super) struct Peer {
     pub priority: u8,
     pub state: WireState,
+    /// It announced [`FLAG_STANDBY`]: an operator keeps it out of the election
+    /// (it says FAULT on the wire; this tells why).
+    pub standby: bool,
     pub last_seen: Instant,
     /// Its announced interval, held to this node's range.
     pub interval: Duration,
@@ -100,6 +103,7 @@ impl PeerTable {
             Peer {
                 priority: hb.priority,
                 state: hb.state,
+                standby: hb.flags & FLAG_STANDBY != 0,
                 last_seen: now,
                 interval,
             },
