@@ -619,3 +619,156 @@ fn shipped_sample_is_safe_on_a_lan() {
     assert!(api.auth.is_some(), "the sample's API has a password");
     assert!(text.contains("SET A REAL PASSWORD"));
 }
+
+/// `/config/hops`: GOST v3's named hops, edited like chains — success, 401,
+/// 404, duplicate, invalid bodies (nothing changed), a hop checked where a
+/// chain uses it, a hop in use that cannot be deleted, and a service whose
+/// chain uses an edited hop restarted with it (traffic through it works).
+#[test]
+fn hops_routes() {
+    let l = lab();
+    for (m, p) in [
+        ("GET", "/api/config/hops"),
+        ("POST", "/api/config/hops"),
+        ("GET", "/api/config/hops/up"),
+        ("PUT", "/api/config/hops/up"),
+        ("DELETE", "/api/config/hops/up"),
+    ] {
+        let r = request(l.api, m, p, Some("admin:wrong"), b"").unwrap();
+        assert_eq!(r.status, 401, "{m} {p}");
+        assert_eq!(r.body, r#"{"code":401,"msg":"Unauthorized"}"#);
+    }
+    let count = |l: &Lab| get(l, "/api/config/hops").json()["data"]["count"].clone();
+    assert_eq!(count(&l), 0);
+
+    // An upstream HTTP proxy (this gateway's own handler) as the hop's node.
+    let proxy = free_port();
+    let r = send(
+        &l,
+        "POST",
+        "/api/config/services",
+        &format!(
+            "name: px\naddr: 127.0.0.1:{proxy}\nhandler: {{type: http}}\nlistener: {{type: tcp}}\n"
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let hop = format!("name: up\nnodes:\n- {{name: p, addr: \"127.0.0.1:{proxy}\"}}\n");
+    let r = send(&l, "POST", "/api/config/hops", &hop);
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"msg":"OK"}"#));
+    assert_eq!(count(&l), 1);
+    let v = get(&l, "/api/config/hops/up").json();
+    assert_eq!(v["data"]["nodes"][0]["name"], "p", "{v}");
+    assert_eq!(get(&l, "/api/config").json()["hops"][0]["name"], "up");
+
+    // Duplicate, 404s, invalid bodies: nothing changed.
+    assert_error(
+        &send(&l, "POST", "/api/config/hops", &hop),
+        409,
+        40002,
+        "hop \"up\" already exists",
+    );
+    assert_error(&get(&l, "/api/config/hops/zz"), 404, 40004, "hop \"zz\"");
+    assert_error(
+        &send(&l, "PUT", "/api/config/hops/zz", &hop),
+        404,
+        40004,
+        "zz",
+    );
+    assert_error(
+        &send(&l, "DELETE", "/api/config/hops/zz", ""),
+        404,
+        40004,
+        "zz",
+    );
+    for (body, want) in [
+        ("name: h2\nnodes: []\n", "nodes: no nodes"),
+        (
+            "name: h2\nnodes: [{addr: \"127.0.0.1:1\"}]\nbogus: 1\n",
+            "bogus",
+        ),
+        ("name: h2\nnodes: [{addr: nowhere}]\n", "nodes[0].addr"),
+        (
+            "name: h2\nresolver: r9\nnodes: [{addr: \"127.0.0.1:1\"}]\n",
+            "no resolver named \"r9\"",
+        ),
+    ] {
+        assert_error(
+            &send(&l, "POST", "/api/config/hops", body),
+            400,
+            40001,
+            want,
+        );
+    }
+    assert_eq!(count(&l), 1);
+
+    // A chain that uses it by name, and a service through that chain.
+    let r = send(
+        &l,
+        "POST",
+        "/api/config/chains",
+        "name: c\nhops:\n- name: up\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let via = free_port();
+    let r = send(
+        &l,
+        "POST",
+        "/api/config/services",
+        &format!(
+            "name: via\naddr: 127.0.0.1:{via}\nhandler: {{type: tcp, chain: c}}\nlistener: {{type: tcp}}\nforwarder: {{nodes: [{{addr: \"127.0.0.1:{}\"}}]}}\n",
+            l.backend
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(echo_once(via, "hop").unwrap(), "hop");
+    let crossed = |l: &Lab| {
+        get(l, "/api/config/services/px").json()["data"]["status"]["stats"]["totalConns"].clone()
+    };
+    assert_eq!(crossed(&l), 1, "through the hop's proxy");
+
+    // In use: cannot be deleted (names the chain's hop); still there.
+    assert_error(
+        &send(&l, "DELETE", "/api/config/hops/up", ""),
+        400,
+        40001,
+        "chains[0].hops[0]",
+    );
+    assert_eq!(count(&l), 1);
+    // Checked where it is used: a chain's first hop may have an interface, and
+    // a bad PUT changes nothing.
+    assert_error(
+        &send(&l, "PUT", "/api/config/hops/up", "nodes: [{addr: x}]\n"),
+        400,
+        40001,
+        "nodes[0].addr",
+    );
+    assert_eq!(
+        get(&l, "/api/config/hops/up").json()["data"]["nodes"][0]["addr"],
+        format!("127.0.0.1:{proxy}")
+    );
+    // PUT a hop whose node is gone: the service through the chain restarts
+    // with it and fails; PUT it back: it works again.
+    let gone = free_port();
+    let r = send(
+        &l,
+        "PUT",
+        "/api/config/hops/up",
+        &format!("nodes: [{{name: p, addr: \"127.0.0.1:{gone}\"}}]\n"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(echo_once(via, "x").is_err(), "the edited hop is in use");
+    let r = send(&l, "PUT", "/api/config/hops/up", &hop);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(echo_once(via, "back").unwrap(), "back");
+
+    // Unused again: deleted.
+    for p in [
+        "/api/config/services/via",
+        "/api/config/chains/c",
+        "/api/config/hops/up",
+    ] {
+        let r = send(&l, "DELETE", p, "");
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+    }
+    assert_eq!(count(&l), 0);
+}

@@ -350,3 +350,64 @@ async fn interface_of_node_then_hop_then_service() {
         );
     }
 }
+
+/// GOST's service `metadata: {ignoreChain: true}`: the service dials directly
+/// although its `handler.chain` names a chain, here one whose only proxy is
+/// gone. The same service without the key fails through that chain, so the
+/// direct answer is the key's doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_chain_dials_direct() {
+    let origin = Origin::start().await;
+    let gone = free_port();
+    let service = |name: &str, meta: &str| {
+        format!(
+            "- {{name: {name}, addr: \"127.0.0.1:0\",{meta} handler: {{type: tcp, chain: dead}}, listener: {{type: tcp}}, forwarder: {{nodes: [{{addr: \"{}\"}}]}}}}\n",
+            origin.addr
+        )
+    };
+    let set = start(&format!(
+        "services:\n{}{}chains: [{{name: dead, hops: [{{nodes: [{{name: gone, addr: \"127.0.0.1:{gone}\"}}]}}]}}]\n",
+        service("direct", " metadata: {ignoreChain: true},"),
+        service("chained", "")
+    ));
+    let (_s, line) = proxy_common::connect_greeted(set.local_addr("direct").unwrap()).await;
+    assert_eq!(line, "peer 127.0.0.1", "direct, not through the dead chain");
+    let (_s, line) = proxy_common::connect_greeted(set.local_addr("chained").unwrap()).await;
+    assert_eq!(line, "", "through the dead chain nothing answers");
+}
+
+/// A forwarder behind a chain that cannot carry anything (its only proxy is
+/// gone): the failures are the chain's — counted in its errors, the proxy
+/// node's failures — and not its forwarder's nodes', which stay un-benched
+/// with no failure counted, although `maxFails: 1` would bench them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_failures_are_not_blamed_on_the_forwarder_nodes() {
+    let (o1, o2) = (Origin::start().await, Origin::start().await);
+    let gone = free_port();
+    let set = start(&format!(
+        "services: [{{name: f, addr: \"127.0.0.1:0\", handler: {{type: tcp, chain: dead-acct}}, listener: {{type: tcp}}, forwarder: {{selector: {{maxFails: 1, failTimeout: 60s}}, nodes: [{{name: o1, addr: \"{}\"}}, {{name: o2, addr: \"{}\"}}]}}}}]\n\
+         chains: [{{name: dead-acct, hops: [{{nodes: [{{name: gone, addr: \"127.0.0.1:{gone}\"}}]}}]}}]\n",
+        o1.addr, o2.addr
+    ));
+    let f = set.local_addr("f").unwrap();
+    for _ in 0..4 {
+        let (_s, line) = proxy_common::connect_greeted(f).await;
+        assert_eq!(line, "");
+    }
+    let chain = gateway::proxy::chain::Chain::running()
+        .into_iter()
+        .find(|c| c.name() == "dead-acct")
+        .unwrap();
+    assert!(
+        proxy_common::wait_for(std::time::Duration::from_secs(5), || chain.errors() >= 4).await,
+        "chain errors: {}",
+        chain.errors()
+    );
+    let proxy = chain.hop_balancer(0).unwrap().nodes()[0].clone();
+    assert!(proxy.failures() >= 4, "the proxy node's failures count too");
+    let now = std::time::Instant::now();
+    for n in set.balancer("f").unwrap().nodes().iter() {
+        assert_eq!(n.failures(), 0, "{} blamed for the chain", n.label());
+        assert!(n.available(now), "{} benched for the chain", n.label());
+    }
+}

@@ -290,14 +290,29 @@ fn traffic_moves_the_service_metrics() {
     let mut c = TcpStream::connect(("127.0.0.1", chained_port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = c.read(&mut [0u8; 1]);
-    scrape_until("the chain error counted", get, |s| {
+    let s = scrape_until("the chain error counted", get, |s| {
         value(
             s,
             "gost_chain_errors_total",
             &[("chain", "c1"), ("node", "proxy-gone")],
         )
         .is_some_and(|v| v >= 1.0)
+            && value(
+                s,
+                "gost_chain_errors_total",
+                &[("chain", "c1"), ("node", "")],
+            )
+            .is_some_and(|v| v >= 1.0)
     });
+    // ... and against the chain as a whole, not the forwarder's node behind it.
+    assert_eq!(
+        value(
+            &s,
+            "gateway_node_connect_failures_total",
+            &[("service", "chained"), ("node", "b1")]
+        ),
+        Some(0.0)
+    );
     drop(log);
 }
 

@@ -10,6 +10,7 @@
 //! * a reference to a resolver or hosts table that does not exist is refused at
 //!   load, naming the field.
 
+mod handlers_support;
 mod proxy_common;
 
 use std::net::SocketAddr;
@@ -246,4 +247,157 @@ fn unknown_resolver_or_hosts_name_is_refused_naming_the_field() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("IP address"), "{e}");
+}
+
+/// A TCP port free on both 127.0.0.2 and 127.0.0.3 right now.
+fn port_on_two() -> u16 {
+    loop {
+        let a = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.3", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// GOST's names in a chain (x/chain/route.go, router.go), with two of this
+/// gateway's HTTP proxies on one port: `proxy-a` on 127.0.0.2, `proxy-b` on
+/// 127.0.0.3, and `proxy.gw-test` known only to dnsmasq (as 127.0.0.3) and to
+/// the hosts table `h0` (as 127.0.0.2). Which proxy a connection crossed tells
+/// which name source answered:
+///
+/// * a hop's `resolver` resolves its node's address (proxy-b);
+/// * a node's `hosts` wins over its hop's resolver (proxy-a);
+/// * a second hop's node name is resolved here and sent to the first hop as an
+///   address: proxy-a, which has no resolver, could not resolve it;
+/// * the service's `resolver` resolves the target before the chain: the last
+///   proxy (proxy-a) is asked for an address it could not have found.
+///
+/// The chains also use a top-level hop by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_and_node_resolvers_choose_the_proxy() {
+    let backend = Backend::start("b").await;
+    let bport = backend.addr.port();
+    let port = port_on_two();
+    let dns = Dnsmasq::start(&[
+        "--host-record=proxy.gw-test,127.0.0.3".to_string(),
+        "--host-record=backend.gw-test,127.0.0.1".to_string(),
+    ]);
+    let fwd = |name: &str, chain: &str, node: &str, extra: &str| {
+        format!(
+            "- name: {name}\n  addr: \"127.0.0.1:0\"\n{extra}  handler: {{type: tcp, chain: {chain}}}\n  listener: {{type: tcp}}\n  forwarder: {{nodes: [{{addr: \"{node}\"}}]}}\n"
+        )
+    };
+    let direct = format!("127.0.0.1:{bport}");
+    let yaml = format!(
+        "services:\n\
+         - {{name: proxy-a, addr: \"127.0.0.2:{port}\", handler: {{type: http}}, listener: {{type: tcp}}}}\n\
+         - {{name: proxy-b, addr: \"127.0.0.3:{port}\", handler: {{type: http}}, listener: {{type: tcp}}}}\n\
+         {}{}{}{}\
+         resolvers: [{{name: r0, nameservers: [{{addr: \"{}\", timeout: 2s}}]}}]\n\
+         hosts: [{{name: h0, mappings: [{{ip: 127.0.0.2, hostname: proxy.gw-test}}]}}]\n\
+         hops: [{{name: plain, nodes: [{{name: a, addr: \"127.0.0.2:{port}\"}}]}}]\n\
+         chains:\n\
+         - {{name: by-hop, hops: [{{resolver: r0, nodes: [{{name: p, addr: \"proxy.gw-test:{port}\"}}]}}]}}\n\
+         - {{name: by-node, hops: [{{resolver: r0, nodes: [{{name: p, addr: \"proxy.gw-test:{port}\", hosts: h0}}]}}]}}\n\
+         - {{name: two, hops: [{{name: plain}}, {{resolver: r0, nodes: [{{name: p, addr: \"proxy.gw-test:{port}\"}}]}}]}}\n\
+         - {{name: plain, hops: [{{name: plain}}]}}\n",
+        fwd("via-hop", "by-hop", &direct, ""),
+        fwd("via-node", "by-node", &direct, ""),
+        fwd("second-hop", "two", &direct, ""),
+        fwd(
+            "named-target",
+            "plain",
+            &format!("backend.gw-test:{bport}"),
+            "  resolver: r0\n"
+        ),
+        dns.addr
+    );
+    let set = start(&yaml);
+    let crossed = |name: &str| set.stats(name).unwrap().accepted;
+    let through = async |service: &str| which(set.local_addr(service).unwrap(), None).await;
+
+    assert_eq!(through("via-hop").await.as_deref(), Some("b"));
+    assert_eq!(
+        (crossed("proxy-a"), crossed("proxy-b")),
+        (0, 1),
+        "hop resolver"
+    );
+    assert_eq!(through("via-node").await.as_deref(), Some("b"));
+    assert_eq!(
+        (crossed("proxy-a"), crossed("proxy-b")),
+        (1, 1),
+        "node hosts"
+    );
+    assert_eq!(through("second-hop").await.as_deref(), Some("b"));
+    assert_eq!(
+        (crossed("proxy-a"), crossed("proxy-b")),
+        (2, 2),
+        "second hop"
+    );
+    assert_eq!(through("named-target").await.as_deref(), Some("b"));
+    assert_eq!((crossed("proxy-a"), crossed("proxy-b")), (3, 2), "target");
+    set.shutdown(Duration::from_secs(1)).await;
+}
+
+/// UDP destinations go through the service's resolver as TCP ones do: a UDP
+/// forwarder whose node is a name only dnsmasq knows, and the SOCKS5 UDP relay
+/// sending to such a name (RFC 1928 ATYP 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_destinations_use_the_service_resolver() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = handlers_support::spawn_udp_echo("127.0.0.1:0").await;
+    let dns = Dnsmasq::start(&["--host-record=echo.gw-test,127.0.0.1".to_string()]);
+    let set = start(&format!(
+        "services:\n\
+         - {{name: fwd, addr: \"127.0.0.1:0\", resolver: r0, handler: {{type: udp}}, listener: {{type: udp}}, udp: {{max_responses: 1}}, forwarder: {{nodes: [{{addr: \"echo.gw-test:{}\"}}]}}}}\n\
+         - {{name: relay, addr: \"127.0.0.1:0\", resolver: r0, handler: {{type: socks5, metadata: {{udp: true}}}}, listener: {{type: tcp}}}}\n\
+         resolvers: [{{name: r0, nameservers: [{{addr: \"{}\", timeout: 2s}}]}}]\n",
+        echo.port(),
+        dns.addr
+    ));
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 2048];
+    client
+        .send_to(b"hi", set.local_addr("fwd").unwrap())
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+        .await
+        .expect("an answer through the forwarder")
+        .unwrap();
+    assert_eq!(&buf[..n], b"echo:hi");
+
+    // SOCKS5: no-auth greeting, UDP ASSOCIATE, then a datagram to the name.
+    let mut control = tokio::net::TcpStream::connect(set.local_addr("relay").unwrap())
+        .await
+        .unwrap();
+    control.write_all(&[5, 1, 0]).await.unwrap();
+    let mut m = [0u8; 2];
+    control.read_exact(&mut m).await.unwrap();
+    assert_eq!(m, [5, 0]);
+    control
+        .write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let mut reply = [0u8; 10];
+    control.read_exact(&mut reply).await.unwrap();
+    assert_eq!((reply[1], reply[3]), (0, 1), "{reply:?}");
+    let relay = SocketAddr::from((
+        [reply[4], reply[5], reply[6], reply[7]],
+        u16::from_be_bytes([reply[8], reply[9]]),
+    ));
+    let name = b"echo.gw-test";
+    let mut dgram = vec![0, 0, 0, 3, name.len() as u8];
+    dgram.extend_from_slice(name);
+    dgram.extend_from_slice(&echo.port().to_be_bytes());
+    dgram.extend_from_slice(b"ping");
+    client.send_to(&dgram, relay).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+        .await
+        .expect("an answer through the SOCKS5 UDP relay")
+        .unwrap();
+    assert!(buf[..n].ends_with(b"echo:ping"), "{:?}", &buf[..n]);
+    drop(control);
+    set.shutdown(Duration::from_secs(1)).await;
 }

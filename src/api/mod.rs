@@ -8,6 +8,8 @@
 //! POST /config/reload            re-read the file (as SIGHUP)
 //! GET|POST /config/services      list / add
 //! GET|PUT|DELETE /config/services/{name}
+//! GET|POST /config/chains, GET|PUT|DELETE /config/chains/{name}   the same for chains
+//! GET|POST /config/hops, GET|PUT|DELETE /config/hops/{name}       the same for hops
 //! GET  /failover                 state, reason, since, VIP, peers, transitions
 //! ```
 //!

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{ApiError, App, Authed, data, ok, read_body, view};
 use crate::config::ServiceConfig;
-use crate::config::chain::ChainConfig;
+use crate::config::chain::{ChainConfig, HopConfig};
 use crate::daemon::state::Section;
 use crate::daemon::{self, EditError, lock};
 
@@ -25,6 +25,7 @@ pub(super) fn routes(p: &str) -> Router<App> {
         .route(&format!("{p}/config/reload"), post(reload))
         .merge(objects::<ServiceConfig>(p))
         .merge(objects::<ChainConfig>(p))
+        .merge(objects::<HopConfig>(p))
         .route(&format!("{p}/failover"), get(failover))
         .route(&format!("{p}/failover/standby"), post(standby))
         .route(&format!("{p}/failover/active"), post(active));
@@ -262,7 +263,7 @@ async fn reload(State(app): State<App>) -> Result<Response, ApiError> {
     Ok(ok())
 }
 
-/// `GET|POST /config/{services,chains}` and `GET|PUT|DELETE …/{name}`.
+/// `GET|POST /config/{services,chains,hops}` and `GET|PUT|DELETE …/{name}`.
 fn objects<T: Section + Send + 'static>(p: &str) -> Router<App> {
     Router::new()
         .route(

@@ -60,10 +60,14 @@ pub fn hop(parts: Parts, index: usize) -> Result<HopConfig, String> {
         name: format!("hop-{index}"),
         interface: None,
         selector: Default::default(),
+        resolver: None,
+        hosts: None,
         nodes: vec![ChainNodeConfig {
             name: format!("node-{index}"),
             addr: parts.addr.clone(),
             interface: None,
+            resolver: None,
+            hosts: None,
             connector: ConnectorConfig {
                 kind: connector,
                 auth: parts.auth,

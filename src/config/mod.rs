@@ -57,6 +57,9 @@ pub struct Config {
     /// GOST's forwarding chains, named by `handler.chain` (see [`chain`]).
     #[serde(default)]
     pub chains: Vec<chain::ChainConfig>,
+    /// GOST v3's named hops, used by chains by name (see [`chain::hops`]).
+    #[serde(default)]
+    pub hops: Vec<chain::HopConfig>,
     /// GOST's resolvers (upstream nameservers), referred to by name (`resolver:`).
     #[serde(default)]
     pub resolvers: Vec<resolver::ResolverConfig>,
@@ -180,7 +183,7 @@ impl Config {
     /// (`ServiceConfig::chain`), after [`validate`](Self::validate). A config
     /// built in code rather than read from a file must call both.
     pub fn link_chains(&mut self) {
-        chain::link_chains(&self.chains, &mut self.services);
+        chain::link_chains(&self.chains, &self.hops, &mut self.services);
     }
 
     /// Checks that need nothing but the file itself.
@@ -189,7 +192,7 @@ impl Config {
             fip.validate()?;
         }
         service::validate_services(&self.services)?;
-        chain::validate_chains(&self.chains, &self.services)?;
+        chain::validate_chains(&self.chains, &self.hops, &self.services)?;
         // ACME: the section is checked, and `acme_hosts` needs it.
         if let Some(a) = &self.acme {
             a.validate()?;
@@ -227,7 +230,12 @@ impl Config {
                 resolver::link_ref(h, &self.hosts, &format!("services[{i}].hosts"))?;
             }
         }
-        Ok(())
+        chain::hops::link_names(
+            &mut self.chains,
+            &mut self.hops,
+            &self.resolvers,
+            &self.hosts,
+        )
     }
 }
 

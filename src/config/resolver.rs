@@ -400,7 +400,8 @@ pub fn validate(resolvers: &[ResolverConfig], hosts: &[HostsConfig]) -> Result<(
     Ok(())
 }
 
-fn unique<T: Named>(entries: &[T]) -> Result<(), FieldError> {
+/// Every entry of a top-level section has a non-empty name no other has.
+pub(crate) fn unique<T: Named>(entries: &[T]) -> Result<(), FieldError> {
     let mut seen = std::collections::HashSet::new();
     for (i, e) in entries.iter().enumerate() {
         if e.name().trim().is_empty() {

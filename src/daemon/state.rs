@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::cli::{CliError, Flags};
-use crate::config::chain::ChainConfig;
+use crate::config::chain::{ChainConfig, HopConfig};
 use crate::config::{self, Config, ConfigError, Loaded, ServiceConfig};
 use crate::failover::auth::Keyring;
 use crate::net::Interfaces;
@@ -170,7 +170,7 @@ pub struct Daemon {
     current: Loaded,
     /// The document's top level, without `services`.
     raw: Map<String, Value>,
-    /// `services` and `chains` as written, in the order of the typed lists.
+    /// `services`, `chains` and `hops` as written, in the order of the typed lists.
     raw_lists: HashMap<&'static str, Vec<Value>>,
     services: ServiceSet,
     keys_tx: Option<watch::Sender<Arc<Keyring>>>,
@@ -238,9 +238,10 @@ impl Daemon {
 
     fn set_raw(&mut self, mut raw: Map<String, Value>) {
         let c = &self.current.config;
-        let names: [Vec<&str>; 2] = [
+        let names: [Vec<&str>; 3] = [
             c.services.iter().map(|s| s.name.as_str()).collect(),
             c.chains.iter().map(|s| s.name.as_str()).collect(),
+            c.hops.iter().map(|s| s.name.as_str()).collect(),
         ];
         for (key, names) in LISTS.into_iter().zip(names) {
             let list = match raw.remove(key) {
@@ -497,7 +498,7 @@ impl Daemon {
     }
 }
 
-/// A list of named objects the API edits: `services`, `chains`.
+/// A list of named objects the API edits: `services`, `chains`, `hops`.
 pub trait Section: serde::de::DeserializeOwned + Clone + Send + 'static {
     /// The top-level key (and the URL's last segment).
     const KEY: &'static str;
@@ -536,8 +537,22 @@ impl Section for ChainConfig {
     }
 }
 
+impl Section for HopConfig {
+    const KEY: &'static str = "hops";
+    const NOUN: &'static str = "hop";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn list(c: &Config) -> &Vec<Self> {
+        &c.hops
+    }
+    fn list_mut(c: &mut Config) -> &mut Vec<Self> {
+        &mut c.hops
+    }
+}
+
 /// The keys of the lists kept as written, one entry per object.
-const LISTS: [&str; 2] = [ServiceConfig::KEY, ChainConfig::KEY];
+const LISTS: [&str; 3] = [ServiceConfig::KEY, ChainConfig::KEY, HopConfig::KEY];
 
 /// Read an object from a request body: JSON or YAML. A YAML body is parsed as
 /// it came (so errors point at its own lines); a JSON body, or one that needed

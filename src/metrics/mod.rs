@@ -198,10 +198,15 @@ impl GatewayCollector {
             f.histogram(&svc(&s.name), &s.stats.duration.snapshot())?;
         }
         // GOST's chain errors: a node of a chain that failed to connect (or to
-        // pass the connection on), per chain and node.
+        // pass the connection on), per chain and node; and with `node=""` the
+        // connections the chain as a whole could not carry (no node of a hop left).
         let chains = crate::proxy::chain::Chain::running();
         let mut f = Family::new(enc, "gost_chain_errors", "Total chain errors", Counter)?;
         for c in &chains {
+            f.value(
+                &[("host", host), ("chain", c.name()), ("node", "")],
+                c.errors(),
+            )?;
             for hop in (0..).map_while(|h| c.hop_balancer(h)) {
                 for n in hop.nodes().iter() {
                     f.value(

@@ -337,6 +337,13 @@ impl TcpService {
                     }
                     return None;
                 }
+                Err(e) if super::chain::is_chain_failure(&e) => {
+                    // The chain could not carry it (it counted and logged that):
+                    // the node was never reached, and another would go the same way.
+                    inc(&self.svc.stats.errors);
+                    debug!(service = %self.svc.name, node = node.label(), error = %e, "chain unavailable");
+                    return None;
+                }
                 Err(e) => {
                     inc(&self.svc.stats.connect_failures);
                     let benched = self.svc.node_failed(&node);

@@ -200,11 +200,8 @@ async fn probe_tcp(c: &Check, addr: &str) -> Result<(), String> {
 }
 
 async fn probe_udp(c: &Check, addr: &str) -> Result<(), String> {
-    let target = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or_else(|| format!("{addr} resolved to no address"))?;
+    // The service's hosts/resolver, as the traffic it vouches for.
+    let target = c.router.resolve(addr).await.map_err(|e| e.to_string())?[0];
     // Through the service's `interface`, as the traffic it vouches for.
     let sock = super::egress::udp_connected(&c.router.exits, target)
         .await

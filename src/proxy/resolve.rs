@@ -102,6 +102,30 @@ impl Resolve {
         Ok(Resolve { hosts, dns })
     }
 
+    /// Whether a hosts table or a resolver is set (else: the system's resolver).
+    pub fn is_set(&self) -> bool {
+        self.hosts.is_some() || self.dns.is_some()
+    }
+
+    /// `target` as it is passed on to a proxy, GOST's rule (x/internal/net
+    /// `Resolve`): a name the hosts table holds, or any name when a resolver is
+    /// set, becomes its first address; otherwise it goes as written and the
+    /// proxy resolves it.
+    pub async fn pin(&self, target: &str) -> io::Result<String> {
+        let (host, _) = split_host_port(target)?;
+        let in_table = || (self.hosts.as_ref()).is_some_and(|t| t.contains_key(&normalize(host)));
+        if host.parse::<IpAddr>().is_ok() || (self.dns.is_none() && !in_table()) {
+            return Ok(target.to_string());
+        }
+        let first = self.lookup(target).await?.into_iter().next();
+        first.map(|a| a.to_string()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{target} resolved to no address"),
+            )
+        })
+    }
+
     /// The addresses of `target` (`host:port`, `[v6]:port`), hosts table first.
     pub async fn lookup(&self, target: &str) -> io::Result<Vec<SocketAddr>> {
         let (host, port) = split_host_port(target)?;
@@ -340,5 +364,27 @@ mod tests {
             vec!["[::1]:7".parse().unwrap()]
         );
         assert!(r.lookup("nohost").await.is_err());
+    }
+
+    /// GOST's rule for what goes to a proxy: only what the table (or a
+    /// resolver) answers is replaced by an address.
+    #[tokio::test]
+    async fn pin_replaces_only_what_is_configured() {
+        let hosts = HostsConfig {
+            name: "h".into(),
+            mappings: vec![HostMapping {
+                ip: "127.0.0.2".parse().unwrap(),
+                hostname: "db.lan".into(),
+                aliases: vec![],
+            }],
+        };
+        let r = Resolve::new(None, Some(&hosts)).unwrap();
+        assert!(r.is_set());
+        assert_eq!(r.pin("DB.lan:5432").await.unwrap(), "127.0.0.2:5432");
+        assert_eq!(r.pin("web.lan:80").await.unwrap(), "web.lan:80");
+        assert_eq!(r.pin("[::1]:80").await.unwrap(), "[::1]:80");
+        let system = Resolve::default();
+        assert!(!system.is_set());
+        assert_eq!(system.pin("db.lan:1").await.unwrap(), "db.lan:1");
     }
 }

@@ -2,7 +2,7 @@
 //! `interface` option (the network exit), with a connect timeout — or through
 //! the service's forwarding chain ([`super::chain`]). It is the one place that
 //! dials: [`Router::dial`] is what handlers and forwarders call; the chain
-//! itself dials its first hop through [`Router::connect_via`].
+//! itself dials its first hop through [`Router::connect_resolved`].
 //!
 //! `interface` is a list tried in order (parsed by the config: see
 //! [`Interface`]): an interface name binds the socket to that device
@@ -85,9 +85,20 @@ impl Router {
         self.connect_resolved(&addrs, exits).await
     }
 
-    /// The addresses of `host:port`, within the connect timeout.
+    /// The addresses of `host:port` (the service's `hosts`/`resolver`), within
+    /// the connect timeout.
     pub async fn resolve(&self, target: &str) -> io::Result<Vec<SocketAddr>> {
-        match tokio::time::timeout(self.connect_timeout, self.names.lookup(target)).await {
+        self.resolve_with(&self.names, target).await
+    }
+
+    /// The addresses of `host:port` by `names` (a chain node's own), within the
+    /// connect timeout.
+    pub async fn resolve_with(
+        &self,
+        names: &super::resolve::Resolve,
+        target: &str,
+    ) -> io::Result<Vec<SocketAddr>> {
+        match tokio::time::timeout(self.connect_timeout, names.lookup(target)).await {
             Ok(r) => {
                 let addrs: Vec<SocketAddr> = r?;
                 if addrs.is_empty() {
@@ -103,6 +114,23 @@ impl Router {
                 format!("resolving {target} timed out"),
             )),
         }
+    }
+
+    /// `target` as it is passed on to a proxy by `names` (see
+    /// [`super::resolve::Resolve::pin`]), within the connect timeout.
+    pub async fn pin_with(
+        &self,
+        names: &super::resolve::Resolve,
+        target: &str,
+    ) -> io::Result<String> {
+        tokio::time::timeout(self.connect_timeout, names.pin(target))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("resolving {target} timed out"),
+                ))
+            })
     }
 
     /// Connect to the first of `addrs` that answers, through `exits`.

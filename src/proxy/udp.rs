@@ -170,6 +170,11 @@ async fn open_backend(u: &UdpService, client: SocketAddr) -> Option<(Arc<Node>, 
                 node.connect_ok();
                 return Some((node, s));
             }
+            Err(e) if super::chain::is_chain_failure(&e) => {
+                // The chain failed (counted and logged there), not the node.
+                debug!(service = %ctx.name, node = node.label(), error = %e, "chain unavailable");
+                return None;
+            }
             Err(e) => {
                 inc(&ctx.stats.connect_failures);
                 ctx.node_failed(&node);
@@ -194,7 +199,7 @@ async fn node_path(
 ) -> io::Result<UdpBackend> {
     match &u.router.chain {
         Some(chain) => chain.udp(&u.router, addr, client.ip()).await,
-        None => backend_socket(addr, &u.exits, transparent.then_some(client))
+        None => backend_socket(u, addr, transparent.then_some(client))
             .await
             .map(UdpBackend::direct),
     }
@@ -203,16 +208,13 @@ async fn node_path(
 /// A socket connected to the node at `addr`, leaving through the service's
 /// `interface` exits; from `source` (the client's address) in transparent mode.
 async fn backend_socket(
+    u: &UdpService,
     addr: &str,
-    exits: &[Exit],
     source: Option<SocketAddr>,
 ) -> io::Result<UdpSocket> {
-    let target = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{addr} resolved to no address"),
-        )
-    })?;
+    // The service's hosts/resolver, as for TCP.
+    let target = u.router.resolve(addr).await?[0];
+    let exits = &u.exits[..];
     match source {
         None => egress::udp_connected(exits, target).await,
         Some(src) => {

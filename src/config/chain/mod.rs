@@ -51,9 +51,17 @@
 //! * the selector is the forwarder's: GOST's `round`, `rand`, `fifo`, `hash`
 //!   (client IP) and gobetween's names, with `maxFails` / `failTimeout`.
 //!
+//! Hops may also be defined once under the top-level `hops:` (GOST v3) and used
+//! by name from any chain: see [`hops`]. A hop or a node may name a `resolver`
+//! and a `hosts` table for the node addresses (a node's own wins over its hop's;
+//! with neither, the system resolver), as GOST does.
+//!
 //! [`validate_chains`] checks the section and the services' references to it;
 //! [`link_chains`] then gives every service its chain (`ServiceConfig::chain`),
-//! so that `proxy/` builds a service from its own config alone.
+//! with the hops it refers to by name written out, so that `proxy/` builds a
+//! service from its own config alone.
+
+pub mod hops;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -66,6 +74,7 @@ use serde::Deserialize;
 use super::FieldError;
 use super::auth::AuthConfig;
 use super::duration::DurationStr;
+use super::resolver::{HostsConfig, NameRef, ResolverConfig};
 use super::service::{HandlerType, Interface, SelectorConfig, ServiceConfig, valid_node_addr};
 use super::tls::{TlsConfig, TlsOptions};
 
@@ -79,10 +88,13 @@ pub struct ChainConfig {
     pub hops: Vec<HopConfig>,
 }
 
-/// A level of a chain: nodes and how one is picked.
+/// A level of a chain: nodes and how one is picked. Also an entry of the
+/// top-level `hops:` (see [`hops`]); a chain's hop with no `nodes` is the
+/// top-level hop of that `name`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HopConfig {
+    /// Used in logs; in `hops:` (and for a chain's reference to it) the hop's name.
     #[serde(default)]
     pub name: String,
     /// The network exit of this hop's nodes (first hop only); a node's own
@@ -92,6 +104,16 @@ pub struct HopConfig {
     /// GOST's selector (default: `round`, `maxFails: 1`, `failTimeout: 10s`).
     #[serde(default)]
     pub selector: SelectorConfig,
+    /// GOST's `resolver`: the `resolvers:` entry that resolves this hop's node
+    /// addresses (a node's own `resolver` wins; neither: the system's).
+    #[serde(default)]
+    pub resolver: Option<NameRef<ResolverConfig>>,
+    /// GOST's `hosts`: the `hosts:` table consulted first for the node
+    /// addresses (a node's own `hosts` wins).
+    #[serde(default)]
+    pub hosts: Option<NameRef<HostsConfig>>,
+    /// Empty in a chain: the hop is the top-level `hops:` entry named `name`.
+    #[serde(default)]
     pub nodes: Vec<ChainNodeConfig>,
 }
 
@@ -107,6 +129,12 @@ pub struct ChainNodeConfig {
     /// The network exit towards this node (first hop only); overrides the hop's.
     #[serde(default)]
     pub interface: Option<Interface>,
+    /// GOST's `resolver` for this node's `addr`; overrides the hop's.
+    #[serde(default)]
+    pub resolver: Option<NameRef<ResolverConfig>>,
+    /// GOST's `hosts` for this node's `addr`; overrides the hop's.
+    #[serde(default)]
+    pub hosts: Option<NameRef<HostsConfig>>,
     /// What is said to the node (default [`default_connector`]: `http`).
     #[serde(default = "default_connector")]
     pub connector: ConnectorConfig,
@@ -360,34 +388,25 @@ fn virtual_addr(addr: &str) -> bool {
     addr.is_empty() || addr.rsplit_once(':').is_some_and(|(_, p)| p == "0")
 }
 
-/// Checks of the `chains:` section, and of every `handler.chain` reference.
+/// Checks of the `chains:` section (hops referred to by name included: `hops`
+/// is the top-level `hops:`), and of every `handler.chain` reference.
 pub fn validate_chains(
     chains: &[ChainConfig],
+    hops: &[HopConfig],
     services: &[ServiceConfig],
 ) -> Result<(), FieldError> {
-    let mut names = HashSet::new();
+    hops::validate_hops(hops)?;
+    super::resolver::unique(chains)?;
+    let mut written_out = Vec::with_capacity(chains.len());
     for (i, c) in chains.iter().enumerate() {
-        let at = format!("chains[{i}]");
-        if c.name.trim().is_empty() {
-            return Err(FieldError::new(
-                format!("{at}.name"),
-                "expected a non-empty name",
-            ));
-        }
-        if !names.insert(c.name.as_str()) {
-            return Err(FieldError::new(
-                format!("{at}.name"),
-                format!("duplicate chain name {:?}: expected unique names", c.name),
-            ));
-        }
-        c.validate(&at)?;
+        written_out.push(hops::validate_chain(c, hops, &format!("chains[{i}]"))?);
     }
     for (i, s) in services.iter().enumerate() {
         let Some(name) = &s.handler.chain else {
             continue;
         };
         let field = format!("services[{i}].handler.chain");
-        let Some(chain) = chains.iter().find(|c| &c.name == name) else {
+        let Some(chain) = written_out.iter().find(|c| &c.name == name) else {
             let known: Vec<&str> = chains.iter().map(|c| c.name.as_str()).collect();
             let expected = if known.is_empty() {
                 "a chain defined under the top-level chains: section (there is none)".to_string()
@@ -402,13 +421,18 @@ pub fn validate_chains(
                 format!("unknown chain {name:?}: expected {expected}"),
             ));
         };
+        if s.ignores_chain() {
+            // GOST's `metadata: {ignoreChain: true}`: the reference is checked
+            // (a typo is still a typo) but the chain is not used.
+            continue;
+        }
         if s.is_udp() {
             chain.validate_for_udp(&field)?;
         }
         if s.udp.as_ref().is_some_and(|u| u.transparent) {
             return Err(FieldError::new(
                 format!("services[{i}].udp.transparent"),
-                "transparent mode sends from the client's address straight to the node; a chain                  sends through its hop: expected one of the two",
+                "transparent mode sends from the client's address straight to the node; a chain sends through its hop: expected one of the two",
             ));
         }
         let relays_udp = s.handler.metadata.as_ref().and_then(|m| m.udp) == Some(true)
@@ -424,31 +448,26 @@ pub fn validate_chains(
     Ok(())
 }
 
-/// Give every service with a `handler.chain` its (validated) chain.
-pub fn link_chains(chains: &[ChainConfig], services: &mut [ServiceConfig]) {
+/// Give every service with a `handler.chain` its (validated, linked) chain, the
+/// hops it names from `hops:` written out; none for a service with
+/// `metadata: {ignoreChain: true}`.
+pub fn link_chains(chains: &[ChainConfig], hops: &[HopConfig], services: &mut [ServiceConfig]) {
     for s in services {
         s.chain = s
             .handler
             .chain
             .as_ref()
+            .filter(|_| !s.ignores_chain())
             .and_then(|n| chains.iter().find(|c| &c.name == n))
-            .map(|c| Arc::new(c.clone()));
+            .map(|c| Arc::new(hops::write_out(c, hops)));
     }
 }
 
 impl ChainConfig {
-    /// Checks of one chain; `at` is its path (`chains[0]`).
+    /// Checks of one chain on its own (no top-level `hops:` to refer to); `at`
+    /// is its path (`chains[0]`).
     pub fn validate(&self, at: &str) -> Result<(), FieldError> {
-        if self.hops.is_empty() {
-            return Err(FieldError::new(
-                format!("{at}.hops"),
-                "no hops: expected at least one {name, nodes: [...]}",
-            ));
-        }
-        for (h, hop) in self.hops.iter().enumerate() {
-            hop.validate(&format!("{at}.hops[{h}]"), h == 0)?;
-        }
-        Ok(())
+        hops::validate_chain(self, &[], at).map(|_| ())
     }
 
     /// A udp service's chain: datagrams can only go through one SOCKS5 hop (UDP

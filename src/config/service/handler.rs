@@ -179,6 +179,10 @@ pub struct HandlerMetadata {
     /// 65535 bytes (default [`default_udp_buffer_size`], 4096).
     #[serde(rename = "udpBufferSize", default)]
     pub udp_buffer_size: Option<usize>,
+    /// Not an option here: GOST reads `ignoreChain` from the service's
+    /// `metadata:` only; read so that [`HandlerConfig::validate`] can say so.
+    #[serde(rename = "ignoreChain", default)]
+    pub ignore_chain: Option<bool>,
 }
 
 /// GOST's default `readTimeout`.
@@ -261,6 +265,14 @@ impl HandlerConfig {
         let Some(m) = &self.metadata else {
             return Ok(());
         };
+        if m.ignore_chain.is_some() {
+            return Err(FieldError::new(
+                format!("{field}.metadata.ignoreChain"),
+                "GOST reads ignoreChain from the service's metadata, not the handler's (here it \
+                 would be ignored and the chain used): expected it under the service's \
+                 metadata: {ignoreChain: true}",
+            ));
+        }
         if self.kind.forwards() {
             return Err(FieldError::new(
                 format!("{field}.metadata"),

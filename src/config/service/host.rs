@@ -1,4 +1,4 @@
-//! What only this host can tell about the services and chains: that every
+//! What only this host can tell about the services, chains and hops: that every
 //! interface and address an `interface` names (service, hop, node) exists here, and that every certificate, key
 //! and CA file opens and parses (and each key fits its certificate).
 //!
@@ -24,20 +24,22 @@ pub fn check_host(config: &Config, ifs: &Interfaces) -> Result<(), FieldError> {
             tls.check_files(&at("forwarder.tls"))?;
         }
     }
-    for (i, c) in config.chains.iter().enumerate() {
-        for (j, hop) in c.hops.iter().enumerate() {
-            let at = |f: &str| format!("chains[{i}].hops[{j}].{f}");
-            if let Some(iface) = &hop.interface {
-                iface.check_host(ifs, &at("interface"))?;
+    let in_chains = config.chains.iter().enumerate().flat_map(|(i, c)| {
+        (c.hops.iter().enumerate()).map(move |(j, hop)| (format!("chains[{i}].hops[{j}]"), hop))
+    });
+    let top = (config.hops.iter().enumerate()).map(|(j, hop)| (format!("hops[{j}]"), hop));
+    for (hat, hop) in in_chains.chain(top) {
+        let at = |f: &str| format!("{hat}.{f}");
+        if let Some(iface) = &hop.interface {
+            iface.check_host(ifs, &at("interface"))?;
+        }
+        for (k, node) in hop.nodes.iter().enumerate() {
+            if let Some(iface) = &node.interface {
+                iface.check_host(ifs, &at(&format!("nodes[{k}].interface")))?;
             }
-            for (k, node) in hop.nodes.iter().enumerate() {
-                if let Some(iface) = &node.interface {
-                    iface.check_host(ifs, &at(&format!("nodes[{k}].interface")))?;
-                }
-                if let Some(tls) = &node.dialer.tls {
-                    tls.client_config()
-                        .check_files(&at(&format!("nodes[{k}].dialer.tls")))?;
-                }
+            if let Some(tls) = &node.dialer.tls {
+                tls.client_config()
+                    .check_files(&at(&format!("nodes[{k}].dialer.tls")))?;
             }
         }
     }

@@ -46,6 +46,10 @@ pub struct ServiceMetadata {
     /// The limit on each hook command (0: 30 s).
     #[serde(rename = "hookTimeout", default)]
     pub hook_timeout: DurationStr,
+    /// GOST's `ignoreChain`: `true` makes the service dial directly although its
+    /// `handler.chain` names a chain (the name is still checked).
+    #[serde(rename = "ignoreChain", default)]
+    pub ignore_chain: bool,
 }
 
 impl ServiceMetadata {

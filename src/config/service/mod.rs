@@ -313,6 +313,12 @@ impl ServiceConfig {
             .or_else(|| self.metadata.as_ref()?.interface.as_ref())
     }
 
+    /// GOST's `metadata: {ignoreChain: true}`: the service's connections do not
+    /// go through its `handler.chain`.
+    pub fn ignores_chain(&self) -> bool {
+        self.metadata.as_ref().is_some_and(|m| m.ignore_chain)
+    }
+
     /// The service's hooks, written as plain fields or under `metadata:`
     /// (validation refuses both at once).
     pub fn hooks(&self) -> hooks::Hooks {

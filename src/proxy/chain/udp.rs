@@ -109,6 +109,8 @@ impl Chain {
         target: &str,
         client: IpAddr,
     ) -> io::Result<UdpBackend> {
+        // As for TCP: the service's resolver/hosts, if any, resolve the target.
+        let target = &router.pin_with(&router.names, target).await?;
         let hop = &self.hops[0];
         let mut tried: Vec<Arc<Node>> = Vec::new();
         let mut last = None;
@@ -159,8 +161,8 @@ async fn udp_attempt(
     header.extend_from_slice(&socks::encode_host(host, port).map_err(|e| match e {
         ConnectError::Refused(e) | ConnectError::Node(e) => Failure::Target(e),
     })?);
-    let tcp = router
-        .connect_via(&node.addr, exits)
+    let tcp = node
+        .connect(router, exits)
         .await
         .map_err(|e| Failure::Node(0, e))?;
     let node_ip = tcp.peer_addr().map_err(|e| Failure::Node(0, e))?.ip();

@@ -454,6 +454,7 @@ impl Socks5 {
             client: None,
             destinations: HashSet::new(),
             dns: HashMap::new(),
+            names: &ctx.router.names,
             stats: &ctx.stats,
         };
         let mut buf = vec![0u8; self.opts.metadata.udp_buffer_size + 1];
@@ -502,6 +503,8 @@ struct UdpAssociation<'a> {
     client: Option<SocketAddr>,
     destinations: HashSet<SocketAddr>,
     dns: HashMap<(String, u16), SocketAddr>,
+    /// The service's `hosts`/`resolver` (GOST's), as for its TCP targets.
+    names: &'a crate::proxy::resolve::Resolve,
     stats: &'a HandlerStats,
 }
 
@@ -599,9 +602,11 @@ impl UdpAssociation<'_> {
                     return Some(*a);
                 }
                 let want_v4 = self.out().local_addr().ok()?.is_ipv4();
-                let found = tokio::net::lookup_host(join_host_port(host, *port))
+                let found = (self.names)
+                    .lookup(&join_host_port(host, *port))
                     .await
                     .ok()?
+                    .into_iter()
                     .find(|a| a.is_ipv4() == want_v4)?;
                 if self.dns.len() >= UDP_DNS_CACHE {
                     self.dns.clear();
