@@ -407,3 +407,175 @@ async fn response_corpus_passes_one_message_or_refuses() {
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
+
+// ---- HTTP/1.0 clients (RFC 9112 §6.1: no transfer coding to a 1.0 recipient) ----
+
+/// Like [`exchange`], and whether the gateway ended with a clean close (`false`:
+/// a reset, or nothing within the limit).
+async fn exchange_ending(gw: std::net::SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let clean = matches!(
+        tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut out)).await,
+        Ok(Ok(_))
+    );
+    (out, clean)
+}
+
+/// The header fields of a response's head (names lower-cased) and its body as
+/// sent (after the empty line).
+fn split_reply(reply: &[u8]) -> (Vec<(String, String)>, &[u8]) {
+    let end = (reply.windows(4).position(|w| w == b"\r\n\r\n"))
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(reply)));
+    let head = String::from_utf8_lossy(&reply[..end]);
+    let fields = (head.split("\r\n").skip(1))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (fields, &reply[end + 4..])
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The payload of a response the strict parser accepted: chunks decoded, a
+/// `Content-Length` body, or everything up to the close.
+fn payload(reply: &[u8]) -> Vec<u8> {
+    let (fields, mut body) = split_reply(reply);
+    let chunked = field(&fields, "transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().trim_end().ends_with("chunked"));
+    if !chunked {
+        return match field(&fields, "content-length") {
+            Some(n) => body[..n.parse::<usize>().unwrap()].to_vec(),
+            None => body.to_vec(),
+        };
+    }
+    let mut out = Vec::new();
+    loop {
+        let eol = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let hex: String = (body[..eol].iter().map(|&c| c as char))
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        let size = usize::from_str_radix(&hex, 16).unwrap();
+        body = &body[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
+/// Breaks if an HTTP/1.0 client is answered with chunk framing (it would take the
+/// size lines for body bytes) or loses a byte of the body: a raw HTTP/1.0 request
+/// through the handler to an origin that answers chunked (with an extension and
+/// a trailer, as HTTP/1.1 origins may whatever the request's version) and to
+/// one that answers with `Content-Length`.
+#[tokio::test]
+async fn http10_client_gets_the_exact_body_without_chunk_framing() {
+    let gw = gateway().await;
+    let origin = Lenient::spawn().await;
+    origin.respond(
+        "chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nX-Kind: c\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n",
+    );
+    origin.respond(
+        "length",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Kind: l\r\n\r\nhello world",
+    );
+    for (name, ask_keep_alive) in [("chunked", false), ("chunked", true), ("length", false)] {
+        let keep = if ask_keep_alive {
+            "Connection: keep-alive\r\n"
+        } else {
+            ""
+        };
+        let req = format!(
+            "GET http://{}/resp/{name} HTTP/1.0\r\n{keep}\r\n",
+            origin.addr
+        );
+        let (reply, clean) = exchange_ending(gw, req.as_bytes()).await;
+        let text = String::from_utf8_lossy(&reply).to_string();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{name}: {text:?}");
+        let (fields, body) = split_reply(&reply);
+        assert_eq!(body, b"hello world", "{name}: {text:?}");
+        assert!(
+            clean,
+            "{name}: the body did not end with a clean close: {text:?}"
+        );
+        assert_eq!(
+            field(&fields, "transfer-encoding"),
+            None,
+            "{name}: {text:?}"
+        );
+        assert_eq!(field(&fields, "trailer"), None, "{name}: {text:?}");
+        assert!(field(&fields, "x-kind").is_some(), "{name}: {text:?}");
+        match name {
+            // Decoded, so the end of the body is the close, and the client is told.
+            "chunked" => {
+                assert_eq!(field(&fields, "content-length"), None, "{text:?}");
+                assert_eq!(field(&fields, "connection"), Some("close"), "{text:?}");
+            }
+            _ => assert_eq!(field(&fields, "content-length"), Some("11"), "{text:?}"),
+        }
+    }
+}
+
+/// Breaks if an HTTP/1.0 client gets any response of the corpus framed in a way
+/// it cannot read, with other bytes than an HTTP/1.1 client would decode, or a
+/// truncated body that ends like a whole one. For each case: a `forward` reaches
+/// it decoded, with no transfer coding (a coding other than chunked cannot be
+/// decoded here: `502`); a `refuse` is a `502` as for HTTP/1.1; a `truncate` ends
+/// in a reset, since a close would end a close-delimited body cleanly.
+#[tokio::test]
+async fn response_corpus_reaches_an_http10_client_decoded_or_refused() {
+    let gw = gateway().await;
+    let mut failures = Vec::new();
+    for case in corpus("responses") {
+        let origin = Lenient::spawn().await;
+        origin.respond(&case.name, &case.message);
+        let req = |v: &str| {
+            format!(
+                "GET http://{}/resp/{} HTTP/{v}\r\n\r\n",
+                origin.addr, case.name
+            )
+        };
+        let reply11 = exchange(gw, req("1.1").as_bytes()).await;
+        let (reply, clean) = exchange_ending(gw, req("1.0").as_bytes()).await;
+        let status = String::from_utf8_lossy(reply.get(..12).unwrap_or(&reply)).to_string();
+        let ok = match case.expect.as_str() {
+            "forward" => {
+                let (fields11, _) = split_reply(&reply11);
+                let other_coding = field(&fields11, "transfer-encoding")
+                    .is_some_and(|te| !te.to_ascii_lowercase().ends_with("chunked"));
+                if other_coding {
+                    status == "HTTP/1.1 502"
+                } else {
+                    let (fields, _) = split_reply(&reply);
+                    status == "HTTP/1.1 200"
+                        && clean
+                        && field(&fields, "transfer-encoding").is_none()
+                        && payload(&reply) == payload(&reply11)
+                }
+            }
+            "refuse" => status == "HTTP/1.1 502",
+            "truncate" => !clean && (reply.is_empty() || status == "HTTP/1.1 200"),
+            other => panic!("{}: unknown expectation {other}", case.name),
+        };
+        if !ok {
+            failures.push(format!(
+                "{} (expect {}): HTTP/1.0 client got {:?} (clean close: {clean}), HTTP/1.1 client {:?}",
+                case.name,
+                case.expect,
+                String::from_utf8_lossy(&reply),
+                String::from_utf8_lossy(&reply11)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}

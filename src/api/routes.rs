@@ -272,7 +272,7 @@ fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 async fn reload(State(app): State<App>) -> Result<Response, ApiError> {
-    lock(&app.ctx.daemon).reload_file()?;
+    app.ctx.daemon.reload_file().await?;
     Ok(ok())
 }
 
@@ -311,7 +311,7 @@ async fn get_object<T: Section>(
 
 async fn add_object<T: Section>(State(app): State<App>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(body).await?;
-    lock(&app.ctx.daemon).add::<T>(&body)?;
+    app.ctx.daemon.add::<T>(body.to_vec()).await?;
     Ok(ok())
 }
 
@@ -321,7 +321,7 @@ async fn put_object<T: Section>(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(body).await?;
-    lock(&app.ctx.daemon).replace::<T>(&name, &body)?;
+    app.ctx.daemon.replace::<T>(name, body.to_vec()).await?;
     Ok(ok())
 }
 
@@ -329,6 +329,6 @@ async fn delete_object<T: Section>(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    lock(&app.ctx.daemon).delete::<T>(&name)?;
+    app.ctx.daemon.delete::<T>(name).await?;
     Ok(ok())
 }

@@ -9,13 +9,22 @@
 //! through the same methods, so a reload and an API edit never interleave, and a
 //! change that fails validation changes nothing, whichever door it came in by.
 //!
+//! The signal loop never waits for a hook: a change (the start, a SIGHUP
+//! reload, an API edit) runs on a task of its own ([`control`]), so SIGTERM is
+//! acted on at once even while a 30 s `preUp` runs: the failover releases (or
+//! hands over) the VIP straight away, the running `preUp`/`postUp` command is
+//! stopped (SIGTERM, SIGKILL a second later), and the services stop, each with
+//! its `preDown` and `postDown`. A SIGHUP that arrives while a change runs is
+//! kept (several count as one) and the file is read again once it is done.
+//!
 //! [`state`] holds the [`Daemon`] and its verbs (reload, service edits, save);
-//! this file the loop.
+//! [`control`] applies them; this file the loop.
 
+pub mod control;
 pub mod state;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -26,15 +35,8 @@ use crate::failover::auth::Keyring;
 use crate::failover::driver::{self, FailoverError, FailoverStatus};
 use crate::failover::machine::State;
 use crate::proxy::ProxyError;
+pub use control::{Shared, lock};
 pub use state::{Daemon, EditError, Source};
-
-/// The daemon's state, shared by the signal loop and the Web API.
-pub type Shared = Arc<Mutex<Daemon>>;
-
-/// Lock the daemon; a panic elsewhere while holding it does not stop the rest.
-pub fn lock(d: &Shared) -> std::sync::MutexGuard<'_, Daemon> {
-    d.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What the command line adds to the file.
 #[derive(Debug, Clone)]
@@ -109,15 +111,32 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
     let api_cfg = opts.api.clone().or(source.loaded.config.api.clone());
     let metrics_cfg = (opts.metrics.clone()).or(source.loaded.config.metrics.clone());
     let n_services = source.loaded.config.services.len();
-    let daemon = Daemon::start(
+    let daemon = Daemon::new(
         opts.config.clone(),
         source,
         keys.as_ref().map(|(tx, _)| tx.clone()),
-    )?;
+    );
+    let daemon = Shared::new(daemon, cancel.clone());
+    // The services start before anything else (a taken port stops the daemon
+    // before the VIP is touched), with SIGTERM heard meanwhile: a slow hook
+    // does not hold up a stop.
+    let mut starting = std::pin::pin!(daemon.start_services());
+    let started = loop {
+        tokio::select! {
+            r = &mut starting => break r,
+            _ = term.recv() => stop_signal(&cancel, "SIGTERM"),
+            _ = int.recv() => stop_signal(&cancel, "SIGINT"),
+        }
+    };
+    if cancel.is_cancelled() {
+        let (services, _) = daemon.take_services().await;
+        services.shutdown(opts.grace).await;
+        return Ok(());
+    }
+    started?;
     if n_services > 0 {
         tracing::info!(services = n_services, "services started");
     }
-    let daemon: Shared = Arc::new(Mutex::new(daemon));
 
     let status_rx = status_channel.as_ref().map(|(_, rx)| rx.clone());
     // The operator's standby/active switch, for the Web API.
@@ -152,6 +171,20 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
             (driver::spawn(fip, tx, krx, commands, cancel.clone()), rx)
         });
 
+    // SIGHUP: re-read the file on a task of its own; SIGHUPs during a reload
+    // count as one more reload (a Notify keeps one permit).
+    let reload_wanted = Arc::new(tokio::sync::Notify::new());
+    let reloader = {
+        let (wanted, daemon) = (reload_wanted.clone(), daemon.clone());
+        tokio::spawn(async move {
+            loop {
+                wanted.notified().await;
+                // Logged by the reload itself.
+                let _ = daemon.reload_file().await;
+            }
+        })
+    };
+
     let mut was_master = false;
     let mut status = status_rx;
     let failover_ended = loop {
@@ -182,13 +215,15 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
                 }
                 was_master = master;
             }
-            _ = term.recv() => { tracing::info!("SIGTERM received: shutting down"); break None; }
-            _ = int.recv() => { tracing::info!("SIGINT received: shutting down"); break None; }
-            _ = hup.recv() => { let _ = lock(&daemon).reload_file(); }
+            _ = term.recv() => { stop_signal(&cancel, "SIGTERM"); break None; }
+            _ = int.recv() => { stop_signal(&cancel, "SIGINT"); break None; }
+            _ = hup.recv() => reload_wanted.notify_one(),
             r = failover_done => break Some(r),
         }
     };
+    // Stops the failover, the API, and any hook of a change in flight.
     cancel.cancel();
+    reloader.abort();
     let result = match failover_ended {
         // Failover stopped on its own: that is a failure, the VIP can no longer move.
         Some(Ok(Ok(()))) => Err(DaemonError::FailoverStopped),
@@ -209,7 +244,7 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
                 ),
                 None => false,
             };
-            let (services, vip) = lock(&daemon).take_services();
+            let (services, vip) = daemon.take_services().await;
             if let (Some(vip), false) = (vip, handed_over) {
                 // The VIP is released; what was accepted on it cannot finish.
                 crate::proxy::cut::cut(vip.into());
@@ -232,11 +267,17 @@ pub async fn run(opts: Options, source: Source) -> Result<(), DaemonError> {
             return result;
         }
     };
-    let (services, vip) = lock(&daemon).take_services();
+    let (services, vip) = daemon.take_services().await;
     if let Some(vip) = vip {
         // The VIP is released by now; what was accepted on it cannot finish.
         crate::proxy::cut::cut(vip.into());
     }
     services.shutdown(opts.grace).await;
     result
+}
+
+/// A stop signal: log it and cancel everything that runs (see the module docs).
+fn stop_signal(cancel: &CancellationToken, name: &str) {
+    tracing::info!("{name} received: shutting down");
+    cancel.cancel();
 }

@@ -7,10 +7,11 @@
 //! `POST /config` saves. The written form is kept instead of re-serialising the
 //! typed one so that a saved file says what the operator wrote (`2s`, not
 //! `2000000000ns`; no defaults spelt out), and loading it again gives the same
-//! typed config. Every edit builds the whole candidate list, validates it as the
-//! file would be validated, applies it with [`ServiceSet::reload`] (which leaves
-//! unchanged services and their connections alone) and only then commits both
-//! forms: a refused edit changes nothing.
+//! typed config. Every edit builds the whole candidate list and validates it as
+//! the file would be validated, giving a [`Change`]; [`super::Shared`] applies
+//! its services in the steps of a [`ServiceSet`] reload (which leave unchanged
+//! services and their connections alone) and only then commits both forms with
+//! [`Daemon::commit`]: a refused edit changes nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -26,7 +27,7 @@ use crate::config::chain::{ChainConfig, HopConfig};
 use crate::config::{self, Config, ConfigError, Loaded, ServiceConfig};
 use crate::failover::auth::Keyring;
 use crate::net::Interfaces;
-use crate::proxy::ServiceSet;
+use crate::proxy::{Committed, Plan, Prepared, ServiceSet};
 
 /// Events kept per service (`status.events`).
 const EVENTS: usize = 20;
@@ -142,6 +143,23 @@ pub struct ServiceEvent {
     pub msg: String,
 }
 
+/// A validated change of what runs, waiting for its services to start: the
+/// daemon's verbs make one under its lock, [`super::Shared`] applies it.
+#[derive(Debug)]
+pub(super) enum Change {
+    /// The services of the configuration the daemon started with.
+    Start,
+    /// SIGHUP or `POST /config/reload`: the file (and the flags) read again.
+    File(Box<Source>),
+    /// An API edit of the list under `key` (`services`, `chains`).
+    Section {
+        key: &'static str,
+        config: Box<Config>,
+        raw: Vec<Value>,
+        why: &'static str,
+    },
+}
+
 /// What runs, and how it was written. See the module docs.
 #[derive(Debug)]
 pub struct Daemon {
@@ -160,13 +178,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Start the services of `source` (see [`ServiceSet::start`]).
-    pub fn start(
+    /// The daemon of `source`, its services not started yet: that is the first
+    /// change, [`Change::Start`] (run by [`super::Shared::start_services`]).
+    pub fn new(
         path: PathBuf,
         source: Source,
         keys_tx: Option<watch::Sender<Arc<Keyring>>>,
-    ) -> Result<Daemon, crate::proxy::ProxyError> {
-        let services = ServiceSet::start(&source.loaded.config.services)?;
+    ) -> Daemon {
         let mut d = Daemon {
             path,
             file: source.file,
@@ -174,16 +192,48 @@ impl Daemon {
             current: source.loaded,
             raw: Map::new(),
             raw_lists: HashMap::new(),
-            services,
+            services: ServiceSet::empty(),
             keys_tx,
             events: HashMap::new(),
         };
         d.set_raw(source.raw);
-        let names: Vec<String> = d.services.names();
-        for n in names {
-            d.event(&n, "service started");
+        d
+    }
+
+    /// The services `change` asks for, as a [`Plan`] (the first step of
+    /// applying it; see [`super::Shared`]).
+    pub(super) fn plan(&self, change: &Change) -> Plan {
+        let wanted = match change {
+            Change::Start => &self.current.config.services,
+            Change::File(s) => &s.loaded.config.services,
+            Change::Section { config, .. } => &config.services,
+        };
+        self.services.plan(wanted)
+    }
+
+    /// The services of `change` are bound: serve them, and make `change` what
+    /// runs. What is left to do (hooks) is returned.
+    pub(super) fn commit(&mut self, change: Change, prepared: Prepared) -> Committed {
+        let committed = self.services.commit(prepared);
+        match change {
+            Change::Start => {
+                for n in self.services.names() {
+                    self.event(&n, "service started");
+                }
+            }
+            Change::File(new) => self.commit_file(*new),
+            Change::Section {
+                key,
+                config,
+                raw,
+                why,
+            } => {
+                self.note_changes(&config.services, why);
+                self.current.config = *config;
+                self.raw_lists.insert(key, raw);
+            }
         }
-        Ok(d)
+        committed
     }
 
     fn set_raw(&mut self, mut raw: Map<String, Value>) {
@@ -259,9 +309,9 @@ impl Daemon {
     }
 
     /// SIGHUP and `POST /config/reload`: re-read the file; a bad file changes
-    /// nothing. The failover keys (`secret`, `secret_file`) apply at once; other
-    /// `floating_ip` changes at the next restart.
-    pub fn reload_file(&mut self) -> Result<(), EditError> {
+    /// nothing (and is logged). The failover keys (`secret`, `secret_file`)
+    /// apply at once; other `floating_ip` changes at the next restart.
+    pub(super) fn load_file(&self) -> Result<Change, EditError> {
         let rejected = |e: &dyn std::fmt::Display| {
             tracing::error!("reload rejected, keeping the running configuration: {e}");
         };
@@ -274,10 +324,11 @@ impl Daemon {
             rejected(&e);
             EditError::Invalid(e.to_string())
         })?;
-        if let Err(e) = self.services.reload(&new.loaded.config.services) {
-            rejected(&e);
-            return Err(EditError::Create(e.to_string()));
-        }
+        Ok(Change::File(Box::new(new)))
+    }
+
+    /// The rest of a reload, once its services run.
+    fn commit_file(&mut self, new: Source) {
         let path = self.path.clone();
         let Source {
             loaded: new, raw, ..
@@ -321,7 +372,6 @@ impl Daemon {
             services = self.current.config.services.len(),
             "configuration reloaded"
         );
-        Ok(())
     }
 
     /// Record an event for every service `new` starts, changes or drops.
@@ -341,17 +391,17 @@ impl Daemon {
         }
     }
 
-    /// Validate `candidate` as the file would be, link its chains, then apply its
-    /// services. `edited` is the index in `T`'s list of the object the body
-    /// described: its errors are reported relative to the body (`addr: ...`
+    /// Validate `candidate` as the file would be and link its chains: the change
+    /// that applies it. `edited` is the index in `T`'s list of the object the
+    /// body described: its errors are reported relative to the body (`addr: ...`
     /// rather than `services[3].addr: ...`).
-    fn apply<T: Section>(
-        &mut self,
+    fn check<T: Section>(
+        &self,
         mut candidate: Config,
         raw: Vec<Value>,
         edited: Option<usize>,
-        why: &str,
-    ) -> Result<(), EditError> {
+        why: &'static str,
+    ) -> Result<Change, EditError> {
         // The same passes as a file: validation, names linked, then what depends
         // on this host (interfaces, certificate files).
         let checked = candidate
@@ -372,18 +422,17 @@ impl Daemon {
             return Err(EditError::Invalid(format!("{field}: {}", e.message)));
         }
         candidate.link_chains();
-        if let Err(e) = self.services.reload(&candidate.services) {
-            return Err(EditError::Create(e.to_string()));
-        }
-        self.note_changes(&candidate.services, why);
-        self.current.config = candidate;
-        self.raw_lists.insert(T::KEY, raw);
-        Ok(())
+        Ok(Change::Section {
+            key: T::KEY,
+            config: Box::new(candidate),
+            raw,
+            why,
+        })
     }
 
-    /// `POST /config/services` (or `chains`): add the object `body` describes
-    /// (YAML or JSON). Returns its name.
-    pub fn add<T: Section>(&mut self, body: &[u8]) -> Result<String, EditError> {
+    /// `POST /config/services` (or `chains`): the change that adds the object
+    /// `body` describes (YAML or JSON), and its name.
+    pub(super) fn add<T: Section>(&self, body: &[u8]) -> Result<(Change, String), EditError> {
         let (obj, raw) = parse_object::<T>(body, None)?;
         let name = obj.name().to_string();
         if T::list(&self.current.config)
@@ -400,37 +449,33 @@ impl Daemon {
         T::list_mut(&mut candidate).push(obj);
         raws.push(raw);
         let i = raws.len() - 1;
-        self.apply::<T>(candidate, raws, Some(i), "added through the API")?;
-        tracing::info!(name = %name, "{} added through the API", T::NOUN);
-        Ok(name)
+        let change = self.check::<T>(candidate, raws, Some(i), "added through the API")?;
+        Ok((change, name))
     }
 
-    /// `PUT /config/services/{name}`: replace an object. The body may leave out
-    /// `name`; if it gives one, it must be `name`.
-    pub fn replace<T: Section>(&mut self, name: &str, body: &[u8]) -> Result<(), EditError> {
+    /// `PUT /config/services/{name}`: the change that replaces an object. The
+    /// body may leave out `name`; if it gives one, it must be `name`.
+    pub(super) fn replace<T: Section>(&self, name: &str, body: &[u8]) -> Result<Change, EditError> {
         let i = self.index::<T>(name)?;
         let (obj, raw) = parse_object::<T>(body, Some(name))?;
         let mut candidate = self.current.config.clone();
         let mut raws = self.raw_list::<T>().to_vec();
         T::list_mut(&mut candidate)[i] = obj;
         raws[i] = raw;
-        self.apply::<T>(candidate, raws, Some(i), "replaced through the API")?;
-        tracing::info!(name = %name, "{} replaced through the API", T::NOUN);
-        Ok(())
+        self.check::<T>(candidate, raws, Some(i), "replaced through the API")
     }
 
-    /// `DELETE /config/services/{name}`: a service stops accepting at once and
-    /// its connections in flight drain for the reload grace period. A chain still
-    /// named by a service cannot be deleted.
-    pub fn delete<T: Section>(&mut self, name: &str) -> Result<(), EditError> {
+    /// `DELETE /config/services/{name}`: the change that removes an object. A
+    /// service stops accepting at once and its connections in flight drain for
+    /// the reload grace period. A chain still named by a service cannot be
+    /// deleted.
+    pub(super) fn delete<T: Section>(&self, name: &str) -> Result<Change, EditError> {
         let i = self.index::<T>(name)?;
         let mut candidate = self.current.config.clone();
         let mut raws = self.raw_list::<T>().to_vec();
         T::list_mut(&mut candidate).remove(i);
         raws.remove(i);
-        self.apply::<T>(candidate, raws, None, "deleted through the API")?;
-        tracing::info!(name = %name, "{} deleted through the API", T::NOUN);
-        Ok(())
+        self.check::<T>(candidate, raws, None, "deleted through the API")
     }
 
     fn index<T: Section>(&self, name: &str) -> Result<usize, EditError> {
@@ -454,7 +499,7 @@ impl Daemon {
 }
 
 /// A list of named objects the API edits: `services`, `chains`, `hops`.
-pub trait Section: serde::de::DeserializeOwned + Clone {
+pub trait Section: serde::de::DeserializeOwned + Clone + Send + 'static {
     /// The top-level key (and the URL's last segment).
     const KEY: &'static str;
     /// For messages.

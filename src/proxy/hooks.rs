@@ -30,10 +30,22 @@
 //!   logged and the list goes on: a service that is up or going down is not held
 //!   back by its hook.
 //!
-//! Hooks run on the control path (start, SIGHUP reload, stop), never on the
-//! failover thread: heartbeats are sent by the failover driver's own thread and
-//! runtime (`failover::driver`), so a slow hook delays a reload, not an election.
-//! `postDown` runs after the drain, off the control path.
+//! Hooks never run on the daemon's control path: the daemon runs a change
+//! (start, SIGHUP reload, API edit) on a task of its own and the commands on
+//! blocking threads, so its signal loop answers SIGTERM and SIGHUP while a hook
+//! runs; heartbeats are sent by the failover driver's own thread and runtime
+//! (`failover::driver`), so no hook ever delays an election. What a stop (the
+//! `stop` token of [`run`]) does to a hook that is running, as keepalived does
+//! with the scripts it runs when it shuts down:
+//!
+//! * a `preUp` or `postUp` command (the service is going up, and the daemon is
+//!   going down) gets SIGTERM on its process group, SIGKILL [`KILL_AFTER`]
+//!   later, and the rest of its list is skipped. A change still binding its
+//!   services is rolled back (those whose `preUp` had succeeded get their
+//!   `postDown`: [`super::Plan::prepare`]); a service already serving stops with
+//!   the others;
+//! * a `preDown` or `postDown` command runs on to its end or its `hookTimeout`:
+//!   it is what the stop is for.
 //!
 //! Services run on both nodes whatever the failover state (their listeners use
 //! `IP_FREEBIND` and serve the VIP when it arrives), so there is no "service goes
@@ -46,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::ServiceConfig;
@@ -69,7 +82,16 @@ impl Stage {
             Stage::PostDown => "postDown",
         }
     }
+
+    /// `preUp` and `postUp`: the stages a stop cuts short.
+    pub fn is_up(self) -> bool {
+        matches!(self, Stage::PreUp | Stage::PostUp)
+    }
 }
+
+/// How long a `preUp`/`postUp` command cut short by a stop may take to exit
+/// after SIGTERM before its process group gets SIGKILL (keepalived's 1 s).
+pub const KILL_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a hook command failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +114,19 @@ pub enum HookError {
         command: String,
         timeout: Duration,
     },
+    #[error("{stage} command {command:?} stopped: the daemon is stopping")]
+    Stopped {
+        stage: &'static str,
+        command: String,
+    },
 }
 
 /// Run `stage`'s commands of `cfg` in order, waiting for each (bounded by the
 /// service's `hookTimeout`). `preUp` stops at the first failure and returns it;
-/// the other stages log a failure and go on (and return the first one).
-pub fn run(cfg: &ServiceConfig, stage: Stage) -> Result<(), HookError> {
+/// the other stages log a failure and go on (and return the first one). A
+/// cancelled `stop` cuts a `preUp`/`postUp` list short (module docs); the down
+/// stages ignore it. Blocks: call it from a blocking thread.
+pub fn run(cfg: &ServiceConfig, stage: Stage, stop: &CancellationToken) -> Result<(), HookError> {
     let hooks = cfg.hooks();
     let list = match stage {
         Stage::PreUp => &hooks.pre_up,
@@ -105,11 +134,24 @@ pub fn run(cfg: &ServiceConfig, stage: Stage) -> Result<(), HookError> {
         Stage::PreDown => &hooks.pre_down,
         Stage::PostDown => &hooks.post_down,
     };
+    let stop = stage.is_up().then_some(stop);
     let mut first_error = None;
     for command in list {
-        match run_one(cfg, stage, command, hooks.timeout) {
+        let result = match stop {
+            Some(t) if t.is_cancelled() => Err(HookError::Stopped {
+                stage: stage.name(),
+                command: command.clone(),
+            }),
+            _ => run_one(cfg, stage, command, hooks.timeout, stop),
+        };
+        match result {
             Ok(()) => info!(service = %cfg.name, hook = stage.name(), command, "hook ran"),
             Err(e) if stage == Stage::PreUp => return Err(e),
+            // The rest of an up list is skipped once the daemon stops.
+            Err(e @ HookError::Stopped { .. }) => {
+                warn!(service = %cfg.name, "{e}");
+                return Err(first_error.unwrap_or(e));
+            }
             Err(e) => {
                 warn!(service = %cfg.name, "{e}");
                 first_error.get_or_insert(e);
@@ -121,8 +163,8 @@ pub fn run(cfg: &ServiceConfig, stage: Stage) -> Result<(), HookError> {
 
 /// `preUp` of a service about to start: `false` (and an error line) if the
 /// service must stay down.
-pub fn pre_up(cfg: &ServiceConfig) -> bool {
-    match run(cfg, Stage::PreUp) {
+pub fn pre_up(cfg: &ServiceConfig, stop: &CancellationToken) -> bool {
+    match run(cfg, Stage::PreUp, stop) {
         Ok(()) => true,
         Err(e) => {
             error!(service = %cfg.name, "service kept down: {e}");
@@ -132,19 +174,21 @@ pub fn pre_up(cfg: &ServiceConfig) -> bool {
 }
 
 /// Run a stage whose failures are only logged (postUp, preDown, postDown).
-pub fn run_logged(cfg: &ServiceConfig, stage: Stage) {
+pub fn run_logged(cfg: &ServiceConfig, stage: Stage, stop: &CancellationToken) {
     // Already logged command by command in `run`.
-    let _ = run(cfg, stage);
+    let _ = run(cfg, stage, stop);
 }
 
-/// [`run_logged`] from async code: on a blocking thread, so the runtime's
-/// workers keep serving.
-pub async fn run_logged_async(cfg: ServiceConfig, stage: Stage) {
+/// [`run_logged`] of a down stage from async code: on a blocking thread, so the
+/// runtime's workers keep serving.
+pub async fn run_down_async(cfg: ServiceConfig, stage: Stage) {
+    debug_assert!(!stage.is_up());
     if cfg.hooks().is_empty() {
         return;
     }
     let name = cfg.name.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || run_logged(&cfg, stage)).await {
+    let never = CancellationToken::new();
+    if let Err(e) = tokio::task::spawn_blocking(move || run_logged(&cfg, stage, &never)).await {
         warn!(service = %name, hook = stage.name(), "hook task failed: {e}");
     }
 }
@@ -154,6 +198,7 @@ fn run_one(
     stage: Stage,
     command: &str,
     timeout: Duration,
+    stop: Option<&CancellationToken>,
 ) -> Result<(), HookError> {
     let s = stage.name();
     let mut child = Command::new("/bin/sh")
@@ -171,11 +216,29 @@ fn run_one(
             command: command.to_string(),
             source,
         })?;
+    let group = i32::try_from(child.id()).ok().map(Pid::from_raw);
+    let signal_group = |sig| {
+        if let Some(pid) = group {
+            let _ = killpg(pid, sig);
+        }
+    };
     let deadline = Instant::now() + timeout;
+    // Set once a stop sent SIGTERM: SIGKILL follows at this instant.
+    let mut kill_at: Option<Instant> = None;
     // Polled: std has no wait-with-timeout, and a hook is a rare, short event.
+    // The pause is capped at 50 ms, which is also how soon a stop is noticed.
     let mut pause = Duration::from_millis(1);
     loop {
+        let now = Instant::now();
         match child.try_wait() {
+            Ok(Some(_)) if kill_at.is_some() => {
+                // The group may hold what the shell started and left running.
+                signal_group(Signal::SIGKILL);
+                return Err(HookError::Stopped {
+                    stage: s,
+                    command: command.to_string(),
+                });
+            }
             Ok(Some(status)) if status.success() => return Ok(()),
             Ok(Some(status)) => {
                 return Err(HookError::Failed {
@@ -184,23 +247,35 @@ fn run_one(
                     status,
                 });
             }
-            Ok(None) if Instant::now() >= deadline => {
-                if let Ok(pid) = i32::try_from(child.id()) {
-                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                }
+            Ok(None)
+                if kill_at.is_some_and(|t| now >= t) || (kill_at.is_none() && now >= deadline) =>
+            {
+                signal_group(Signal::SIGKILL);
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(HookError::Timeout {
-                    stage: s,
-                    command: command.to_string(),
-                    timeout,
+                return Err(match kill_at {
+                    Some(_) => HookError::Stopped {
+                        stage: s,
+                        command: command.to_string(),
+                    },
+                    None => HookError::Timeout {
+                        stage: s,
+                        command: command.to_string(),
+                        timeout,
+                    },
                 });
+            }
+            Ok(None) if kill_at.is_none() && stop.is_some_and(CancellationToken::is_cancelled) => {
+                signal_group(Signal::SIGTERM);
+                kill_at = Some(now + KILL_AFTER);
+                pause = Duration::from_millis(1);
             }
             Ok(None) => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
             Err(source) => {
+                signal_group(Signal::SIGKILL);
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(HookError::Spawn {
@@ -237,7 +312,7 @@ mod tests {
         let s = service(&format!(
             "  metadata:\n    postUp:\n    - echo \"1 $GATEWAY_HOOK $GATEWAY_SERVICE $GATEWAY_ADDR\" >> {o}\n    - echo 2 >> {o}\n"
         ));
-        run(&s, Stage::PostUp).unwrap();
+        run(&s, Stage::PostUp, &CancellationToken::new()).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert_eq!(text, "1 postUp web 127.0.0.1:0\n2\n");
     }
@@ -250,14 +325,14 @@ mod tests {
         let s = service(&format!(
             "  preUp: [\"exit 3\", \"echo ran >> {o}\"]\n  postDown: [\"exit 4\", \"echo down >> {o}\"]\n"
         ));
-        let e = run(&s, Stage::PreUp).unwrap_err();
+        let e = run(&s, Stage::PreUp, &CancellationToken::new()).unwrap_err();
         assert!(
             e.to_string().contains("\"exit 3\" failed: exit status: 3"),
             "{e}"
         );
-        assert!(!pre_up(&s));
+        assert!(!pre_up(&s, &CancellationToken::new()));
         assert!(!dir.path().join("out").exists());
-        let e = run(&s, Stage::PostDown).unwrap_err();
+        let e = run(&s, Stage::PostDown, &CancellationToken::new()).unwrap_err();
         assert!(e.to_string().contains("exit status: 4"), "{e}");
         let text = std::fs::read_to_string(dir.path().join("out")).unwrap();
         assert_eq!(text, "down\n");
@@ -272,11 +347,16 @@ mod tests {
             pidfile.display()
         ));
         let started = Instant::now();
-        let e = run(&s, Stage::PreUp).unwrap_err();
+        let e = run(&s, Stage::PreUp, &CancellationToken::new()).unwrap_err();
         assert!(matches!(e, HookError::Timeout { .. }), "{e}");
         assert!(started.elapsed() < Duration::from_secs(10));
         // The grandchild (`sleep`) went with the shell.
-        let pid: i32 = std::fs::read_to_string(&pidfile)
+        assert_gone(&pidfile);
+    }
+
+    /// The process whose pid is in `pidfile` ends (or is a zombie) within 2 s.
+    fn assert_gone(pidfile: &Path) {
+        let pid: i32 = std::fs::read_to_string(pidfile)
             .unwrap()
             .trim()
             .parse()
@@ -290,7 +370,42 @@ mod tests {
             }
             dead
         });
-        assert!(gone, "sleep {pid} survived the timeout");
+        assert!(gone, "{pid} survived");
+    }
+
+    /// Breaks if a stop does not cut a running `postUp` short (SIGTERM to its
+    /// group: the shell and what it started), if the rest of the list still
+    /// runs, or if a down stage is cut short too.
+    #[test]
+    fn a_stop_ends_an_up_hook_and_skips_the_rest_but_not_a_down_hook() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pidfile, out) = (dir.path().join("pid"), dir.path().join("out"));
+        let s = service(&format!(
+            "  hookTimeout: 60s\n  postUp: [\"sleep 60 & echo $! > {p}; wait\", \"echo more >> {o}\"]\n  postDown: [\"echo down >> {o}\"]\n",
+            p = pidfile.display(),
+            o = out.display()
+        ));
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        let stopper = {
+            let (stop, pidfile) = (stop.clone(), pidfile.clone());
+            std::thread::spawn(move || {
+                while !pidfile.exists() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                stop.cancel();
+            })
+        };
+        let e = run(&s, Stage::PostUp, &stop).unwrap_err();
+        stopper.join().unwrap();
+        assert!(matches!(e, HookError::Stopped { .. }), "{e}");
+        // SIGTERM ends `sleep` at once (KILL_AFTER is the most it may take),
+        // where the command would have run for 60 s.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_gone(&pidfile);
+        assert!(!out.exists(), "the rest of the postUp list ran");
+        run(&s, Stage::PostDown, &stop).unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "down\n");
     }
 
     #[test]

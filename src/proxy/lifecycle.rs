@@ -70,6 +70,57 @@ pub(crate) fn bound_key(cfg: &ServiceConfig) -> (bool, String, String) {
     (cfg.is_udp(), cfg.addr.text.clone(), name)
 }
 
+/// A service bound but not serving yet: what [`Running::prepare`] returns.
+/// [`Ready::serve`] starts it; dropped instead, it closes its socket (unless
+/// its predecessor still holds it) and nothing of it ever ran.
+pub(crate) struct Ready {
+    running: Running,
+    launch: Launch,
+    /// For the forwarder's background tasks, started with the service (a proxy
+    /// handler's forwarder is empty: nothing runs for it).
+    forwarder: (ForwarderConfig, Router, Arc<Balancer>),
+}
+
+/// The accept (or receive) loop of a [`Ready`] service, not yet spawned.
+enum Launch {
+    Tcp(Arc<TcpListener>, Arc<TcpService>),
+    Udp(Arc<UdpSocket>, Arc<UdpService>),
+}
+
+impl Ready {
+    /// Start accepting (or receiving), and the forwarder's health checks,
+    /// discovery and sampling.
+    pub fn serve(self) -> Running {
+        let Ready {
+            running,
+            launch,
+            forwarder,
+        } = self;
+        let name: Arc<str> = Arc::from(running.config.name.as_str());
+        let (fwd, router, balancer) = &forwarder;
+        spawn_forwarder_tasks(&name, fwd, balancer, router, &running.stop);
+        // The loop is a task of the tracker too: a drain then cannot see "no
+        // tasks left" between an accept and the spawn of its connection, and cut
+        // that connection (`kill`) as it starts.
+        let (tracker, stop) = (&running.tracker, running.stop.clone());
+        match launch {
+            Launch::Tcp(l, ctx) => {
+                tracker.spawn(forward::accept_loop(l, ctx, stop));
+            }
+            Launch::Udp(u, ctx) => {
+                tracker.spawn(udp::serve(u, ctx, stop));
+            }
+        }
+        let c = &running.config;
+        info!(service = %name, addr = ?running.local_addr, handler = %c.handler.kind, "service started");
+        running
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.running.config
+    }
+}
+
 /// A started service.
 pub(crate) struct Running {
     pub config: ServiceConfig,
@@ -96,9 +147,9 @@ impl fmt::Debug for Running {
 }
 
 impl Running {
-    /// Bind (or reuse `reuse`) and start a validated service. Must run inside a
-    /// tokio runtime.
-    pub fn start(cfg: &ServiceConfig, reuse: Option<Bound>) -> Result<Running, ProxyError> {
+    /// Build a validated service and bind it (or take `reuse`), without serving
+    /// yet: [`Ready::serve`] does. Must run inside a tokio runtime.
+    pub fn prepare(cfg: &ServiceConfig, reuse: Option<Bound>) -> Result<Ready, ProxyError> {
         let name: Arc<str> = Arc::from(cfg.name.as_str());
         let fail = |what: String| ProxyError::Service {
             service: cfg.name.clone(),
@@ -170,7 +221,6 @@ impl Running {
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
         let tracker = TaskTracker::new();
-        spawn_forwarder_tasks(&name, fwd, &balancer, &router, &stop);
 
         let svc = Service {
             name: name.clone(),
@@ -189,11 +239,12 @@ impl Running {
         let is_proxy = proxy.is_some();
         let handler_stats = proxy.as_ref().map(|h| h.stats().clone());
         let local = bound.local_addr().ok();
-        match &bound {
-            Bound::Tcp(l) => {
-                let ctx = Arc::new(TcpService {
+        let launch = match &bound {
+            Bound::Tcp(l) => Launch::Tcp(
+                l.clone(),
+                Arc::new(TcpService {
                     svc,
-                    router,
+                    router: router.clone(),
                     proxy_protocol: cfg.proxy_protocol.as_ref().map(|p| p.version),
                     handshake_timeout: cfg
                         .client_idle_timeout
@@ -203,33 +254,32 @@ impl Running {
                     proxy,
                     tls,
                     backend_tls,
-                });
-                // The loop is a task of the tracker too: a drain then cannot see
-                // "no tasks left" between an accept and the spawn of its
-                // connection, and cut that connection (`kill`) as it starts.
-                tracker.spawn(forward::accept_loop(l.clone(), ctx, stop.clone()));
-            }
-            Bound::Udp(u) => {
-                let ctx = Arc::new(UdpService {
+                }),
+            ),
+            Bound::Udp(u) => Launch::Udp(
+                u.clone(),
+                Arc::new(UdpService {
                     svc,
                     cfg: cfg.udp.clone().unwrap_or_default(),
                     exits: cfg.interface().map(|i| i.exits.clone()).unwrap_or_default(),
-                    router,
-                });
-                tracker.spawn(udp::serve(u.clone(), ctx, stop.clone()));
-            }
-        }
-        info!(service = %name, addr = ?local, handler = %cfg.handler.kind, "service started");
-        Ok(Running {
-            config: cfg.clone(),
-            bound: Mutex::new(Some(bound)),
-            local_addr: local,
-            stats,
-            balancer: (!is_proxy).then_some(balancer),
-            handler_stats,
-            stop,
-            kill,
-            tracker,
+                    router: router.clone(),
+                }),
+            ),
+        };
+        Ok(Ready {
+            running: Running {
+                config: cfg.clone(),
+                bound: Mutex::new(Some(bound)),
+                local_addr: local,
+                stats,
+                balancer: (!is_proxy).then(|| balancer.clone()),
+                handler_stats,
+                stop,
+                kill,
+                tracker,
+            },
+            launch,
+            forwarder: (fwd.clone(), router, balancer),
         })
     }
 

@@ -206,16 +206,51 @@ impl<S: AsyncRead + Unpin> BufConn<S> {
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
+        self.follow_chunked(w, idle, true).await
+    }
+
+    /// Copy only the data of one chunked body, checked as [`copy_chunked`]
+    /// checks it: chunk sizes, extensions and trailers are dropped. For a
+    /// recipient that cannot take chunked (an HTTP/1.0 client, RFC 9112 §6.1),
+    /// whose body then ends with the connection.
+    ///
+    /// [`copy_chunked`]: Self::copy_chunked
+    pub async fn copy_dechunked<W>(
+        &mut self,
+        w: &mut W,
+        idle: &mut BodyIdle,
+    ) -> Result<(), CopyError>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        self.follow_chunked(w, idle, false).await
+    }
+
+    /// The one chunked parser: the data always goes to `w`, the framing lines
+    /// too when `keep_framing`.
+    async fn follow_chunked<W>(
+        &mut self,
+        w: &mut W,
+        idle: &mut BodyIdle,
+        keep_framing: bool,
+    ) -> Result<(), CopyError>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
         loop {
             let line = self.take_line(idle).await?;
             let size = framing::chunk_size(&line).map_err(CopyError::Framing)?;
-            idle.write(w, &line).await?;
+            if keep_framing {
+                idle.write(w, &line).await?;
+            }
             if size == 0 {
                 // Trailer section: field lines up to an empty line.
                 for _ in 0..=framing::MAX_TRAILERS {
                     let line = self.take_line(idle).await?;
                     let end = framing::trailer_line(&line).map_err(CopyError::Framing)?;
-                    idle.write(w, &line).await?;
+                    if keep_framing {
+                        idle.write(w, &line).await?;
+                    }
                     if end {
                         return Ok(());
                     }
@@ -227,7 +262,9 @@ impl<S: AsyncRead + Unpin> BufConn<S> {
             if crlf.as_ref() != b"\r\n" {
                 return Err(CopyError::Framing("chunk data not followed by CRLF"));
             }
-            idle.write(w, &crlf).await?;
+            if keep_framing {
+                idle.write(w, &crlf).await?;
+            }
         }
     }
 
@@ -292,6 +329,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> BufConn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn dechunked_keeps_only_the_data_and_the_same_checks() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let mut c = BufConn::new(&wire[..]);
+        let mut out = Vec::new();
+        c.copy_dechunked(&mut out, &mut BodyIdle::none())
+            .await
+            .unwrap();
+        assert_eq!(out, b"hello world");
+        assert_eq!(c.buffered(), b"NEXT");
+        let mut c = BufConn::new(&b"5\r\nhello\n0\r\n\r\n"[..]);
+        let e = c
+            .copy_dechunked(&mut Vec::new(), &mut BodyIdle::none())
+            .await;
+        assert!(matches!(e, Err(CopyError::Framing(_))), "{e:?}");
+    }
 
     async fn chunked(input: &[u8]) -> Result<(Vec<u8>, Vec<u8>), CopyError> {
         let mut c = BufConn::new(input);

@@ -104,7 +104,9 @@ pub(super) fn render_request(
 
 /// The response head for a client speaking HTTP/1.`client_version`. An HTTP/1.0
 /// client assumes the connection closes after the response unless told
-/// otherwise, so a kept connection is announced with `Connection: keep-alive`.
+/// otherwise, so a kept connection is announced with `Connection: keep-alive`;
+/// it gets no `Transfer-Encoding` (nor `Trailer`): the handler decodes a chunked
+/// body for it (RFC 9112 §6.1).
 pub(super) fn render_response(
     resp: &ResponseHead,
     keep_alive: bool,
@@ -113,7 +115,18 @@ pub(super) fn render_response(
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.code, resp.reason).as_bytes());
     let upgrade = resp.code == 101;
-    push_end_to_end(&mut out, &resp.headers, upgrade, false);
+    if client_version == 0 {
+        let coding = |n: &str| {
+            n.eq_ignore_ascii_case("transfer-encoding") || n.eq_ignore_ascii_case("trailer")
+        };
+        let kept: Vec<(String, Vec<u8>)> = (resp.headers.iter())
+            .filter(|(n, _)| !coding(n))
+            .cloned()
+            .collect();
+        push_end_to_end(&mut out, &kept, upgrade, false);
+    } else {
+        push_end_to_end(&mut out, &resp.headers, upgrade, false);
+    }
     if upgrade {
         out.extend_from_slice(b"Connection: Upgrade\r\n");
     } else if !keep_alive && resp.code >= 200 {

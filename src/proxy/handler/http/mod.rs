@@ -26,7 +26,10 @@
 //! copied as they arrive: a `Content-Length` body byte-counted, a chunked body passed
 //! through verbatim while [`BufConn::copy_chunked`] follows its framing to find the
 //! end, a response without either read until the target closes. Memory per
-//! connection stays at one read buffer no matter how large the transfer.
+//! connection stays at one read buffer no matter how large the transfer. An
+//! HTTP/1.0 client never sees chunked framing (RFC 9112 §6.1): a chunked
+//! response is decoded for it and ends with the connection (a body the target
+//! cut short ends with a reset instead, so it does not pass for whole).
 //!
 //! While a request body is being sent, the target's side is watched too: a target
 //! that refuses an upload (`413`, `401`) usually answers at once and stops reading.
@@ -497,24 +500,46 @@ impl Http {
                     });
                 }
             };
+        // An HTTP/1.0 client cannot take a transfer coding (RFC 9112 §6.1): a
+        // chunked body is passed on decoded and ends with the connection; any
+        // other coding cannot be undone here.
+        let to_client = match (client_version, resp_framing) {
+            (0, Framing::Chunked) => Framing::Close,
+            (0, Framing::Close) if header(&response.headers, "transfer-encoding").is_some() => {
+                self.reply(client, 502, "Bad Gateway", "").await;
+                return Err(HandlerError::Upstream {
+                    target: uri.authority,
+                    message: "a transfer coding other than chunked, for an HTTP/1.0 client".into(),
+                });
+            }
+            (_, f) => f,
+        };
         let upstream_keep_alive =
             resp_framing != Framing::Close && wants_keep_alive(response.version, &response.headers);
         // The client may keep the connection if it wants to, the response has a
         // known end, and the body it announced was consumed.
-        let keep = client_keep_alive && resp_framing != Framing::Close && !body_skipped;
+        let keep = client_keep_alive && to_client != Framing::Close && !body_skipped;
         let head = render_response(&response, keep, client_version);
         write_within(client.get_mut(), &head, client_idle).await?;
         let idle = &mut BodyIdle::new(Some(backend_idle), Some(client_idle));
-        let copied = match resp_framing {
-            Framing::None => Ok(()),
-            Framing::Length(n) => up.rx.copy_exact(n, client.get_mut(), idle).await,
-            Framing::Chunked => up.rx.copy_chunked(client.get_mut(), idle).await,
-            Framing::Close => up.rx.copy_to_eof(client.get_mut(), idle).await,
+        let copied = match (resp_framing, to_client) {
+            (Framing::None, _) => Ok(()),
+            (Framing::Length(n), _) => up.rx.copy_exact(n, client.get_mut(), idle).await,
+            (Framing::Chunked, Framing::Chunked) => {
+                up.rx.copy_chunked(client.get_mut(), idle).await
+            }
+            (Framing::Chunked, _) => up.rx.copy_dechunked(client.get_mut(), idle).await,
+            (Framing::Close, _) => up.rx.copy_to_eof(client.get_mut(), idle).await,
         };
         match copied {
             Ok(()) => {}
             Err(CopyError::Write(e)) => return Err(HandlerError::Client(e)),
             Err(e) => {
+                if resp_framing != to_client {
+                    // The client's body ends with the connection: a plain close
+                    // would pass the cut body off as whole. A reset says it is not.
+                    reset_on_close(client);
+                }
                 return Err(HandlerError::Upstream {
                     target: uri.authority,
                     message: format!("response body: {e}"),
@@ -592,6 +617,13 @@ impl Http {
 /// been sent (loopback moves them in milliseconds): the byte cap is there to stop
 /// a client that never looks, not to be reached by one that is merely slow (like
 /// nginx's `lingering_close`, bounded by `lingering_time`).
+/// Make the coming close of a plain TCP client a reset (`SO_LINGER` 0).
+fn reset_on_close<S: 'static>(client: &BufConn<S>) {
+    if let Some(tcp) = client.as_tcp() {
+        let _ = tcp.set_zero_linger();
+    }
+}
+
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
