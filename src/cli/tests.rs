@@ -254,6 +254,19 @@ fn no_ifs() -> crate::net::Interfaces {
     crate::net::Interfaces::default()
 }
 
+/// The config the flags mean, validated and linked as a file's would be (without
+/// the host checks: the files and interfaces named need not exist).
+fn linked(from: FromFlags) -> Config {
+    let mut config = Config {
+        services: from.services,
+        chains: from.chain.into_iter().collect(),
+        ..Config::default()
+    };
+    config.validate().unwrap();
+    config.link_chains();
+    config
+}
+
 /// `-O yaml` and `-O json` print files that the config parser reads back as the
 /// very same services: nothing the URL set is lost or changed.
 #[test]
@@ -274,14 +287,7 @@ fn every_url_round_trips() {
         "socks5+tls://10.0.0.2:1080?serverName=proxy.lan&caFile=/etc/ca.pem&secure=false&handshakeTimeout=4s&certFile=/c&keyFile=/k".into(),
     ];
     // Without the host checks (the files named here need not exist).
-    let from = from_flags(&f).unwrap();
-    let mut config = Config {
-        services: from.services,
-        chains: from.chain.into_iter().collect(),
-        ..Config::default()
-    };
-    config.validate().unwrap();
-    config.link_chains();
+    let config = linked(from_flags(&f).unwrap());
     let loaded = Loaded {
         config,
         floating_ip: None,
@@ -473,13 +479,7 @@ fn relay_schemes() {
             .to_string()
             .contains("not an option of the http connector"),
     );
-    let mut config = Config {
-        services: from.services,
-        chains: from.chain.into_iter().collect(),
-        ..Config::default()
-    };
-    config.validate().unwrap();
-    config.link_chains();
+    let config = linked(from);
     let text = output::render(&config, output::Format::Yaml).unwrap();
     assert!(
         text.contains("type: relay") && text.contains("nodelay: true"),

@@ -98,52 +98,59 @@ impl Protocol for Relay {
                 (a.username.as_bytes(), a.password.expose().as_bytes())
             });
             if !credentials_match(want, u, p) {
-                client
-                    .write_all(&wire::status_frame(status::UNAUTHORIZED))
-                    .await?;
-                return Err(HandlerError::AuthFailed);
+                return answer(&mut client, status::UNAUTHORIZED, HandlerError::AuthFailed).await;
             }
         }
         match req.command() {
             cmd::CONNECT => {}
             cmd::BIND => {
-                client
-                    .write_all(&wire::status_frame(status::FORBIDDEN))
-                    .await?;
-                return Err(HandlerError::Unsupported("relay BIND (bind is off)".into()));
+                return answer(
+                    &mut client,
+                    status::FORBIDDEN,
+                    HandlerError::Unsupported("relay BIND (bind is off)".into()),
+                )
+                .await;
             }
             c => {
-                client
-                    .write_all(&wire::status_frame(status::BAD_REQUEST))
-                    .await?;
-                return Err(HandlerError::Unsupported(format!("relay command {c:#04x}")));
+                return answer(
+                    &mut client,
+                    status::BAD_REQUEST,
+                    HandlerError::Unsupported(format!("relay command {c:#04x}")),
+                )
+                .await;
             }
         }
         let udp = req.is_udp();
         let target = match (&ctx.forward, req.features.addr) {
             (Some(_), Some(addr)) => {
-                client
-                    .write_all(&wire::status_frame(status::FORBIDDEN))
-                    .await?;
-                return Err(HandlerError::BadRequest(format!(
-                    "address {addr} asked of a relay that forwards to its nodes"
-                )));
+                return answer(
+                    &mut client,
+                    status::FORBIDDEN,
+                    HandlerError::BadRequest(format!(
+                        "address {addr} asked of a relay that forwards to its nodes"
+                    )),
+                )
+                .await;
             }
             (Some(balancer), None) => Target::Node(balancer.clone()),
             (None, Some(addr)) => match checked(addr) {
                 Some(a) => Target::Addr(a),
                 None => {
-                    client
-                        .write_all(&wire::status_frame(status::BAD_REQUEST))
-                        .await?;
-                    return Err(HandlerError::BadRequest("malformed target name".into()));
+                    return answer(
+                        &mut client,
+                        status::BAD_REQUEST,
+                        HandlerError::BadRequest("malformed target name".into()),
+                    )
+                    .await;
                 }
             },
             (None, None) => {
-                client
-                    .write_all(&wire::status_frame(status::BAD_REQUEST))
-                    .await?;
-                return Err(HandlerError::BadRequest("no target address".into()));
+                return answer(
+                    &mut client,
+                    status::BAD_REQUEST,
+                    HandlerError::BadRequest("no target address".into()),
+                )
+                .await;
             }
         };
         if udp {
@@ -152,17 +159,27 @@ impl Protocol for Relay {
         let (name, upstream) = match target.dial(ctx, conn.peer.ip()).await {
             Ok(x) => x,
             Err((name, code, e)) => {
-                client.write_all(&wire::status_frame(code)).await?;
-                return Err(HandlerError::Target {
-                    target: name,
-                    source: e,
-                });
+                return answer(
+                    &mut client,
+                    code,
+                    HandlerError::Target {
+                        target: name,
+                        source: e,
+                    },
+                )
+                .await;
             }
         };
         let mut upstream = upstream;
         client.write_all(&wire::status_frame(status::OK)).await?;
         ctx.tunnel(&mut client, &mut upstream, name).await
     }
+}
+
+/// Answer `code` and end the connection with `err`.
+async fn answer<S: Io>(client: &mut BufConn<S>, code: u8, err: HandlerError) -> Outcome {
+    client.write_all(&wire::status_frame(code)).await?;
+    Err(err)
 }
 
 /// Read one request frame; a malformed one is answered with `bad request`
@@ -306,33 +323,42 @@ impl Relay {
     ) -> Outcome {
         if ctx.router.chain.is_some() {
             // A chain carries streams; datagrams would leave from here, around it.
-            client
-                .write_all(&wire::status_frame(status::SERVICE_UNAVAILABLE))
-                .await?;
-            return Err(HandlerError::Unsupported(
-                "UDP over relay on a service with a chain (the datagrams would bypass it)".into(),
-            ));
+            return answer(
+                &mut client,
+                status::SERVICE_UNAVAILABLE,
+                HandlerError::Unsupported(
+                    "UDP over relay on a service with a chain (the datagrams would bypass it)"
+                        .into(),
+                ),
+            )
+            .await;
         }
         let (name, addr) = match target.udp_addr(ctx, conn.peer.ip()).await {
             Ok(x) => x,
             Err((name, code, e)) => {
-                client.write_all(&wire::status_frame(code)).await?;
-                return Err(HandlerError::Target {
-                    target: name,
-                    source: e,
-                });
+                return answer(
+                    &mut client,
+                    code,
+                    HandlerError::Target {
+                        target: name,
+                        source: e,
+                    },
+                )
+                .await;
             }
         };
         let socket = match egress::udp_connected(&ctx.router.exits, addr).await {
             Ok(s) => s,
             Err(e) => {
-                client
-                    .write_all(&wire::status_frame(dial_status(&e)))
-                    .await?;
-                return Err(HandlerError::Target {
-                    target: name,
-                    source: e,
-                });
+                return answer(
+                    &mut client,
+                    dial_status(&e),
+                    HandlerError::Target {
+                        target: name,
+                        source: e,
+                    },
+                )
+                .await;
             }
         };
         client.write_all(&wire::status_frame(status::OK)).await?;
