@@ -5,8 +5,9 @@
 //!
 //! * `stop` — a cancellation token for everything that *starts* work: the accept
 //!   (or receive) loop, health checks, discovery. Cancelling it closes the door.
-//! * `tracker` — a [`TaskTracker`] holding every connection task, so a drain can
-//!   wait for "all in-flight connections finished".
+//! * `tracker` — a [`TaskTracker`] holding every connection task and the accept
+//!   (or receive) loop that spawns them, so a drain can wait for "all in-flight
+//!   connections finished" and no connection can start after that.
 //! * `kill` — a second token every connection task selects on. It is cancelled
 //!   only when the grace period is over: a connection still running then is cut.
 //!
@@ -207,7 +208,10 @@ impl Running {
                     tls,
                     backend_tls,
                 });
-                tokio::spawn(forward::accept_loop(l.clone(), ctx, stop.clone()));
+                // The loop is a task of the tracker too: a drain then cannot see
+                // "no tasks left" between an accept and the spawn of its
+                // connection, and cut that connection (`kill`) as it starts.
+                tracker.spawn(forward::accept_loop(l.clone(), ctx, stop.clone()));
             }
             Bound::Udp(u) => {
                 let ctx = Arc::new(UdpService {
@@ -216,7 +220,7 @@ impl Running {
                     exits: cfg.interface().map(|i| i.exits.clone()).unwrap_or_default(),
                     router,
                 });
-                tokio::spawn(udp::serve(u.clone(), ctx, stop.clone()));
+                tracker.spawn(udp::serve(u.clone(), ctx, stop.clone()));
             }
         }
         info!(service = %name, addr = ?local, handler = %cfg.handler.kind, "service started");
