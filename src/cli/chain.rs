@@ -3,7 +3,7 @@
 //! Each `-F` adds a hop with one node, in order: the first `-F` is dialed from
 //! this host, the second is reached through the first, and so on. The scheme
 //! names the node's connector and dialer as GOST does: `http` (also no scheme),
-//! `socks5`/`socks`, `socks4`; `+tls` (or `tls` alone, connector http) for a TLS
+//! `socks5`/`socks`, `socks4`, `relay`; `+tls` (or `tls` alone, connector http) for a TLS
 //! dialer. `user:pass@` is the connector's auth. Every `-L` service uses the
 //! chain unless it says `?ignoreChain=true`.
 //!
@@ -28,6 +28,7 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("maxFails", "the hop's selector.maxFails"),
     ("failTimeout", "the hop's selector.failTimeout"),
     ("connectTimeout", "connector.metadata.connectTimeout"),
+    ("nodelay", "connector.metadata.nodelay (relay)"),
     ("handshakeTimeout", "dialer.metadata.handshakeTimeout (tls)"),
     ("secure", "dialer.tls.secure (tls; default true)"),
     ("serverName", "dialer.tls.serverName (tls)"),
@@ -106,6 +107,7 @@ fn apply(hop: &mut HopConfig, k: &str, v: &str) -> Result<(), String> {
         "maxFails" => hop.selector.max_fails = value(k, v)?,
         "failTimeout" => hop.selector.fail_timeout = value(k, v)?,
         "connectTimeout" => node.connector.metadata.connect_timeout = Some(value(k, v)?),
+        "nodelay" => node.connector.metadata.nodelay = Some(value(k, v)?),
         "handshakeTimeout" => {
             if node.dialer.kind != DialerType::Tls {
                 return Err(format!(

@@ -187,6 +187,11 @@ fn handler(s: &ServiceConfig) -> Value {
                 Value::Number(n.try_into().unwrap_or(i64::MAX)),
             );
         }
+        for (k, v) in [("nodelay", md.nodelay), ("bind", md.bind)] {
+            if let Some(v) = v {
+                meta.insert(k.into(), v.into());
+            }
+        }
         if let Some(hd) = &md.header {
             let mut header = Mapping::new();
             for (k, v) in hd {
@@ -254,11 +259,15 @@ fn node(n: &ChainNodeConfig) -> Value {
     if let Some(a) = &n.connector.auth {
         connector.insert("auth".into(), auth(a));
     }
+    let mut cmeta = Mapping::new();
     if let Some(d) = n.connector.metadata.connect_timeout {
-        connector.insert(
-            "metadata".into(),
-            map(vec![("connectTimeout", duration(d.0).into())]),
-        );
+        cmeta.insert("connectTimeout".into(), duration(d.0).into());
+    }
+    if let Some(v) = n.connector.metadata.nodelay {
+        cmeta.insert("nodelay".into(), v.into());
+    }
+    if !cmeta.is_empty() {
+        connector.insert("metadata".into(), Value::Mapping(cmeta));
     }
     m.insert("connector".into(), Value::Mapping(connector));
     let mut dialer = Mapping::new();

@@ -10,11 +10,13 @@
 //! | `socks4`          | socks4  | tcp      |
 //! | `tcp`             | tcp     | tcp      |
 //! | `udp`             | udp     | udp      |
+//! | `relay`           | relay   | tcp      |
 //! | `tls`             | auto    | tls      |
 //! | `H+L`             | H       | L        |
 //!
 //! The path is the target list of a port forwarder (`tcp://:80/10.0.0.5:80,10.0.0.6:80`):
-//! one forwarder node per target. Query keys land where the same option sits in
+//! one forwarder node per target; a `relay` service with targets relays to them
+//! (GOST's `relay://:8420/:53`). Query keys land where the same option sits in
 //! a file; [`OPTIONS`] lists them.
 
 use crate::config::duration::DurationStr;
@@ -45,6 +47,8 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("responseTimeout", "handler.metadata.responseTimeout"),
     ("udp", "handler.metadata.udp (socks5 UDP ASSOCIATE)"),
     ("udpBufferSize", "handler.metadata.udpBufferSize"),
+    ("nodelay", "handler.metadata.nodelay (relay)"),
+    ("bind", "handler.metadata.bind (relay; only false)"),
     ("certFile", "listener.tls.certFile"),
     ("keyFile", "listener.tls.keyFile"),
     (
@@ -102,7 +106,7 @@ pub fn service(parts: Parts, index: usize) -> Result<CliService, String> {
             parts.addr
         ));
     }
-    if !kind.forwards() && !parts.targets.is_empty() {
+    if !kind.forwards() && kind != HandlerType::Relay && !parts.targets.is_empty() {
         return Err(format!(
             "targets are for tcp and udp port forwarding; the {kind} handler finds its target in each request: expected no /{}",
             parts.targets.join(",")
@@ -197,6 +201,8 @@ fn apply(s: &mut ServiceConfig, ignore_chain: &mut bool, k: &str, v: &str) -> Re
         "responseTimeout" => meta(s).response_timeout = Some(value(k, v)?),
         "udp" => meta(s).udp = Some(value(k, v)?),
         "udpBufferSize" => meta(s).udp_buffer_size = Some(value(k, v)?),
+        "nodelay" => meta(s).nodelay = Some(value(k, v)?),
+        "bind" => meta(s).bind = Some(value(k, v)?),
         "certFile" => tls(s, k)?.cert_file = Some(path(k, v)?),
         "keyFile" => tls(s, k)?.key_file = Some(path(k, v)?),
         "caFile" => tls(s, k)?.ca_file = Some(path(k, v)?),

@@ -254,6 +254,19 @@ fn no_ifs() -> crate::net::Interfaces {
     crate::net::Interfaces::default()
 }
 
+/// The config the flags mean, validated and linked as a file's would be (without
+/// the host checks: the files and interfaces named need not exist).
+fn linked(from: FromFlags) -> Config {
+    let mut config = Config {
+        services: from.services,
+        chains: from.chain.into_iter().collect(),
+        ..Config::default()
+    };
+    config.validate().unwrap();
+    config.link_chains();
+    config
+}
+
 /// `-O yaml` and `-O json` print files that the config parser reads back as the
 /// very same services: nothing the URL set is lost or changed.
 #[test]
@@ -274,14 +287,7 @@ fn every_url_round_trips() {
         "socks5+tls://10.0.0.2:1080?serverName=proxy.lan&caFile=/etc/ca.pem&secure=false&handshakeTimeout=4s&certFile=/c&keyFile=/k".into(),
     ];
     // Without the host checks (the files named here need not exist).
-    let from = from_flags(&f).unwrap();
-    let mut config = Config {
-        services: from.services,
-        chains: from.chain.into_iter().collect(),
-        ..Config::default()
-    };
-    config.validate().unwrap();
-    config.link_chains();
+    let config = linked(from_flags(&f).unwrap());
     let loaded = Loaded {
         config,
         floating_ip: None,
@@ -416,4 +422,70 @@ fn bad_forward_urls_name_the_flag() {
     };
     let e = load(None, &f, &no_ifs()).unwrap_err().to_string();
     assert!(e.starts_with("-L \"udp://:53/10.0.0.1:53\""), "{e}");
+}
+
+/// GOST's relay on both flags: `-L relay://` (its options, `+tls`, targets for
+/// forward mode), `-F relay://` and `relay+tls://`, and `-O yaml` printing them
+/// back as the same services and chain.
+#[test]
+fn relay_schemes() {
+    let s = one("relay://u:p@:8420?readTimeout=5s&udpBufferSize=2048&nodelay=true");
+    assert_eq!(
+        (s.handler.kind, s.listener.kind),
+        (HandlerType::Relay, ListenerType::Tcp)
+    );
+    assert_eq!(s.handler.auth.as_ref().unwrap().password.expose(), "p");
+    let m = s.handler.metadata.as_ref().unwrap();
+    assert_eq!((m.udp_buffer_size, m.nodelay), (Some(2048), Some(true)));
+    let s = one("relay+tls://:8421?certFile=c.pem&keyFile=k.pem");
+    assert_eq!(
+        (s.handler.kind, s.listener.kind),
+        (HandlerType::Relay, ListenerType::Tls)
+    );
+    // GOST's forward mode: the targets are the forwarder's nodes.
+    let s = one("relay://:8420/127.0.0.1:53,10.0.0.1:53");
+    assert_eq!(s.forwarder.unwrap().nodes.len(), 2);
+    assert!(err("relay://:1?bind=true").contains("BIND"));
+    assert!(err("relay://:1?udp=true").contains("not an option of the relay handler"));
+
+    let f = Flags {
+        listen: vec!["relay://u:p@:8420".into(), "http://:8080".into()],
+        forward: vec![
+            "relay://u:p@10.0.0.1:8420?nodelay=true&connectTimeout=3s".into(),
+            "relay+tls://10.0.0.2:8421?serverName=proxy.lan".into(),
+        ],
+    };
+    let from = from_flags(&f).unwrap();
+    let c = from.chain.clone().unwrap();
+    let n0 = &c.hops[0].nodes[0];
+    assert_eq!(
+        (n0.connector.kind.name(), n0.dialer.kind.name()),
+        ("relay", "tcp")
+    );
+    assert_eq!(n0.connector.metadata.nodelay, Some(true));
+    assert_eq!(n0.connector.auth.as_ref().unwrap().username, "u");
+    let n1 = &c.hops[1].nodes[0];
+    assert_eq!(
+        (n1.connector.kind.name(), n1.dialer.kind.name()),
+        ("relay", "tls")
+    );
+    let bad = Flags {
+        listen: vec!["http://:1".into()],
+        forward: vec!["http://:1?nodelay=true".into()],
+    };
+    assert!(
+        from_flags(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not an option of the http connector"),
+    );
+    let config = linked(from);
+    let text = output::render(&config, output::Format::Yaml).unwrap();
+    assert!(
+        text.contains("type: relay") && text.contains("nodelay: true"),
+        "{text}"
+    );
+    let back = Config::from_str_named(&text, Path::new("printed.yml"))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back.services, config.services, "{text}");
 }

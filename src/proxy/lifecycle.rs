@@ -207,6 +207,10 @@ impl Running {
         };
         let fwd = cfg.forwarder.as_ref().unwrap_or(&empty);
         let balancer = Arc::new(Balancer::new(&fwd.selector, &fwd.nodes));
+        if let (Some(h), Some(_)) = (&mut proxy, &cfg.forwarder) {
+            // A relay handler with a forwarder relays to its nodes.
+            h.set_forwarder(balancer.clone());
+        }
 
         // Last: everything above can fail without a socket to clean up.
         let bound = match reuse {
@@ -272,7 +276,7 @@ impl Running {
                 bound: Mutex::new(Some(bound)),
                 local_addr: local,
                 stats,
-                balancer: (!is_proxy).then(|| balancer.clone()),
+                balancer: (!is_proxy || cfg.forwarder.is_some()).then(|| balancer.clone()),
                 handler_stats,
                 stop,
                 kill,

@@ -58,6 +58,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod relay_proto;
 pub mod resolve;
 pub mod router;
 pub mod service;

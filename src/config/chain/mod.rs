@@ -190,6 +190,9 @@ pub enum ConnectorType {
     /// No protocol: the connection goes direct to the target.
     #[serde(rename = "virtual")]
     Virtual,
+    /// GOST's relay protocol (CONNECT, user auth): see `proxy::relay_proto`.
+    #[serde(rename = "relay")]
+    Relay,
 }
 
 yaml_names!(ConnectorType {
@@ -197,6 +200,7 @@ yaml_names!(ConnectorType {
     Socks5 => "socks5",
     Socks4 => "socks4",
     Virtual => "virtual",
+    Relay => "relay",
 });
 
 /// Connector `metadata:`, each option once; which connector takes which is
@@ -211,6 +215,17 @@ pub struct ConnectorMetadata {
     /// request (default [`default_connect_timeout`], 10 s).
     #[serde(rename = "connectTimeout", default)]
     pub connect_timeout: Option<DurationStr>,
+    /// relay: send the request and wait for the node's answer before the
+    /// connection is handed on (default [`default_nodelay`], false: the answer is
+    /// read with the target's first bytes, as a GOST relay server in its default
+    /// mode sends it).
+    #[serde(default)]
+    pub nodelay: Option<bool>,
+}
+
+/// GOST's default `nodelay` of the relay connector.
+pub fn default_nodelay() -> bool {
+    false
 }
 
 /// How long a node may take to answer `CONNECT` or a SOCKS request.
@@ -224,6 +239,11 @@ impl ConnectorMetadata {
         self.connect_timeout
             .and_then(|d| d.get())
             .unwrap_or_else(default_connect_timeout)
+    }
+
+    /// `nodelay`, or its default.
+    pub fn nodelay(&self) -> bool {
+        self.nodelay.unwrap_or_else(default_nodelay)
     }
 }
 
@@ -617,6 +637,7 @@ impl ConnectorConfig {
                     match self.kind {
                         ConnectorType::Http => "header or connectTimeout",
                         ConnectorType::Socks5 | ConnectorType::Socks4 => "connectTimeout",
+                        ConnectorType::Relay => "connectTimeout or nodelay",
                         ConnectorType::Virtual => "no metadata",
                     }
                 ),
@@ -628,6 +649,9 @@ impl ConnectorConfig {
         if m.connect_timeout.is_some() && self.kind == ConnectorType::Virtual {
             return Err(not_option("connectTimeout"));
         }
+        if m.nodelay.is_some() && self.kind != ConnectorType::Relay {
+            return Err(not_option("nodelay"));
+        }
         if let Some(h) = &m.header {
             super::service::handler::validate_headers(h, at)?;
         }
@@ -638,12 +662,15 @@ impl ConnectorConfig {
                     "HTTP basic credentials cannot carry ':' in the user name: expected a name without ':'",
                 ));
             }
-            if self.kind == ConnectorType::Socks5
+            if matches!(self.kind, ConnectorType::Socks5 | ConnectorType::Relay)
                 && (a.username.len() > 255 || a.password.expose().len() > 255)
             {
                 return Err(FieldError::new(
                     format!("{at}.auth"),
-                    "RFC 1929 limits user name and password to 255 bytes each: expected shorter ones",
+                    format!(
+                        "the {} connector carries user name and password in at most 255 bytes each: expected shorter ones",
+                        self.kind
+                    ),
                 ));
             }
             if self.kind == ConnectorType::Socks4 && !a.password.expose().is_empty() {

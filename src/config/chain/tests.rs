@@ -195,9 +195,9 @@ fn errors_name_the_field() {
                 "conector",
             ),
             (
-                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\", connector: {{type: relay}}}}]}}]}}]\n"),
+                format!("{svc}chains: [{{name: c, hops: [{{nodes: [{{addr: \"a:1\", connector: {{type: ss}}}}]}}]}}]\n"),
                 "chains[0].hops[0].nodes[0].connector.type",
-                "relay",
+                "ss",
             ),
         ];
     for (yaml, field, msg) in cases {

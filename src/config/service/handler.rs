@@ -10,12 +10,12 @@
 //! handler that does not take it is an error naming it, as an unknown field would
 //! be. After validation each proxy handler reads its options through a resolved,
 //! typed view with every default filled in: [`HttpMetadata`], [`Socks5Metadata`],
-//! [`Socks4Metadata`], [`AutoMetadata`].
+//! [`Socks4Metadata`], [`AutoMetadata`], [`RelayMetadata`].
 //!
 //! ```yaml
 //! listener: {type: tls, tls: {certFile: cert.pem, keyFile: key.pem}}
 //! handler:
-//!   type: auto                                # tcp | udp | http | socks5 | socks4 | auto
+//!   type: auto                                # tcp | udp | http | socks5 | socks4 | auto | relay
 //!   auth: {username: user, password: pass}
 //!   metadata: {readTimeout: 15s, udp: true, header: {X-Proxy: gw}}
 //! ```
@@ -100,6 +100,10 @@ pub enum HandlerType {
     /// HTTP, SOCKS4 and SOCKS5 on one port, told apart by the first byte.
     #[serde(rename = "auto")]
     Auto,
+    /// GOST's relay protocol: a proxy (CONNECT to the address the client
+    /// names) or, with a forwarder, a relay to the forwarder's nodes.
+    #[serde(rename = "relay")]
+    Relay,
 }
 
 yaml_names!(HandlerType {
@@ -109,6 +113,7 @@ yaml_names!(HandlerType {
     Socks5 => "socks5",
     Socks4 => "socks4",
     Auto => "auto",
+    Relay => "relay",
 });
 
 impl HandlerType {
@@ -126,6 +131,7 @@ impl HandlerType {
             HandlerType::Socks5 => &[READ_TIMEOUT, UDP, UDP_BUFFER_SIZE],
             HandlerType::Socks4 => &[READ_TIMEOUT],
             HandlerType::Auto => &[READ_TIMEOUT, RESPONSE_TIMEOUT, HEADER, UDP, UDP_BUFFER_SIZE],
+            HandlerType::Relay => &[READ_TIMEOUT, UDP_BUFFER_SIZE, NODELAY, BIND],
         }
     }
 }
@@ -135,6 +141,8 @@ const RESPONSE_TIMEOUT: &str = "responseTimeout";
 const HEADER: &str = "header";
 const UDP: &str = "udp";
 const UDP_BUFFER_SIZE: &str = "udpBufferSize";
+const NODELAY: &str = "nodelay";
+const BIND: &str = "bind";
 
 /// GOST's handler `metadata:`, every option this build knows, each defined once.
 /// Absent options take the default named in their doc line.
@@ -165,6 +173,15 @@ pub struct HandlerMetadata {
     /// `metadata:` only; read so that [`HandlerConfig::validate`] can say so.
     #[serde(rename = "ignoreChain", default)]
     pub ignore_chain: Option<bool>,
+    /// relay: GOST's switch to send the response at once instead of with the
+    /// target's first bytes. Accepted for GOST's configs; this handler always
+    /// answers at once, which both kinds of client read (default false).
+    #[serde(default)]
+    pub nodelay: Option<bool>,
+    /// relay: GOST's BIND (remote port forwarding). Not served by this build:
+    /// only `false` (the default) is accepted.
+    #[serde(default)]
+    pub bind: Option<bool>,
 }
 
 /// GOST's default `readTimeout`.
@@ -195,6 +212,8 @@ impl HandlerMetadata {
             (HEADER, self.header.is_some()),
             (UDP, self.udp.is_some()),
             (UDP_BUFFER_SIZE, self.udp_buffer_size.is_some()),
+            (NODELAY, self.nodelay.is_some()),
+            (BIND, self.bind.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -270,6 +289,15 @@ impl HandlerConfig {
             HandlerType::Socks5 => self.options::<Socks5Metadata>().validate(field),
             HandlerType::Socks4 => self.options::<Socks4Metadata>().validate(field),
             HandlerType::Auto => self.options::<AutoMetadata>().validate(field),
+            HandlerType::Relay => {
+                if m.bind == Some(true) {
+                    return Err(FieldError::new(
+                        format!("{field}.metadata.{BIND}"),
+                        "the relay handler's BIND (remote port forwarding) is not served by this build: expected bind: false or no bind",
+                    ));
+                }
+                self.options::<RelayMetadata>().validate(field)
+            }
             HandlerType::Tcp | HandlerType::Udp => Ok(()),
         }
     }
@@ -451,6 +479,37 @@ impl Metadata for AutoMetadata {
         self.socks5.validate(field)?;
         self.http.validate(field)?;
         self.socks4.validate(field)
+    }
+}
+
+/// The `relay` handler's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayMetadata {
+    /// The whole request must arrive within this.
+    pub read_timeout: Duration,
+    /// Largest datagram relayed for a UDP request.
+    pub udp_buffer_size: usize,
+}
+
+impl Default for RelayMetadata {
+    fn default() -> Self {
+        Self::resolve(&HandlerMetadata::default())
+    }
+}
+
+impl Metadata for RelayMetadata {
+    const HANDLER: HandlerType = HandlerType::Relay;
+
+    fn resolve(m: &HandlerMetadata) -> Self {
+        Self {
+            read_timeout: m.read_timeout(),
+            udp_buffer_size: m.udp_buffer_size(),
+        }
+    }
+
+    fn validate(&self, field: &str) -> Result<(), FieldError> {
+        validate_udp_buffer(self.udp_buffer_size, field)?;
+        validate_timeout(self.read_timeout, field, READ_TIMEOUT)
     }
 }
 

@@ -447,7 +447,7 @@ impl ServiceConfig {
             let misplaced = [
                 (
                     "forwarder",
-                    self.forwarder.is_some(),
+                    self.forwarder.is_some() && kind != HandlerType::Relay,
                     "the request names the target",
                 ),
                 (

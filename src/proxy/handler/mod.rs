@@ -10,6 +10,8 @@
 //! * [`socks::Socks5Handler`] — SOCKS5 (RFC 1928) CONNECT and UDP ASSOCIATE, with
 //!   RFC 1929 username/password; [`socks::Socks4Handler`] — SOCKS4 and 4a CONNECT.
 //! * [`auto::AutoHandler`] — one port for all of them: the first byte decides.
+//! * [`gost_relay::RelayHandler`] — GOST's relay protocol (a proxy, or with a
+//!   forwarder a relay to its nodes).
 //!
 //! # Using a handler
 //!
@@ -70,6 +72,7 @@
 pub mod auto;
 pub mod conn;
 mod framing;
+pub mod gost_relay;
 pub mod http;
 pub mod socks;
 
@@ -111,6 +114,9 @@ pub struct Context {
     router: Router,
     stats: Arc<HandlerStats>,
     relay: RelayOpts,
+    /// The service's forwarder nodes, for a handler that relays to them
+    /// (`relay` with a `forwarder:`); `None` for the others.
+    forward: Option<Arc<crate::proxy::balance::Balancer>>,
     /// Target failures are logged per connection; a dead target makes one per
     /// client, so they pass at most once a second.
     outcome_log: LogLimiter,
@@ -170,6 +176,7 @@ impl<P> Handler<P> {
             router,
             stats,
             relay,
+            forward: None,
             outcome_log: LogLimiter::default(),
         };
         Self { protocol, ctx }
@@ -199,6 +206,12 @@ impl<P: Protocol> Handler<P> {
         self.ctx.relay = opts;
     }
 
+    /// Relay to these nodes instead of the address each request names (GOST's
+    /// relay handler with a forwarder; other handlers ignore it).
+    pub fn set_forwarder(&mut self, nodes: Arc<crate::proxy::balance::Balancer>) {
+        self.ctx.forward = Some(nodes);
+    }
+
     pub fn stats(&self) -> &Arc<HandlerStats> {
         &self.ctx.stats
     }
@@ -225,6 +238,7 @@ pub enum AnyProtocol {
     Socks4(socks::Socks4),
     // Boxed: it holds the other three, and the enum should stay small.
     Auto(Box<auto::Auto>),
+    Relay(gost_relay::Relay),
 }
 
 impl Protocol for AnyProtocol {
@@ -234,6 +248,7 @@ impl Protocol for AnyProtocol {
             AnyProtocol::Socks5(p) => p.kind(),
             AnyProtocol::Socks4(p) => p.kind(),
             AnyProtocol::Auto(p) => p.kind(),
+            AnyProtocol::Relay(p) => p.kind(),
         }
     }
 
@@ -243,6 +258,7 @@ impl Protocol for AnyProtocol {
             AnyProtocol::Socks5(p) => p.serve(ctx, client, conn).await,
             AnyProtocol::Socks4(p) => p.serve(ctx, client, conn).await,
             AnyProtocol::Auto(p) => p.serve(ctx, client, conn).await,
+            AnyProtocol::Relay(p) => p.serve(ctx, client, conn).await,
         }
     }
 }
@@ -257,6 +273,9 @@ impl ProxyHandler {
             HandlerType::Socks4 => AnyProtocol::Socks4(socks::Socks4::from_options(cfg.options())),
             HandlerType::Auto => {
                 AnyProtocol::Auto(Box::new(auto::Auto::from_options(cfg.options())))
+            }
+            HandlerType::Relay => {
+                AnyProtocol::Relay(gost_relay::Relay::from_options(cfg.options()))
             }
             HandlerType::Tcp | HandlerType::Udp => return None,
         };

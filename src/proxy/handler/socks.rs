@@ -654,7 +654,7 @@ impl Protocol for Socks4 {
 }
 
 /// A SOCKS handshake, which must be complete within `readTimeout`.
-async fn within<T>(
+pub(super) async fn within<T>(
     conn: &ConnInfo,
     timeout: Duration,
     handshake: impl Future<Output = Result<T, HandlerError>>,

@@ -12,6 +12,7 @@
 //!   credentials refused, too slow. The node is counted as failed.
 
 pub mod http;
+pub mod relay;
 pub mod socks;
 
 use std::io;
@@ -53,6 +54,7 @@ pub enum Connector {
     Http(http::HttpConnector),
     Socks5(socks::Socks5Connector),
     Socks4(socks::Socks4Connector),
+    Relay(relay::RelayConnector),
     /// A virtual node: no protocol, the stream already reaches the target.
     Virtual,
 }
@@ -63,6 +65,7 @@ impl Connector {
             ConnectorType::Http => Connector::Http(http::HttpConnector::new(cfg)),
             ConnectorType::Socks5 => Connector::Socks5(socks::Socks5Connector::new(cfg)),
             ConnectorType::Socks4 => Connector::Socks4(socks::Socks4Connector::new(cfg)),
+            ConnectorType::Relay => Connector::Relay(relay::RelayConnector::new(cfg)),
             ConnectorType::Virtual => Connector::Virtual,
         }
     }
@@ -80,6 +83,7 @@ impl Connector {
                 Connector::Http(c) => c.connect(stream, Target::parse(target)?).await,
                 Connector::Socks5(c) => c.connect(stream, Target::parse(target)?).await,
                 Connector::Socks4(c) => c.connect(stream, Target::parse(target)?).await,
+                Connector::Relay(c) => c.connect(stream, Target::parse(target)?).await,
                 Connector::Virtual => Ok(stream),
             }
         };
