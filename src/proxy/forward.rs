@@ -75,6 +75,8 @@ pub(crate) async fn accept_loop(
         };
         let (sock, peer) = match accepted {
             Ok(x) => x,
+            // The socket was shut down by `stop_accepting`.
+            Err(_) if stop.is_cancelled() => break,
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: the queue keeps the client waiting; pause
                 // instead of spinning on an error that repeats at once.

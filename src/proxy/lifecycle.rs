@@ -297,12 +297,24 @@ impl Running {
     }
 
     /// Close the door: no new connections, no more health checks or discovery.
+    ///
+    /// A TCP socket that no successor took over stops listening here and now,
+    /// not when the accept loop next runs and drops its handle: a client that
+    /// connects once the caller (a reload, an API DELETE) has returned is
+    /// refused, not queued on a socket nobody accepts from.
     pub fn stop_accepting(&self) {
-        if let Ok(mut b) = self.bound.lock() {
-            b.take();
-        }
+        let taken = self.bound.lock().ok().and_then(|mut b| b.take());
         self.stop.cancel();
         self.tracker.close();
+        // Two handles: the one just taken and the accept loop's. More means a
+        // successor serves on this very socket (a reload that kept the address).
+        if let Some(Bound::Tcp(l)) = taken
+            && Arc::strong_count(&l) <= 2
+        {
+            // shutdown(2) on a listening socket ends the listen (Linux); the
+            // pending accept then fails and the loop, seeing `stop`, ends.
+            let _ = socket2::SockRef::from(&*l).shutdown(std::net::Shutdown::Read);
+        }
     }
 
     /// Wait for in-flight connections up to `deadline`, then cut the rest.

@@ -321,7 +321,7 @@ mod tests {
     async fn nodelay_reads_the_status_first() {
         let (s, server) = serve(wire::status_frame(0).to_vec(), b"hello").await;
         let mut out = RelayConnector::new(&cfg(true))
-            .connect(s, "example.com:80")
+            .connect(s, Target::parse("example.com:80").unwrap())
             .await
             .unwrap();
         let req = Request::decode(&server.await.unwrap()).unwrap();
@@ -339,7 +339,7 @@ mod tests {
     async fn refusals_say_whose_fault() {
         let (s, _server) = serve(wire::status_frame(status::UNAUTHORIZED).to_vec(), b"").await;
         let e = RelayConnector::new(&cfg(true))
-            .connect(s, "a:1")
+            .connect(s, Target::parse("a:1").unwrap())
             .await
             .unwrap_err();
         assert!(
@@ -348,7 +348,7 @@ mod tests {
         );
         let (s, _server) = serve(wire::status_frame(status::HOST_UNREACHABLE).to_vec(), b"").await;
         let e = RelayConnector::new(&cfg(true))
-            .connect(s, "a:1")
+            .connect(s, Target::parse("a:1").unwrap())
             .await
             .unwrap_err();
         assert!(
@@ -358,7 +358,7 @@ mod tests {
         // Garbage instead of a status: the node's fault.
         let (s, _server) = serve(b"HTTP/1.1 400 Bad\r\n\r\n".to_vec(), b"").await;
         let e = RelayConnector::new(&cfg(true))
-            .connect(s, "a:1")
+            .connect(s, Target::parse("a:1").unwrap())
             .await
             .unwrap_err();
         assert!(
@@ -374,7 +374,7 @@ mod tests {
         both.extend_from_slice(b"hi");
         let (s, _server) = serve(both, b" there").await;
         let mut out = RelayConnector::new(&cfg(false))
-            .connect(s, "a:1")
+            .connect(s, Target::parse("a:1").unwrap())
             .await
             .unwrap();
         let mut got = Vec::new();
@@ -383,7 +383,7 @@ mod tests {
         // A refusal is the first read's error.
         let (s, _server) = serve(wire::status_frame(status::UNAUTHORIZED).to_vec(), b"").await;
         let mut out = RelayConnector::new(&cfg(false))
-            .connect(s, "a:1")
+            .connect(s, Target::parse("a:1").unwrap())
             .await
             .unwrap();
         let e = out.read(&mut [0u8; 8]).await.unwrap_err();
