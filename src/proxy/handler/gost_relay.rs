@@ -157,17 +157,7 @@ impl Protocol for Relay {
         }
         let (name, upstream) = match target.dial(ctx, conn.peer.ip()).await {
             Ok(x) => x,
-            Err((name, code, e)) => {
-                return answer(
-                    &mut client,
-                    code,
-                    HandlerError::Target {
-                        target: name,
-                        source: e,
-                    },
-                )
-                .await;
-            }
+            Err(failed) => return answer_target_failed(&mut client, failed).await,
         };
         let mut upstream = upstream;
         client.write_all(&wire::status_frame(status::OK)).await?;
@@ -179,6 +169,14 @@ impl Protocol for Relay {
 async fn answer<S: Io>(client: &mut BufConn<S>, code: u8, err: HandlerError) -> Outcome {
     client.write_all(&wire::status_frame(code)).await?;
     Err(err)
+}
+
+/// Answer a target that could not be reached (or resolved) with its status.
+async fn answer_target_failed<S: Io>(
+    client: &mut BufConn<S>,
+    (target, code, source): (String, u8, std::io::Error),
+) -> Outcome {
+    answer(client, code, HandlerError::Target { target, source }).await
 }
 
 /// Read one request frame; a malformed one is answered with `bad request`
@@ -334,17 +332,7 @@ impl Relay {
         }
         let (name, addr) = match target.udp_addr(ctx, conn.peer.ip()).await {
             Ok(x) => x,
-            Err((name, code, e)) => {
-                return answer(
-                    &mut client,
-                    code,
-                    HandlerError::Target {
-                        target: name,
-                        source: e,
-                    },
-                )
-                .await;
-            }
+            Err(failed) => return answer_target_failed(&mut client, failed).await,
         };
         let socket = match egress::udp_connected(&ctx.router.exits, addr).await {
             Ok(s) => s,
